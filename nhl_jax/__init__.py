@@ -1,0 +1,25 @@
+"""nhl_jax: deep supervised hashing with nested codes of several lengths."""
+
+from nhl_jax import distill
+from nhl_jax import losses
+from nhl_jax import nested
+from nhl_jax import objective
+from nhl_jax import weighting
+from nhl_jax.nested import NestedHashLayer
+from nhl_jax.nested import check_bits
+from nhl_jax.nested import split_codes
+from nhl_jax.types import HashLoss
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'HashLoss',
+    'NestedHashLayer',
+    'check_bits',
+    'distill',
+    'losses',
+    'nested',
+    'objective',
+    'split_codes',
+    'weighting',
+]

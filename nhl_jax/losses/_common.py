@@ -1,0 +1,213 @@
+"""Pieces shared by the base losses: similarity, norms, centres, checks."""
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nhl_jax.types import Array, PRNGKey
+
+
+class CentersState(NamedTuple):
+    """State of a centre-based loss (CSQ, DPN, MDSH).
+
+    Attributes:
+      centers: [C, K] float32 in {-1, +1}, the target code of each class.
+      fill: [K] float32 in {-1, +1}, the fixed random bits that fill the zero
+        entries of a multi-label target ``sign(sum_c y_c centers_c)``.
+    """
+
+    centers: Array  # [C, K]
+    fill: Array  # [K]
+
+
+def check_batch(codes: Array, labels: Array, index: Array) -> None:
+    """Static shape checks shared by every ``apply`` (free under jit)."""
+    chex.assert_rank([codes, labels, index], [2, 2, 1])
+    chex.assert_equal_shape_prefix([codes, labels, index], 1)
+    chex.assert_type(index, int)
+
+
+def similarity(y1: Array, y2: Array) -> Array:
+    """Label similarity s_ij = 1[y1_i . y2_j > 0] as float32.
+
+    Args:
+      y1: [B, C] multi-hot labels.
+      y2: [N, C] multi-hot labels.
+
+    Returns:
+      [B, N] float32 in {0, 1}.
+    """
+    return (y1 @ y2.T > 0).astype(jnp.float32)
+
+
+def safe_norm(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
+    """L2 norm whose gradient is 0 (not NaN) at x = 0."""
+    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+    """Row-wise x / max(||x||, eps): torch ``F.normalize(x, dim=1)``."""
+    return x / jnp.maximum(safe_norm(x, axis=-1, keepdims=True), eps)
+
+
+def hadamard(k: int) -> np.ndarray:
+    """Sylvester Hadamard matrix (the ordering of ``scipy.linalg.hadamard``).
+
+    Args:
+      k: order, a power of two.
+
+    Returns:
+      [k, k] float32 array in {-1, +1}.
+    """
+    if k < 1 or k & (k - 1):
+        raise ValueError(f'Hadamard order must be a power of 2, got {k}.')
+    h = np.ones((1, 1), np.float32)
+    while h.shape[0] < k:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def balanced_signs(key: PRNGKey, rows: int, bits: int, num_neg: int) -> Array:
+    """Rows of ±1 with exactly ``num_neg`` entries -1 at random positions.
+
+    Args:
+      key: PRNG key.
+      rows: number of rows R.
+      bits: code length K.
+      num_neg: entries set to -1 in every row.
+
+    Returns:
+      [R, K] float32 in {-1, +1}.
+    """
+    # The rank of i.i.d. uniforms is a uniform random permutation per row.
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (rows, bits))))
+    return jnp.where(ranks < num_neg, -1.0, 1.0).astype(jnp.float32)
+
+
+def random_signs(key: PRNGKey, shape: tuple[int, ...]) -> Array:
+    """Uniform random ±1 float32 entries."""
+    return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0)
+
+
+def pairwise_hamming(codes: Array) -> Array:
+    """[R, R] Hamming distances between the ±1 rows of ``codes`` [R, K]."""
+    k = codes.shape[-1]
+    return 0.5 * (k - codes @ codes.T)
+
+
+def hadamard_centers(
+    key: PRNGKey, num_classes: int, bits: int, *, retries: int = 20
+) -> Array:
+    """CSQ hash centres: rows of [H_K; -H_K], balanced random rows beyond 2K.
+
+    When C > 2K, rows 2K..C-1 get K/2 entries -1 at random positions. The
+    draw is repeated ``retries`` times; the first draw whose pairwise
+    Hamming distances have min > K/4 and mean >= K/2 is kept, else the last
+    (CSQ, Yuan et al. CVPR 2020, Algorithm 1, as in DeepHash-pytorch). If K is
+    not a power of two, all centres are uniform random signs (the NHL code's
+    fallback).
+
+    Args:
+      key: PRNG key.
+      num_classes: C.
+      bits: K.
+      retries: number of random fills to try.
+
+    Returns:
+      [C, K] float32 in {-1, +1}.
+    """
+    if bits & (bits - 1):
+        return random_signs(key, (num_classes, bits))
+    h = hadamard(bits)
+    rows = jnp.asarray(np.concatenate([h, -h])[:num_classes])
+    extra = num_classes - rows.shape[0]
+    if extra <= 0:
+        return rows
+    keys = jax.random.split(key, retries)
+    fills = jax.vmap(lambda k: balanced_signs(k, extra, bits, bits // 2))(keys)
+    candidates = jax.vmap(lambda f: jnp.concatenate([rows, f]))(fills)
+    off_diag = ~np.eye(num_classes, dtype=bool)
+    dists = jax.vmap(pairwise_hamming)(candidates)[:, off_diag]  # [R, C(C-1)]
+    ok = (dists.min(-1) > bits / 4) & (dists.mean(-1) >= bits / 2)
+    first_ok = jnp.where(ok.any(), jnp.argmax(ok), retries - 1)
+    return candidates[first_ok]
+
+
+def centers_state(
+    key: PRNGKey,
+    num_classes: int,
+    bits: int,
+    build,
+    centers: Array | np.ndarray | None,
+) -> CentersState:
+    """Builds a ``CentersState`` from ``build(key, C, K)`` or given centres.
+
+    Args:
+      key: PRNG key, split between the centres and the multi-label fill bits.
+      num_classes: C.
+      bits: K.
+      build: ``build(key, num_classes, bits) -> [C, K]`` method-specific
+        centre construction, used when ``centers`` is None.
+      centers: optional precomputed centres in {-1, +1}: one [C, K] table,
+        or a mapping {K: [C, K] table} so that one factory serves every
+        length of a nested head.
+
+    Returns:
+      The initial state.
+    """
+    center_key, fill_key = jax.random.split(key)
+    if centers is None:
+        table = build(center_key, num_classes, bits)
+    else:
+        table = _checked_centers(centers, num_classes, bits)
+    return CentersState(
+        centers=jnp.asarray(table, jnp.float32),
+        fill=random_signs(fill_key, (bits,)).astype(jnp.float32),
+    )
+
+
+def _checked_centers(centers, num_classes: int, bits: int) -> np.ndarray:
+    if isinstance(centers, Mapping):
+        if bits not in centers:
+            raise ValueError(
+                f'no centres given for {bits} bits (have {sorted(centers)}); '
+                'add a [C, K] table for every code length.'
+            )
+        centers = centers[bits]
+    table = np.asarray(centers, np.float32)
+    if table.shape != (num_classes, bits):
+        raise ValueError(
+            f'centers has shape {table.shape}, expected (num_classes, bits) = '
+            f'({num_classes}, {bits}); pass one [C, K] table per code length.'
+        )
+    if not np.all(np.abs(table) == 1):
+        raise ValueError(
+            'centers must contain only -1 and +1; binarise them with '
+            'np.where(c >= 0, 1, -1) first.'
+        )
+    return table
+
+
+def label_targets(state: CentersState, labels: Array) -> Array:
+    """Per-sample target codes t_i = sign(sum_c y_ic h_c), zeros filled.
+
+    For a one-hot label this is exactly the centre of its class (the
+    reference's single-label ``argmax`` lookup); for multi-hot labels it is
+    the CSQ/DPN multi-label rule, where ties (zero sums) take the fixed
+    random ``fill`` bit.
+
+    Args:
+      state: the loss's centres and fill bits.
+      labels: [B, C] multi-hot float labels.
+
+    Returns:
+      [B, K] float32 targets in {-1, +1}.
+    """
+    summed = labels @ state.centers  # [B, K]
+    return jnp.where(summed == 0, state.fill[None, :], jnp.sign(summed))

@@ -1,0 +1,56 @@
+"""CSQ: Central Similarity Quantization with Hadamard hash centres."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from nhl_jax.losses import _common
+from nhl_jax.types import HashLoss
+
+
+def csq(lam: float = 1e-4, *, centers=None, retries: int = 20) -> HashLoss:
+    """Binary cross-entropy between tanh codes and their class hash centre.
+
+    With v = tanh(u) (inside the loss) and the target t_i of
+    ``label_targets`` (the class centre for one-hot labels, the filled sign
+    of the centre sum for multi-hot labels):
+
+      L_c = mean_ik BCE((v_ik + 1) / 2, (t_ik + 1) / 2),
+      L_q = mean_ik (|v_ik| - 1)^2,
+      L = L_c + lam * L_q.
+
+    log p is computed as log sigmoid(2u) (p = (tanh u + 1)/2 = sigmoid(2u)),
+    clamped at -100 like torch's BCELoss. This equals the reference wherever
+    its float32 p has not rounded to 0 or 1, and stays finite beyond.
+
+    Args:
+      lam: weight of the quantisation term.
+      centers: optional precomputed centres: a [C, K] table in {-1, +1},
+        or {K: table} for several lengths; by default
+        ``init`` builds them from Hadamard rows (``hadamard_centers``).
+      retries: random fills tried when C > 2K.
+
+    Returns:
+      A ``HashLoss`` whose state is a ``CentersState``.
+
+    References:
+      Yuan et al., "Central Similarity Quantization for Efficient Image and
+      Video Retrieval", CVPR 2020, Algorithm 1; papers.md 2.2.5.
+    """
+    build = functools.partial(_common.hadamard_centers, retries=retries)
+
+    def init_fn(key, *, num_train, num_classes, bits):
+        del num_train
+        return _common.centers_state(key, num_classes, bits, build, centers)
+
+    def apply_fn(state, codes, labels, index):
+        _common.check_batch(codes, labels, index)
+        positive = 0.5 * (_common.label_targets(state, labels) + 1.0)
+        log_p = jnp.maximum(jax.nn.log_sigmoid(2.0 * codes), -100.0)
+        log_not_p = jnp.maximum(jax.nn.log_sigmoid(-2.0 * codes), -100.0)
+        bce = -(positive * log_p + (1.0 - positive) * log_not_p)
+        quant = (jnp.abs(jnp.tanh(codes)) - 1.0) ** 2
+        return jnp.mean(bce) + lam * jnp.mean(quant), state
+
+    return HashLoss(init_fn, apply_fn)

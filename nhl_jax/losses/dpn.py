@@ -1,0 +1,50 @@
+"""DPN: Deep Polarized Network with random balanced target vectors."""
+
+import jax.numpy as jnp
+
+from nhl_jax.losses import _common
+from nhl_jax.types import HashLoss
+
+
+def dpn(margin: float = 1.0, p: float = 0.5, *, centers=None) -> HashLoss:
+    """Bit-wise hinge that polarises each output towards its target sign.
+
+    Targets T in {-1, +1}^{C x K} have exactly floor(p K) entries -1 at
+    random positions per row (not Hadamard). With t_i from
+    ``label_targets``:
+
+      L = mean_ik max(0, m - u_ik t_ik),
+
+    on the raw outputs, with no quantisation term. The reference's memory
+    bank only serves the adaptive "-A" variant, which NHL never calls, so
+    none is kept.
+
+    Args:
+      margin: polarisation margin m.
+      p: fraction of -1 entries per target row.
+      centers: optional precomputed targets: a [C, K] table in {-1, +1},
+        or {K: table} for several lengths.
+
+    Returns:
+      A ``HashLoss`` whose state is a ``CentersState``.
+
+    References:
+      Fan et al., "Deep Polarized Network for Supervised Learning of Accurate
+      Binary Hashing Codes", IJCAI 2020; papers.md 2.2.6.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f'dpn: p must lie in [0, 1], got {p}.')
+
+    def build(key, num_classes, bits):
+        return _common.balanced_signs(key, num_classes, bits, int(bits * p))
+
+    def init_fn(key, *, num_train, num_classes, bits):
+        del num_train
+        return _common.centers_state(key, num_classes, bits, build, centers)
+
+    def apply_fn(state, codes, labels, index):
+        _common.check_batch(codes, labels, index)
+        targets = _common.label_targets(state, labels)
+        return jnp.mean(jnp.maximum(margin - codes * targets, 0.0)), state
+
+    return HashLoss(init_fn, apply_fn)

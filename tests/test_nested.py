@@ -1,0 +1,80 @@
+"""NestedHashLayer and split_codes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nhl_jax import NestedHashLayer, check_bits, split_codes
+
+BITS = (8, 16, 32)
+
+
+def test_prefix_property():
+    layer = NestedHashLayer(64, BITS, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (5, 64))
+    h = layer(x)
+    assert h.shape == (5, 32)
+    codes = split_codes(h, BITS)
+    assert [c.shape for c in codes] == [(5, 8), (5, 16), (5, 32)]
+    kernel = np.asarray(layer.linear.kernel[...])
+    bias = np.asarray(layer.linear.bias[...])
+    for b, code in zip(BITS, codes):
+        np.testing.assert_allclose(code, np.asarray(x) @ kernel[:, :b] + bias[:b],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(code, h[:, :b])
+    for short, long in zip(codes, codes[1:]):
+        np.testing.assert_array_equal(long[:, : short.shape[1]], short)
+
+
+def test_one_linear_layer_of_the_longest_width():
+    layer = NestedHashLayer(2048, (8, 16, 32, 64, 128), rngs=nnx.Rngs(0))
+    params = nnx.state(layer, nnx.Param)
+    sizes = [p.size for p in jax.tree.leaves(params)]
+    assert sum(sizes) == 2048 * 128 + 128
+    assert len(sizes) == 2
+
+
+def test_initialisation_is_normal_001_and_zero_bias():
+    layer = NestedHashLayer(2048, (64, 128), rngs=nnx.Rngs(0))
+    kernel = np.asarray(layer.linear.kernel[...])
+    assert abs(kernel.std() - 0.01) < 5e-4 and abs(kernel.mean()) < 5e-4
+    np.testing.assert_array_equal(layer.linear.bias[...], 0.0)
+
+
+def test_codes_method_and_jit():
+    layer = NestedHashLayer(16, BITS[:2], rngs=nnx.Rngs(0))
+    x = jnp.ones((3, 16))
+    graphdef, state = nnx.split(layer)
+    h = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+    for a, b in zip(layer.codes(x), split_codes(h, BITS[:2])):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize('bits, match', [
+    ((16, 8), 'strictly increasing'),
+    ((8, 8, 16), 'strictly increasing'),
+    ((0, 8), 'positive ints'),
+    ((-8, 8), 'positive ints'),
+    ((), 'non-empty'),
+    ((8.0, 16), 'positive ints'),
+    ((True, 16), 'positive ints'),
+    ('8,16', 'sorted tuple'),
+    (16, 'sorted tuple'),
+])
+def test_bad_bits_are_rejected(bits, match):
+    with pytest.raises(ValueError, match=match):
+        check_bits(bits)
+    with pytest.raises(ValueError, match=match):
+        NestedHashLayer(64, bits, rngs=nnx.Rngs(0))
+
+
+def test_bits_wider_than_feature_are_rejected():
+    with pytest.raises(ValueError, match='wider than the feature'):
+        NestedHashLayer(16, (8, 32), rngs=nnx.Rngs(0))
+
+
+def test_split_codes_checks_width():
+    with pytest.raises(AssertionError):
+        split_codes(jnp.zeros((2, 16)), BITS)
