@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax.types import Array, PRNGKey
+from nhl_jax.types import Array, EmptyState, PRNGKey
 
 
 class CentersState(NamedTuple):
@@ -22,6 +22,12 @@ class CentersState(NamedTuple):
 
     centers: Array  # [C, K]
     fill: Array  # [K]
+
+
+def stateless_init(key, *, num_train, num_classes, bits) -> EmptyState:
+    """``init`` of the losses that keep no state (DTSH, LCDSH, DCH)."""
+    del key, num_train, num_classes, bits
+    return EmptyState()
 
 
 def check_batch(codes: Array, labels: Array, index: Array) -> None:

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 
 from nhl_jax.losses import _common
-from nhl_jax.types import Array, EmptyState, HashLoss
+from nhl_jax.types import Array, HashLoss
 
 
 def dch(gamma: float = 20.0, lam: float = 0.1) -> HashLoss:
@@ -32,10 +32,6 @@ def dch(gamma: float = 20.0, lam: float = 0.1) -> HashLoss:
       2018, Eq. (2), (6)-(9); papers.md 2.2.4.
     """
 
-    def init_fn(key, *, num_train, num_classes, bits):
-        del key, num_train, num_classes, bits
-        return EmptyState()
-
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
         s = _common.similarity(labels, labels)  # [B, B]
@@ -53,7 +49,7 @@ def dch(gamma: float = 20.0, lam: float = 0.1) -> HashLoss:
         quant = jnp.log(1.0 + _cauchy_distance(jnp.abs(codes), ones) / gamma)
         return jnp.mean(cauchy) + lam * jnp.mean(quant), state
 
-    return HashLoss(init_fn, apply_fn)
+    return HashLoss(_common.stateless_init, apply_fn)
 
 
 def _cauchy_distance(a: Array, b: Array) -> Array:

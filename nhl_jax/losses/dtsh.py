@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from nhl_jax.losses import _common
-from nhl_jax.types import EmptyState, HashLoss
+from nhl_jax.types import HashLoss
 
 
 def dtsh(alpha: float = 5.0, lam: float = 1.0) -> HashLoss:
@@ -33,10 +33,6 @@ def dtsh(alpha: float = 5.0, lam: float = 1.0) -> HashLoss:
       papers.md 2.2.2.
     """
 
-    def init_fn(key, *, num_train, num_classes, bits):
-        del key, num_train, num_classes, bits
-        return EmptyState()
-
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
         theta = codes @ codes.T  # [B, B]
@@ -60,4 +56,4 @@ def dtsh(alpha: float = 5.0, lam: float = 1.0) -> HashLoss:
         quant = jnp.mean((codes - jnp.sign(codes)) ** 2)
         return triplet + lam * quant, state
 
-    return HashLoss(init_fn, apply_fn)
+    return HashLoss(_common.stateless_init, apply_fn)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from nhl_jax.losses import _common
-from nhl_jax.types import EmptyState, HashLoss
+from nhl_jax.types import HashLoss
 
 
 def lcdsh(lam: float = 3.0) -> HashLoss:
@@ -27,10 +27,6 @@ def lcdsh(lam: float = 3.0) -> HashLoss:
       Retrieval", IJCAI 2017; papers.md 2.2.3.
     """
 
-    def init_fn(key, *, num_train, num_classes, bits):
-        del key, num_train, num_classes, bits
-        return EmptyState()
-
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
         s = 2.0 * _common.similarity(labels, labels) - 1.0  # [B, B]
@@ -43,4 +39,4 @@ def lcdsh(lam: float = 3.0) -> HashLoss:
         )
         return likelihood + lam * match, state
 
-    return HashLoss(init_fn, apply_fn)
+    return HashLoss(_common.stateless_init, apply_fn)
