@@ -30,16 +30,20 @@ class NHLMetrics(NamedTuple):
       losses: [M] base loss L_k of each length.
       distill: [M] distillation term L_dis(k) (0 for the longest length).
       objectives: [M] L_k + lambda L_dis(k).
-      weights: [M] the weights used (ones for ``weighting='none'``).
-      anti_domination: [M, M] bool, see ``DominanceInfo`` (all False for
-        ``weighting='none'``, where it is not computed).
+      dominance: the step's ``DominanceInfo`` (weights, raw weights,
+        anti-domination, cosines). For ``weighting='none'`` nothing is
+        computed: weights and raw are ones, the rest False / 0.
     """
 
     losses: Array
     distill: Array
     objectives: Array
-    weights: Array
-    anti_domination: Array
+    dominance: weighting_lib.DominanceInfo
+
+    @property
+    def weights(self) -> Array:
+        """[M] the weights used."""
+        return self.dominance.weights
 
 
 class NHLObjective(NamedTuple):
@@ -115,16 +119,13 @@ def nhl_objective(
     def apply_fn(states, h, labels, index, *, features=None):
         if weighting == 'none':
             objs, (new_states, base, dis) = per_length(h, states, labels, index)
-            weights = jnp.ones((m,), objs.dtype)
-            anti = jnp.zeros((m, m), bool)
+            info = _uniform_info(m)
         else:
-            objs, weights, anti, (new_states, base, dis) = _weighted(
+            objs, info, (new_states, base, dis) = _weighted(
                 per_length, h, states, labels, index, features
             )
-        total = jnp.sum(weights * objs)
-        metrics = NHLMetrics(
-            *jax.lax.stop_gradient((base, dis, objs, weights)), anti
-        )
+        total = jnp.sum(info.weights * objs)
+        metrics = NHLMetrics(*jax.lax.stop_gradient((base, dis, objs)), info)
         return total, (new_states, metrics)
 
     def _weighted(fn, h, states, labels, index, features):
@@ -143,7 +144,16 @@ def nhl_objective(
             bits,
             rule=weighting,
         )
-        weights = jax.lax.stop_gradient(info.weights)
-        return objs, weights, info.anti_domination, aux
+        return objs, info, aux
 
     return NHLObjective(init_fn, apply_fn)
+
+
+def _uniform_info(m: int) -> weighting_lib.DominanceInfo:
+    """The ``DominanceInfo`` of plain summation (nothing measured)."""
+    return weighting_lib.DominanceInfo(
+        weights=jnp.ones((m,)),
+        raw=jnp.ones((m,)),
+        anti_domination=jnp.zeros((m, m), bool),
+        cosine=jnp.zeros((m, m)),
+    )

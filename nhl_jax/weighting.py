@@ -279,12 +279,7 @@ def dominance_weighting(
 
     def init_fn(params):
         del params
-        return DominanceState(
-            count=jnp.zeros((), jnp.int32),
-            anti_domination=jnp.zeros((m,), jnp.int32),
-            capped=jnp.zeros((m,), jnp.int32),
-            weights=jnp.ones((m,), jnp.float32),
-        )
+        return init_state(m)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -296,6 +291,16 @@ def dominance_weighting(
         return weighted, update_state(state, info)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def init_state(num_lengths: int) -> DominanceState:
+    """Zero counters and unit weights for M = ``num_lengths`` lengths."""
+    return DominanceState(
+        count=jnp.zeros((), jnp.int32),
+        anti_domination=jnp.zeros((num_lengths,), jnp.int32),
+        capped=jnp.zeros((num_lengths,), jnp.int32),
+        weights=jnp.ones((num_lengths,), jnp.float32),
+    )
 
 
 def update_state(state: DominanceState, info: DominanceInfo) -> DominanceState:

@@ -1,0 +1,74 @@
+"""Trains nested hash codes and reports per-length mAP.
+
+    python experiments/run.py --method=dpn [--dataset=mnist5k] [--bits=8,16,32]
+
+This file is intentionally kept short: the logic lives in ``nhl_jax.train``
+so that it can be tested and imported.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from nhl_jax import config as config_lib
+from nhl_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'experiments/configs/default.py', 'Python config file.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory (default: runs/<dataset>_<method>).')
+_RESUME = flags.DEFINE_bool('resume', False, 'Continue the run in --workdir.')
+_OVERRIDES = {
+    'method': flags.DEFINE_string('method', None, 'Base loss, e.g. dpn.'),
+    'dataset': flags.DEFINE_string('dataset', None, 'mnist5k or digits.'),
+    'backbone': flags.DEFINE_string('backbone', None, 'mlp or cnn.'),
+    'bits': flags.DEFINE_list('bits', None, 'Code lengths, e.g. 8,16,32.'),
+    'weighting': flags.DEFINE_string('weighting', None,
+                                     'none, paper or released.'),
+    'distill_weight': flags.DEFINE_float('distill_weight', None,
+                                         'Distillation weight (0: off).'),
+    'epochs': flags.DEFINE_integer('epochs', None, 'Maximum epochs.'),
+    'seed': flags.DEFINE_integer('seed', None, 'Seed of split, init, order.'),
+    'single_length': flags.DEFINE_bool(
+        'single_length', None, 'Train each length alone (baseline).'),
+}
+
+
+def _config():
+    config = _CONFIG.value
+    with config.unlocked():
+        for name, flag in _OVERRIDES.items():
+            if flag.value is not None:
+                config[name] = flag.value
+        if _OVERRIDES['bits'].value is not None:
+            config.bits = tuple(_parse_bits(_OVERRIDES['bits'].value))
+    return config
+
+
+def _parse_bits(values):
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise config_lib.UsageError(
+            f'--bits must be comma-separated integers, got {values}.'
+        ) from None
+
+
+def main(argv):
+    del argv
+    if not flags.FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save
+    try:
+        config = _config()
+        workdir = _WORKDIR.value or f'runs/{config.dataset}_{config.method}'
+        config_lib.check_config(config)
+        config_lib.check_workdir(workdir)
+        train.train_and_evaluate(config, workdir, resume=_RESUME.value)
+    except config_lib.UsageError as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,79 @@
+"""Orbax checkpoints of a run: train state, best parameters per length, meta."""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ('state', 'best', 'meta')
+
+
+def manager(workdir: str, *, keep: int = 2) -> ocp.CheckpointManager:
+    """A ``CheckpointManager`` under ``workdir/checkpoints``.
+
+    Args:
+      workdir: the run directory.
+      keep: number of latest checkpoints kept.
+
+    Returns:
+      The manager (close it, or use it as a context manager).
+    """
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        options=options,
+        item_names=ITEMS,
+    )
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, best, meta) -> None:
+    """Saves one checkpoint and waits until it is complete on disk.
+
+    Args:
+      mngr: from ``manager``.
+      step: the global train step (the checkpoint's name).
+      state: the ``TrainState`` pytree.
+      best: pytree of the best parameters per length.
+      meta: JSON-serialisable dict (epoch, best mAP, early-stop counter).
+    """
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            best=ocp.args.StandardSave(best),
+            meta=ocp.args.JsonSave(meta),
+        ),
+    )
+    mngr.wait_until_finished()
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state, best):
+    """Restores the latest checkpoint onto templates of the same structure.
+
+    Args:
+      mngr: from ``manager``.
+      state: a ``TrainState`` with the target structure, shapes and dtypes.
+      best: a best-parameters pytree with the target structure.
+
+    Returns:
+      ``(state, best, meta)``, or None when there is no checkpoint.
+    """
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state)),
+            best=ocp.args.StandardRestore(_abstract(best)),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return restored.state, restored.best, restored.meta
+
+
+def _abstract(tree):
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,90 @@
+"""Validation of a run's configuration, before any work is done.
+
+Every check raises a one-line ``UsageError`` (a ``ValueError``) that names
+the bad value, the valid choices and how to fix it; the CLI prints it and
+exits. Only ``UsageError`` is caught there, so a bug still shows its
+traceback.
+"""
+
+import inspect
+import os
+
+from nhl_jax import data, distill, losses, models, objective
+from nhl_jax.nested import check_bits
+
+
+class UsageError(ValueError):
+    """A bad configuration, flag or workdir: the message says how to fix it."""
+
+
+def _choice(kind: str, value, valid) -> None:
+    if value not in valid:
+        raise UsageError(
+            f'Unknown {kind} {value!r}; choose one of {sorted(valid)}.'
+        )
+
+
+def _positive(config, names, kind=(int, float)) -> None:
+    for name in names:
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise UsageError(
+                f'{name} must be a positive number, got {value!r}.'
+            )
+
+
+def check_loss_kwargs(method: str, loss_kwargs) -> None:
+    """Raises if ``loss_kwargs`` are not keyword arguments of the factory."""
+    params = inspect.signature(losses.LOSSES[method]).parameters
+    unknown = sorted(set(loss_kwargs) - set(params))
+    if unknown:
+        raise UsageError(
+            f'loss {method!r} has no hyperparameter(s) {unknown}; valid: '
+            f'{sorted(params)}.'
+        )
+
+
+def check_config(config) -> None:
+    """Validates a training config (see experiments/configs/default.py).
+
+    Args:
+      config: the ``ml_collections.ConfigDict`` of a run.
+
+    Raises:
+      UsageError: naming the first invalid field and its valid values.
+    """
+    try:
+        _check_fields(config)
+    except UsageError:
+        raise
+    except ValueError as e:  # from check_bits, the registries' getters
+        raise UsageError(str(e)) from None
+
+
+def _check_fields(config) -> None:
+    _choice('method', config.method, losses.LOSSES)
+    _choice('dataset', config.dataset, data.DATASETS)
+    if config.backbone is not None:
+        _choice('backbone', config.backbone, models.BACKBONES)
+    _choice('weighting', config.weighting, objective.WEIGHTINGS)
+    _choice('distillation topology', config.topology, distill.TOPOLOGIES)
+    check_bits(config.bits)
+    check_loss_kwargs(config.method, dict(config.loss_kwargs))
+    _positive(config, ('epochs', 'eval_every', 'batch_size',
+                       'eval_batch_size', 'patience'), int)
+    _positive(config, ('learning_rate',))
+    for name in ('distill_weight', 'weight_decay'):
+        if not config[name] >= 0:
+            raise UsageError(f'{name} must be >= 0, got {config[name]!r}.')
+    if config.top_k is not None:
+        _positive(config, ('top_k',), int)
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises unless ``workdir``'s parent directory exists."""
+    parent = os.path.dirname(os.path.abspath(workdir))
+    if not os.path.isdir(parent):
+        raise UsageError(
+            f'workdir parent {parent!r} does not exist; create it or choose '
+            'another --workdir.'
+        )

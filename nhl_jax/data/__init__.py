@@ -1,0 +1,45 @@
+"""Offline datasets, retrieval splits and grain batch pipelines."""
+
+from nhl_jax.data.datasets import DATASETS
+from nhl_jax.data.datasets import ArrayDataset
+from nhl_jax.data.datasets import DatasetSpec
+from nhl_jax.data.datasets import Protocol
+from nhl_jax.data.datasets import Splits
+from nhl_jax.data.datasets import check_dataset
+from nhl_jax.data.datasets import export_split_ids
+from nhl_jax.data.datasets import get_spec
+from nhl_jax.data.datasets import load_digits
+from nhl_jax.data.datasets import load_mnist5k
+from nhl_jax.data.datasets import load_split_ids
+from nhl_jax.data.datasets import load_splits
+from nhl_jax.data.datasets import one_hot
+from nhl_jax.data.datasets import split_by_class
+from nhl_jax.data.datasets import split_digest
+from nhl_jax.data.pipeline import epoch_seed
+from nhl_jax.data.pipeline import eval_batches
+from nhl_jax.data.pipeline import steps_per_epoch
+from nhl_jax.data.pipeline import train_batches
+from nhl_jax.data.pipeline import train_dataset
+
+__all__ = [
+    'DATASETS',
+    'ArrayDataset',
+    'DatasetSpec',
+    'Protocol',
+    'Splits',
+    'check_dataset',
+    'epoch_seed',
+    'eval_batches',
+    'export_split_ids',
+    'get_spec',
+    'load_digits',
+    'load_mnist5k',
+    'load_split_ids',
+    'load_splits',
+    'one_hot',
+    'split_by_class',
+    'split_digest',
+    'steps_per_epoch',
+    'train_batches',
+    'train_dataset',
+]

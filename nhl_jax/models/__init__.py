@@ -1,0 +1,74 @@
+"""Backbones by name, and the hashing model = backbone + nested hash layer."""
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from flax import nnx
+
+from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
+from nhl_jax.models.small import MLP, SmallCNN
+from nhl_jax.nested import NestedHashLayer
+from nhl_jax.types import Array
+
+BACKBONES = {'mlp': MLP, 'cnn': SmallCNN}
+
+
+def get_backbone(name: str, input_shape: Sequence[int], *, rngs: nnx.Rngs,
+                 **kwargs) -> nnx.Module:
+    """Builds the backbone registered as ``name``.
+
+    Args:
+      name: a key of ``BACKBONES``.
+      input_shape: (H, W, C) of one image.
+      rngs: NNX random streams.
+      **kwargs: the backbone's own keyword arguments.
+
+    Returns:
+      The module; its ``features`` attribute is the feature width D.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the valid ones).
+    """
+    if name not in BACKBONES:
+        raise ValueError(
+            f'Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}.'
+        )
+    return BACKBONES[name](tuple(input_shape), rngs=rngs, **kwargs)
+
+
+def preprocess(images: Array) -> Array:
+    """uint8 images [B, H, W, C] -> float32 in [0, 1]."""
+    return jnp.asarray(images, jnp.float32) / 255.0
+
+
+class HashNet(nnx.Module):
+    """Backbone features -> one nested hash layer for every code length."""
+
+    def __init__(self, backbone: nnx.Module, bits: Sequence[int], *,
+                 rngs: nnx.Rngs):
+        """Creates the model.
+
+        Args:
+          backbone: a module with a ``features`` width attribute.
+          bits: sorted code lengths.
+          rngs: NNX random streams.
+        """
+        self.backbone = backbone
+        self.head = NestedHashLayer(backbone.features, bits, rngs=rngs)
+
+    def __call__(self, images: Array) -> tuple[Array, Array]:
+        """Maps uint8 images [B, H, W, C] to (features [B, D], h [B, K_max])."""
+        features = self.backbone(preprocess(images))
+        return features, self.head(features)
+
+
+__all__ = [
+    'BACKBONES',
+    'HashNet',
+    'MLP',
+    'PatchConv3x3',
+    'SmallCNN',
+    'get_backbone',
+    'max_pool_2x2',
+    'preprocess',
+]

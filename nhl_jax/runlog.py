@@ -1,0 +1,85 @@
+"""Run outputs: a progress bar, metrics.jsonl, results.json, a final table."""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """Writes JSON so that ``path`` is either the old or the new file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write('\n')
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def append_jsonl(path: str, record) -> None:
+    """Appends one JSON record as a line."""
+    with open(path, 'a') as f:
+        f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def truncate_jsonl(path: str, *, max_epoch: int) -> None:
+    """Keeps the records with ``epoch <= max_epoch`` (used on resume)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in records if r.get('epoch', 0) <= max_epoch]
+    text = ''.join(json.dumps(r, sort_keys=True) + '\n' for r in kept)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+    with os.fdopen(fd, 'w') as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class ProgressBar:
+    """A dependency-free progress line with a live loss, on stderr.
+
+    On a terminal it redraws one line; elsewhere (logs, CI) it prints one line
+    per epoch only.
+    """
+
+    def __init__(self, total: int, desc: str, *, stream=None):
+        self.total, self.desc = total, desc
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.start = time.perf_counter()
+
+    def update(self, done: int, loss: float) -> None:
+        """Redraws the bar after ``done`` of ``total`` steps."""
+        if not self.live:
+            return
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.stream.write(
+            f'\r{self.desc} [{"#" * filled}{"." * (width - filled)}] '
+            f'{done}/{self.total} loss {loss:.4f} {rate:.1f} it/s'
+        )
+        self.stream.flush()
+
+    def close(self, summary: str) -> None:
+        """Ends the line with a summary."""
+        if self.live:
+            self.stream.write(f'\r{self.desc} {summary}\033[K\n')
+        else:
+            self.stream.write(f'{self.desc} {summary}\n')
+        self.stream.flush()
+
+
+def format_table(bits, maps, best, *, title: str) -> str:
+    """A per-length table of the last and best mAP."""
+    lines = [title, f'{"bits":>6} {"mAP (last)":>11} {"mAP (best)":>11}']
+    for b in bits:
+        lines.append(f'{b:>6} {maps[str(b)]:>11.4f} {best[str(b)]:>11.4f}')
+    return '\n'.join(lines)
