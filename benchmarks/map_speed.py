@@ -24,7 +24,7 @@ from nhl_jax import evaluate
 
 
 def calc_top_map(q_codes, db_codes, q_labels, db_labels, topk, kind=None):
-    """DeepHash-pytorch's ``CalcTopMap``, copied as is (plus ``kind``).
+    """DeepHash-pytorch's ``CalcTopMap`` loop, written out step for step.
 
     The original is called with topk=-1 for mAP@all, and ``gnd[0:-1]``
     then silently drops the last database item; callers here pass topk=N.

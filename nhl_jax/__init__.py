@@ -1,7 +1,13 @@
-"""nhl_jax: deep supervised hashing with nested codes of several lengths."""
+"""nhl_jax: deep supervised hashing with nested codes of several lengths.
+
+``nhl_jax.data`` (grain pipelines, offline datasets) and ``nhl_jax.train``
+(the trainer) are imported on demand: ``from nhl_jax import train``.
+"""
 
 from nhl_jax import distill
+from nhl_jax import evaluate
 from nhl_jax import losses
+from nhl_jax import models
 from nhl_jax import nested
 from nhl_jax import objective
 from nhl_jax import weighting
@@ -17,7 +23,9 @@ __all__ = [
     'NestedHashLayer',
     'check_bits',
     'distill',
+    'evaluate',
     'losses',
+    'models',
     'nested',
     'objective',
     'split_codes',

@@ -9,6 +9,8 @@ traceback.
 import inspect
 import os
 
+from flax import nnx
+
 from nhl_jax import data, distill, losses, models, objective
 from nhl_jax.nested import check_bits
 
@@ -78,6 +80,21 @@ def _check_fields(config) -> None:
             raise UsageError(f'{name} must be >= 0, got {config[name]!r}.')
     if config.top_k is not None:
         _positive(config, ('top_k',), int)
+    _check_code_width(config)
+
+
+def _check_code_width(config) -> None:
+    """The longest code must not be wider than the backbone's feature."""
+    spec = data.get_spec(config.dataset)
+    images, _ = spec.load()
+    backbone = nnx.eval_shape(lambda: models.get_backbone(
+        config.backbone or spec.backbone, images.shape[1:], rngs=nnx.Rngs(0)))
+    if max(config.bits) > backbone.features:
+        raise UsageError(
+            f'longest code ({max(config.bits)} bits) is wider than the '
+            f'{config.backbone or spec.backbone} feature '
+            f'({backbone.features}); use bits <= {backbone.features}.'
+        )
 
 
 def check_workdir(workdir: str) -> None:

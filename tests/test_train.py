@@ -1,0 +1,145 @@
+"""Training: the jitted step, early stopping, end-to-end runs, resume."""
+
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import default
+from nhl_jax import data, losses, train
+from nhl_jax.config import UsageError
+
+
+def _config(**overrides):
+    config = default.get_config()
+    config.update(dict(dataset='digits', bits=(8, 16), epochs=1,
+                       eval_every=1, batch_size=32))
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope='module')
+def splits():
+    return data.load_splits('digits', seed=0)
+
+
+def _batches(splits, config, epoch=1):
+    return list(data.train_batches(splits.train, config.batch_size,
+                                   seed=config.seed, epoch=epoch))
+
+
+def test_train_step_compiles_once_and_keeps_state_structure(splits):
+    config = _config(weighting='paper', method='dsh')
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
+        num_classes=10)
+    def step_fn(state, batch):
+        return train.train_step(state, batch, setup=setup)
+
+    step = jax.jit(chex.assert_max_traces(step_fn, n=1))
+    first = jax.tree.map(np.asarray, state)
+    for batch in _batches(splits, config)[:4]:
+        state, metrics = step(state, batch)
+    chex.assert_trees_all_equal_shapes_and_dtypes(first, state)
+    assert int(state.step) == 4 and int(state.weighting.count) == 4
+    assert metrics['losses'].shape == (2,)
+    assert np.isfinite(metrics['loss'])
+
+
+def test_step_updates_the_dsh_banks_with_training_rows_only(splits):
+    config = _config(method='dsh')
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
+        num_classes=10)
+    batch = _batches(splits, config)[0]
+    state, _ = train.compile_train_step(setup)(state, batch)
+    bank = np.asarray(state.loss_states[0].labels)
+    written = np.flatnonzero(bank.sum(1))
+    np.testing.assert_array_equal(np.sort(written), np.sort(batch['index']))
+    np.testing.assert_array_equal(bank[batch['index']], batch['label'])
+
+
+def test_evaluation_does_not_touch_loss_states(splits):
+    config = _config(method='dsh')
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
+        num_classes=10)
+    before = jax.tree.map(np.array, state.loss_states)
+    maps = train.evaluate_lengths(train.compile_encode(setup), state.params,
+                                  state.rest, splits, setup.bits,
+                                  batch_size=256)
+    assert set(maps) == {'8', '16'} and all(0 < v <= 1 for v in maps.values())
+    chex.assert_trees_all_equal(before, state.loss_states)
+
+
+def test_early_stopping_resets_when_any_length_improves():
+    meta = train._new_meta((8, 16))
+    best = {'8': None, '16': None}
+    history = [{'8': .5, '16': .5}, {'8': .6, '16': .4}, {'8': .6, '16': .5},
+               {'8': .6, '16': .5}, {'8': .59, '16': .55}]
+    counters = []
+    for maps in history:
+        meta, best = train._update_best(meta, best, maps, {'w': 1.0}, 2)
+        counters.append((meta['counter'], meta['stopped_early']))
+    assert counters == [(0, False), (0, False), (1, False), (2, True),
+                        (0, False)]
+    assert meta['best_map'] == {'8': .6, '16': .55}
+
+
+@pytest.mark.parametrize('name', sorted(losses.LOSSES))
+def test_every_method_trains_one_epoch_end_to_end(name, tmp_path):
+    results = train.train_and_evaluate(_config(method=name), str(tmp_path))
+    saved = json.loads((tmp_path / 'results.json').read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved['method'] == name and saved['bits'] == [8, 16]
+    assert set(saved['map']) == {'8', '16'}
+    assert all(0.1 < v <= 1.0 for v in saved['map'].values())
+    assert saved['train_seconds'] > 0
+    lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert record['epoch'] == 1 and set(record['map']) == {'8', '16'}
+
+
+def test_resume_continues_from_the_saved_step(tmp_path):
+    workdir = str(tmp_path)
+    train.train_and_evaluate(_config(epochs=2), workdir)
+    with pytest.raises(UsageError, match='already holds a run'):
+        train.train_and_evaluate(_config(epochs=3), workdir)
+    results = train.train_and_evaluate(_config(epochs=3), workdir, resume=True)
+    epochs = [json.loads(line)['epoch'] for line in
+              (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert results['epochs'] == {'8': 3, '16': 3}
+    steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints')
+                   if s.isdigit())
+    per_epoch = data.steps_per_epoch(1000, 32)
+    assert steps[-1] == 3 * per_epoch
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    straight = train.train_and_evaluate(_config(epochs=2), str(tmp_path / 'a'))
+    train.train_and_evaluate(_config(epochs=1), str(tmp_path / 'b'))
+    resumed = train.train_and_evaluate(_config(epochs=2), str(tmp_path / 'b'),
+                                       resume=True)
+    assert resumed['map'] == straight['map']
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train.train_and_evaluate(_config(), str(tmp_path))
+    with pytest.raises(UsageError, match=r"different config.*'method'"):
+        train.train_and_evaluate(_config(method='csq'), str(tmp_path),
+                                 resume=True)
+
+
+def test_single_length_mode_trains_each_length_alone(tmp_path):
+    results = train.train_and_evaluate(_config(single_length=True),
+                                       str(tmp_path))
+    assert results['mode'] == 'single_length'
+    assert set(results['map']) == {'8', '16'}
+    for b in (8, 16):
+        run = json.loads((tmp_path / f'len_{b}' / 'metrics.jsonl')
+                         .read_text().splitlines()[0])
+        assert set(run['losses']) == {str(b)}
