@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from nhl_jax import config as config_lib
-from nhl_jax import train
+from nhl_jax import parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'experiments/configs/default.py', 'Python config file.',
@@ -20,6 +20,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default: runs/<dataset>_<method>).')
 _RESUME = flags.DEFINE_bool('resume', False, 'Continue the run in --workdir.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-host: host:port of process 0 (or env NHL_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_string(
+    'num_processes', None,
+    'Multi-host: number of processes, or "auto" on TPU pods / SLURM.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'Multi-host: rank of this process.')
 _OVERRIDES = {
     'method': flags.DEFINE_string('method', None, 'Base loss, e.g. dpn.'),
     'dataset': flags.DEFINE_string('dataset', None, 'mnist5k or digits.'),
@@ -31,6 +39,8 @@ _OVERRIDES = {
                                          'Distillation weight (0: off).'),
     'epochs': flags.DEFINE_integer('epochs', None, 'Maximum epochs.'),
     'seed': flags.DEFINE_integer('seed', None, 'Seed of split, init, order.'),
+    'devices': flags.DEFINE_integer(
+        'devices', None, 'Data-parallel devices (default: all).'),
     'single_length': flags.DEFINE_bool(
         'single_length', None, 'Train each length alone (baseline).'),
 }
@@ -60,6 +70,8 @@ def main(argv):
     del argv
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                        _PROCESS_ID.value)
     try:
         config = _config()
         workdir = _WORKDIR.value or f'runs/{config.dataset}_{config.method}'

@@ -9,6 +9,7 @@ traceback.
 import inspect
 import os
 
+import jax
 from flax import nnx
 
 from nhl_jax import data, distill, losses, models, objective
@@ -78,9 +79,26 @@ def _check_fields(config) -> None:
     for name in ('distill_weight', 'weight_decay'):
         if not config[name] >= 0:
             raise UsageError(f'{name} must be >= 0, got {config[name]!r}.')
-    if config.top_k is not None:
-        _positive(config, ('top_k',), int)
+    for name in ('top_k', 'devices'):
+        if config.get(name) is not None:
+            _positive(config, (name,), int)
+    _check_devices(config)
     _check_code_width(config)
+
+
+def _check_devices(config) -> None:
+    available = jax.device_count()
+    devices = config.get('devices') or available
+    if devices > available:
+        raise UsageError(
+            f'devices={devices} but {available} device(s) exist; pass at '
+            f'most {available} or leave it unset for all.'
+        )
+    if config.batch_size % devices:
+        raise UsageError(
+            f'batch_size {config.batch_size} does not split over {devices} '
+            f'devices; use a multiple of {devices}.'
+        )
 
 
 def _check_code_width(config) -> None:

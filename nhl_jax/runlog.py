@@ -49,10 +49,12 @@ class ProgressBar:
     per epoch only.
     """
 
-    def __init__(self, total: int, desc: str, *, stream=None):
+    def __init__(self, total: int, desc: str, *, stream=None,
+                 quiet: bool = False):
         self.total, self.desc = total, desc
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
+        self.live = self.stream.isatty() and not quiet
+        self.quiet = quiet
         self.start = time.perf_counter()
 
     def update(self, done: int, loss: float) -> None:
@@ -70,6 +72,8 @@ class ProgressBar:
 
     def close(self, summary: str) -> None:
         """Ends the line with a summary."""
+        if self.quiet:
+            return
         if self.live:
             self.stream.write(f'\r{self.desc} {summary}\033[K\n')
         else:

@@ -34,6 +34,9 @@ def get_config():
     config.batch_size = 64
     config.epochs = 40
     config.seed = 0
+    # Data parallelism: devices of the ('data',) mesh; None means all of them
+    # (of every process). The global batch must split evenly over them.
+    config.devices = ml_collections.config_dict.placeholder(int)
     # Evaluation and early stopping (NHL: stop after `patience` evaluations
     # in which no length improved).
     config.eval_every = 5

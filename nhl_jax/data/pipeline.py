@@ -99,7 +99,8 @@ def _padded_batch_fn(ds: ArrayDataset, batch_size: int):
 
 
 def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
-                  epoch: int, drop_remainder: bool = True) -> grain.MapDataset:
+                  epoch: int, drop_remainder: bool = True,
+                  rows: slice = slice(None)) -> grain.MapDataset:
     """The grain dataset behind ``train_batches`` (to add prefetching).
 
     The epoch's order is one numpy permutation seeded by ``epoch_seed``,
@@ -120,13 +121,14 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
             'pass drop_remainder=False.'
         )
     order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(n)
-    return grain.MapDataset.source(
-        _index_batches(order, batch_size, drop_remainder)).map(_batch_fn(ds))
+    batches = [b[rows] for b in _index_batches(order, batch_size,
+                                               drop_remainder)]
+    return grain.MapDataset.source(batches).map(_batch_fn(ds))
 
 
 def train_batches(
     ds: ArrayDataset, batch_size: int, *, seed: int, epoch: int,
-    drop_remainder: bool = True,
+    drop_remainder: bool = True, rows: slice = slice(None),
 ) -> Iterator[dict[str, np.ndarray]]:
     """One shuffled epoch of training batches.
 
@@ -139,6 +141,9 @@ def train_batches(
       seed: non-negative run seed.
       epoch: non-negative epoch number.
       drop_remainder: drop the last, smaller batch (keeps one jit shape).
+      rows: the rows of every global batch to load, e.g. this process's
+        share in a multi-host run (``parallel.process_slice``); images are
+        gathered for these rows only.
 
     Yields:
       {'image': [B, H, W, C] uint8, 'label': [B, C] float32,
@@ -149,7 +154,7 @@ def train_batches(
         batch_size above len(ds) with drop_remainder=True.
     """
     dataset = train_dataset(ds, batch_size, seed=seed, epoch=epoch,
-                            drop_remainder=drop_remainder)
+                            drop_remainder=drop_remainder, rows=rows)
     return iter(dataset.to_iter_dataset(_READ_OPTIONS))
 
 
