@@ -6,6 +6,7 @@ This file is intentionally kept short: the logic lives in ``nhl_jax.train``
 so that it can be tested and imported.
 """
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -78,8 +79,11 @@ def main(argv):
         config_lib.check_config(config)
         config_lib.check_workdir(workdir)
         train.train_and_evaluate(config, workdir, resume=_RESUME.value)
-    except config_lib.UsageError as e:
+    except (config_lib.UsageError, FloatingPointError) as e:
         sys.exit(f'error: {e}')
+    except train.Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,16 @@
-"""Orbax checkpoints of a run: train state, best parameters per length, meta."""
+"""Orbax checkpoints of a run: train state, best parameters per length, meta.
+
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a run killed while saving leaves no checkpoint that
+``latest_step`` would pick up.
+"""
 
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from nhl_jax.config import UsageError
 
 ITEMS = ('state', 'best', 'meta')
 
@@ -64,14 +71,22 @@ def restore_latest(mngr: ocp.CheckpointManager, state, best):
     step = mngr.latest_step()
     if step is None:
         return None
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state)),
-            best=ocp.args.StandardRestore(_abstract(best)),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
+    try:
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(state)),
+                best=ocp.args.StandardRestore(_abstract(best)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    except Exception as e:  # orbax/tensorstore raise many types
+        reason = str(e).strip().splitlines()[0][:200] if str(e) else ''
+        raise UsageError(
+            f'checkpoint {step} in {mngr.directory} cannot be read '
+            f'({type(e).__name__}: {reason}); delete that step directory to '
+            'resume from the previous checkpoint, or use another --workdir.'
+        ) from e
     return restored.state, restored.best, restored.meta
 
 

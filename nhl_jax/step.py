@@ -129,6 +129,9 @@ def train_step(state: TrainState, batch, *, setup: Setup):
         'losses': metrics.losses,
         'distill': metrics.distill,
         'weights': metrics.weights,
+        # Counts of non-finite losses per length, so the epoch summary can
+        # name the first bad step and length without a per-step sync.
+        'nonfinite': (~jnp.isfinite(metrics.losses)).astype(jnp.int32),
     }
 
 

@@ -6,8 +6,12 @@ The flax-examples layout: ``create_train_state`` and the pure, jitted
 early stopping, checkpoints and the run's outputs.
 """
 
+import contextlib
+import hashlib
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -30,60 +34,130 @@ from nhl_jax.step import (  # noqa: F401  (the public training API)
 )
 
 
-def _train_epoch(step_fn, state, ds, config, epoch: int, desc: str, mesh):
-    """Runs one epoch; returns (state, per-epoch mean metrics, seconds)."""
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a resumable checkpoint."""
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemption); checked between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signals can only be handled on the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, flag)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_NO_STEP = np.iinfo(np.int32).max
+
+
+def _train_epoch(step_fn, state, ds, config, epoch, mesh, partial, stop):
+    """Runs (the rest of) one epoch, stopping early if ``stop.requested``.
+
+    Args:
+      step_fn: the compiled train step.
+      state: the train state.
+      ds: the training set.
+      config: the run config.
+      epoch: 1-based epoch number.
+      mesh: the data mesh.
+      partial: progress of this epoch from a mid-epoch checkpoint (batches
+        done, metric sums, seconds) or None.
+      stop: a ``_StopFlag``.
+
+    Returns:
+      ``(state, progress)``: progress has ``batches`` done, host metric
+      ``sums``, ``seconds``, and ``first_bad_step`` (or None).
+    """
     steps = data.steps_per_epoch(len(ds.labels), config.batch_size)
-    bar = runlog.ProgressBar(steps, desc, quiet=not parallel.is_main_process())
+    done = partial['batches'] if partial else 0
+    bar = runlog.ProgressBar(steps, f'epoch {epoch}/{config.epochs}',
+                             quiet=not parallel.is_main_process())
     start = time.perf_counter()
-    sums = None
+    sums = ({k: jnp.asarray(v) for k, v in partial['sums'].items()}
+            if partial else None)
+    bad_step = jnp.asarray(_NO_STEP)
     batches = data.train_batches(
         ds, config.batch_size, seed=config.seed, epoch=epoch,
-        rows=parallel.process_slice(config.batch_size))
-    for i, local in enumerate(batches):
-        batch = parallel.global_batch(local, mesh, config.batch_size)
-        state, metrics = step_fn(state, batch)
+        rows=parallel.process_slice(config.batch_size), start=done)
+    for local in batches:
+        if stop.requested:
+            break
+        state, metrics = step_fn(
+            state, parallel.global_batch(local, mesh, config.batch_size))
         # Accumulate on device; read back rarely so steps stay asynchronous.
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums,
                                                          metrics)
-        if (i + 1) % 10 == 0:
-            bar.update(i + 1, float(parallel.to_host(metrics['loss'])))
+        bad_step = jnp.minimum(bad_step, jnp.where(
+            metrics['nonfinite'].any(), state.step, _NO_STEP))
+        done += 1
+        if done % 10 == 0:
+            bar.update(done, float(parallel.to_host(metrics['loss'])))
     jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    means = jax.tree.map(lambda x: x / steps, parallel.to_host(sums))
-    bar.close(f'loss {float(means["loss"]):.4f} ({seconds:.2f} s)')
-    return state, means, seconds
+    seconds = time.perf_counter() - start + (partial['seconds'] if partial
+                                             else 0.0)
+    bad = int(parallel.to_host(bad_step))
+    progress = {'batches': done, 'seconds': seconds,
+                'sums': jax.tree.map(lambda x: np.asarray(x).tolist(),
+                                     parallel.to_host(sums)),
+                'first_bad_step': None if bad == _NO_STEP else bad}
+    if done == steps:
+        bar.close(f'loss {progress["sums"]["loss"] / steps:.4f} '
+                  f'({seconds:.2f} s)')
+    return state, progress
 
 
-def _check_finite(means, bits, epoch: int, step: int) -> None:
-    bad = [b for b, v in zip(bits, means['losses']) if not np.isfinite(v)]
-    if bad or not np.isfinite(means['loss']):
-        raise FloatingPointError(
-            f'loss became non-finite in epoch {epoch} (step {step}) at '
-            f'length(s) {bad or list(bits)}; lower the learning rate or check '
-            'the data.'
-        )
+def _check_finite(progress, bits, epoch: int, checkpoint_step) -> None:
+    if progress['first_bad_step'] is None:
+        return
+    bad = [b for b, n in zip(bits, progress['sums']['nonfinite']) if n]
+    raise FloatingPointError(
+        f'loss became non-finite at step {progress["first_bad_step"]} '
+        f'(epoch {epoch}) for length(s) {bad or list(bits)}; the last '
+        f'checkpoint (step {checkpoint_step}) is intact: lower the learning '
+        'rate or check the data, then --resume.'
+    )
 
 
-def _epoch_record(epoch, means, seconds, counters, before, bits):
-    steps = max(int(counters.count - before.count), 1)
+def _epoch_record(epoch, progress, anti_domination, bits):
+    """The metrics.jsonl record of a finished epoch (means over its steps)."""
+    steps = progress['batches']
+    means = {k: np.asarray(v) / steps for k, v in progress['sums'].items()}
     per = lambda x: {str(b): float(v) for b, v in zip(bits, x)}  # noqa: E731
     return {
         'epoch': epoch,
-        'train_seconds': seconds,
+        'train_seconds': progress['seconds'],
         'loss': float(means['loss']),
         'losses': per(means['losses']),
         'distill': per(means['distill']),
         'weights': per(means['weights']),
-        'anti_domination_rate': per(
-            (np.asarray(counters.anti_domination)
-             - np.asarray(before.anti_domination)) / steps),
+        'anti_domination_rate': per(np.asarray(anti_domination) / steps),
     }
 
 
 def _new_meta(bits):
+    """Loop state saved with each checkpoint (JSON).
+
+    ``epoch`` counts finished epochs; ``partial`` is the progress of the
+    next one when a checkpoint was taken mid-epoch (on SIGTERM), else None.
+    """
     return {'epoch': 0, 'counter': 0, 'train_seconds': 0.0,
             'best_map': {str(b): -1.0 for b in bits}, 'last_map': {},
-            'stopped_early': False}
+            'stopped_early': False, 'partial': None}
 
 
 def _update_best(meta, best, maps, params, patience: int):
@@ -120,7 +194,8 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
     checkpoints after each evaluation, keeps the best parameters per length
     and stops after ``config.patience`` evaluations without any length
     improving. Data-parallel over ``config.devices`` devices (all of them
-    by default, of every process).
+    by default, of every process). On SIGTERM it checkpoints mid-epoch and
+    raises ``Preempted``; ``resume=True`` continues exactly where it was.
     """
     mesh = parallel.make_mesh(config.devices)
     parallel.check_batch_size(config.batch_size, mesh)
@@ -131,45 +206,67 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
         num_classes=splits.train.labels.shape[1], bits=bits)
     best = {str(b): state.params for b in setup.bits}
     log = os.path.join(workdir, 'metrics.jsonl')
-    with checkpoint.manager(workdir) as mngr:
+    with checkpoint.manager(workdir) as mngr, _sigterm_flag() as stop:
         state, best, meta = _restore_or_start(mngr, state, best, setup.bits,
                                               resume, workdir)
         state = parallel.replicate(state, mesh)
         if parallel.is_main_process():
             runlog.truncate_jsonl(log, max_epoch=meta['epoch'])
-        step_fn = compile_train_step(setup, mesh)
-        encode = compile_encode(setup)
+        loop = _Loop(config, setup, splits, mesh, top_k, mngr, log)
         while meta['epoch'] < config.epochs and not meta['stopped_early']:
-            state, record = _epoch(step_fn, state, setup, splits, config,
-                                   meta, mesh)
-            if (meta['epoch'] % config.eval_every == 0
-                    or meta['epoch'] == config.epochs):
-                params, rest = parallel.to_host((state.params, state.rest))
-                record['map'] = evaluate_lengths(
-                    encode, params, rest, splits, setup.bits,
-                    batch_size=config.eval_batch_size, top_k=top_k)
-                meta, best = _update_best(meta, best, record['map'], params,
-                                          config.patience)
-                step = int(parallel.to_host(state.step))
-                checkpoint.save(mngr, step, state, best, meta)
-            if parallel.is_main_process():
-                runlog.append_jsonl(log, record)
-    return dict(meta, bits=list(setup.bits))
+            state, meta, best = loop.epoch(state, meta, best, stop)
+    return dict(meta, bits=list(setup.bits),
+                params_sha256=_digest(parallel.to_host(state.params)))
 
 
-def _epoch(step_fn, state, setup, splits, config, meta, mesh):
-    """Trains one epoch and updates ``meta``; returns (state, record)."""
-    epoch = meta['epoch'] + 1
-    before = parallel.to_host(state.weighting)
-    desc = f'epoch {epoch}/{config.epochs} bits {list(setup.bits)}'
-    state, means, seconds = _train_epoch(step_fn, state, splits.train, config,
-                                         epoch, desc, mesh)
-    counters = parallel.to_host(state.weighting)
-    _check_finite(means, setup.bits, epoch, int(counters.count))
-    meta['train_seconds'] += seconds
-    meta['epoch'] = epoch
-    return state, _epoch_record(epoch, means, seconds, counters, before,
-                                setup.bits)
+class _Loop:
+    """One epoch of ``fit``: train, check, maybe evaluate, checkpoint, log."""
+
+    def __init__(self, config, setup, splits, mesh, top_k, mngr, log):
+        self.config, self.setup, self.splits = config, setup, splits
+        self.mesh, self.top_k, self.mngr, self.log = mesh, top_k, mngr, log
+        self.step_fn = compile_train_step(setup, mesh)
+        self.encode = compile_encode(setup)
+
+    def epoch(self, state, meta, best, stop):
+        config, epoch = self.config, meta['epoch'] + 1
+        partial = meta['partial']
+        before = (partial['anti_domination'] if partial else
+                  parallel.to_host(state.weighting.anti_domination).tolist())
+        state, progress = _train_epoch(self.step_fn, state, self.splits.train,
+                                       config, epoch, self.mesh, partial, stop)
+        _check_finite(progress, self.setup.bits, epoch,
+                      self.mngr.latest_step())
+        step = int(parallel.to_host(state.step))
+        if stop.requested:
+            meta['partial'] = dict(progress, anti_domination=before)
+            checkpoint.save(self.mngr, step, state, best, meta)
+            raise Preempted(f'preempted: checkpoint of step {step} saved; '
+                            'continue with --resume.')
+        counters = parallel.to_host(state.weighting.anti_domination)
+        record = _epoch_record(epoch, progress, counters - np.asarray(before),
+                               self.setup.bits)
+        meta.update(epoch=epoch, partial=None,
+                    train_seconds=meta['train_seconds'] + progress['seconds'])
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            params, rest = parallel.to_host((state.params, state.rest))
+            record['map'] = evaluate_lengths(
+                self.encode, params, rest, self.splits, self.setup.bits,
+                batch_size=config.eval_batch_size, top_k=self.top_k)
+            meta, best = _update_best(meta, best, record['map'], params,
+                                      config.patience)
+            checkpoint.save(self.mngr, step, state, best, meta)
+        if parallel.is_main_process():
+            runlog.append_jsonl(self.log, record)
+        return state, meta, best
+
+
+def _digest(params) -> str:
+    """sha256 of the parameters' bytes: equal digests, identical runs."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
 
 
 def _check_same_config(workdir: str, config, resume: bool) -> None:
@@ -249,6 +346,8 @@ def _results(config, summaries, top_k) -> dict:
         'map': merged('best_map'),
         'map_last': merged('last_map'),
         'train_seconds': sum(s['train_seconds'] for s in summaries),
+        'params_sha256': {str(b): s['params_sha256'] for s in summaries
+                          for b in s['bits']},
         'epochs': {str(b): s['epoch'] for s in summaries for b in s['bits']},
     }
 

@@ -128,7 +128,7 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
 
 def train_batches(
     ds: ArrayDataset, batch_size: int, *, seed: int, epoch: int,
-    drop_remainder: bool = True, rows: slice = slice(None),
+    drop_remainder: bool = True, rows: slice = slice(None), start: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One shuffled epoch of training batches.
 
@@ -144,6 +144,7 @@ def train_batches(
       rows: the rows of every global batch to load, e.g. this process's
         share in a multi-host run (``parallel.process_slice``); images are
         gathered for these rows only.
+      start: batches of the epoch to skip (resuming mid-epoch).
 
     Yields:
       {'image': [B, H, W, C] uint8, 'label': [B, C] float32,
@@ -155,7 +156,7 @@ def train_batches(
     """
     dataset = train_dataset(ds, batch_size, seed=seed, epoch=epoch,
                             drop_remainder=drop_remainder, rows=rows)
-    return iter(dataset.to_iter_dataset(_READ_OPTIONS))
+    return iter(dataset[start:].to_iter_dataset(_READ_OPTIONS))
 
 
 def eval_batches(ds: ArrayDataset,
