@@ -7,6 +7,7 @@ traceback.
 """
 
 import inspect
+import math
 import os
 
 import jax
@@ -14,6 +15,9 @@ from flax import nnx
 
 from nhl_jax import data, distill, losses, models, objective
 from nhl_jax.nested import check_bits
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 class UsageError(ValueError):
@@ -30,7 +34,8 @@ def _choice(kind: str, value, valid) -> None:
 def _positive(config, names, kind=(int, float)) -> None:
     for name in names:
         value = config[name]
-        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        if (isinstance(value, bool) or not isinstance(value, kind)
+                or not math.isfinite(value) or value <= 0):
             raise UsageError(
                 f'{name} must be a positive number, got {value!r}.'
             )
@@ -76,6 +81,9 @@ def _check_fields(config) -> None:
     _positive(config, ('epochs', 'eval_every', 'batch_size',
                        'eval_batch_size', 'patience'), int)
     _positive(config, ('learning_rate',))
+    _choice('compute dtype', config.compute_dtype, COMPUTE_DTYPES)
+    if config.get('backbone_learning_rate') is not None:
+        _positive(config, ('backbone_learning_rate',))
     for name in ('distill_weight', 'weight_decay'):
         if not config[name] >= 0:
             raise UsageError(f'{name} must be >= 0, got {config[name]!r}.')

@@ -41,14 +41,46 @@ class Setup(NamedTuple):
     objective: NHLObjective
     tx: optax.GradientTransformation
     bits: tuple[int, ...]
+    compute_dtype: Any = jnp.float32  # forward-pass dtype (bfloat16: mixed)
+    freeze_backbone: bool = False
+
+
+def _adam(learning_rate: float, weight_decay: float):
+    """Adam with coupled L2 weight decay (torch ``Adam(weight_decay=...)``)."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.adam(learning_rate))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam with coupled L2 weight decay (torch ``Adam(weight_decay=...)``)."""
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.adam(config.learning_rate),
-    )
+    """Adam for the hash layer; the backbone gets its own rate or is frozen.
+
+    ``config.backbone_learning_rate`` (None: ``learning_rate``) sets the
+    backbone's rate, as when fine-tuning a pretrained network under a
+    freshly initialised head; ``config.freeze_backbone`` leaves it
+    untouched (no update, no optimizer state).
+    """
+    head = _adam(config.learning_rate, config.weight_decay)
+    if config.freeze_backbone:
+        body = optax.set_to_zero()
+    else:
+        rate = config.backbone_learning_rate or config.learning_rate
+        body = _adam(rate, config.weight_decay)
+    return optax.partition({'backbone': body, 'head': head}, _part_labels)
+
+
+def _part_labels(params):
+    """'backbone' or 'head' for every leaf, from its top-level module."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: str(path[0].key), params)
+
+
+def _compute_params(params, dtype):
+    """Mixed precision: float32 master weights, cast for the forward pass."""
+    if dtype == jnp.float32:
+        return params
+    return jax.tree.map(
+        lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating)
+        else p, params)
 
 
 def create_train_state(config, *, input_shape, num_train: int,
@@ -88,7 +120,10 @@ def create_train_state(config, *, input_shape, num_train: int,
         weighting=weighting_lib.init_state(len(bits)),
         rng=jax.random.key_data(rng),
     )
-    return Setup(graphdef, objective, tx, bits), state
+    setup = Setup(graphdef, objective, tx, bits,
+                  compute_dtype=jnp.dtype(config.compute_dtype),
+                  freeze_backbone=config.freeze_backbone)
+    return setup, state
 
 
 def train_step(state: TrainState, batch, *, setup: Setup):
@@ -105,12 +140,22 @@ def train_step(state: TrainState, batch, *, setup: Setup):
     """
 
     def loss_fn(params):
-        model = nnx.merge(setup.graphdef, params, state.rest)
-        features, h = model(batch['image'])
+        model = nnx.merge(setup.graphdef,
+                          _compute_params(params, setup.compute_dtype),
+                          state.rest)
+        if setup.freeze_backbone:
+            model.backbone.eval()  # frozen: running BN statistics too
+            features = jax.lax.stop_gradient(model.features(batch['image']))
+        else:
+            features = model.features(batch['image'])
+        h = model.head(features)
+        # The losses, weighting and distillation always run in float32.
+        features, h = features.astype(jnp.float32), h.astype(jnp.float32)
         total, (loss_states, metrics) = setup.objective.apply(
             state.loss_states, h, batch['label'], batch['index'],
             features=features)
-        return total, (loss_states, metrics, nnx.state(model, nnx.Not(nnx.Param)))
+        rest = nnx.state(model, nnx.Not(nnx.Param))
+        return total, (loss_states, metrics, rest)
 
     (total, (loss_states, metrics, rest)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)

@@ -74,3 +74,10 @@ def test_hashnet_outputs_features_and_nested_codes():
     assert features.shape == (4, 256) and h.shape == (4, 16)
     np.testing.assert_allclose(features, backbone(jnp.ones((4, 8, 8, 1))),
                                rtol=1e-6)
+
+
+def test_preprocess_normalises_with_backbone_statistics():
+    images = jnp.full((1, 2, 2, 3), 255, jnp.uint8)
+    out = models.preprocess(images, (0.5, 0.5, 0.0), (0.5, 0.25, 1.0))
+    np.testing.assert_allclose(out[0, 0, 0], [1.0, 2.0, 1.0])
+    np.testing.assert_allclose(models.preprocess(images), 1.0)

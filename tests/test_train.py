@@ -143,3 +143,39 @@ def test_single_length_mode_trains_each_length_alone(tmp_path):
         run = json.loads((tmp_path / f'len_{b}' / 'metrics.jsonl')
                          .read_text().splitlines()[0])
         assert set(run['losses']) == {str(b)}
+
+
+def _one_step(splits, **overrides):
+    config = _config(**overrides)
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
+        num_classes=10)
+    before = jax.tree.map(np.array, state.params)
+    state, metrics = train.compile_train_step(setup)(
+        state, _batches(splits, config)[0])
+    delta = jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(),
+                         before, state.params)
+    return state, metrics, delta
+
+
+def test_frozen_backbone_trains_only_the_head(splits):
+    _, _, delta = _one_step(splits, freeze_backbone=True)
+    assert max(jax.tree.leaves(delta['backbone'])) == 0.0
+    assert max(jax.tree.leaves(delta['head'])) > 0.0
+
+
+def test_backbone_gets_its_own_learning_rate(splits):
+    _, _, delta = _one_step(splits, learning_rate=1e-3,
+                            backbone_learning_rate=1e-5)
+    # Adam's first step moves each weight by about its learning rate.
+    assert max(jax.tree.leaves(delta['backbone'])) < 2e-5
+    assert max(jax.tree.leaves(delta['head'])) > 5e-4
+
+
+def test_bfloat16_compute_keeps_float32_weights(splits):
+    state, metrics, _ = _one_step(splits, compute_dtype='bfloat16')
+    _, reference, _ = _one_step(splits)
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(state.params))
+    np.testing.assert_allclose(metrics['losses'], reference['losses'],
+                               rtol=3e-2)
+    assert not np.allclose(metrics['losses'], reference['losses'], rtol=1e-6)

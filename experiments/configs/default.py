@@ -31,6 +31,12 @@ def get_config():
     # Optimisation (torch Adam with coupled weight decay, as the NHL code).
     config.learning_rate = 1e-3
     config.weight_decay = 1e-5
+    # The backbone's own rate (None: learning_rate), e.g. lower when fine-
+    # tuning a pretrained network; or freeze it (features only).
+    config.backbone_learning_rate = ml_collections.config_dict.placeholder(
+        float)
+    config.freeze_backbone = False
+    config.compute_dtype = 'float32'  # 'bfloat16': mixed precision forward
     config.batch_size = 64
     config.epochs = 40
     config.seed = 0

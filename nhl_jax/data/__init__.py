@@ -15,6 +15,10 @@ from nhl_jax.data.datasets import load_splits
 from nhl_jax.data.datasets import one_hot
 from nhl_jax.data.datasets import split_by_class
 from nhl_jax.data.datasets import split_digest
+from nhl_jax.data.listfile import ListFileError
+from nhl_jax.data.listfile import ListSplit
+from nhl_jax.data.listfile import read_list_file
+from nhl_jax.data.listfile import read_list_splits
 from nhl_jax.data.pipeline import epoch_seed
 from nhl_jax.data.pipeline import eval_batches
 from nhl_jax.data.pipeline import steps_per_epoch
@@ -25,6 +29,8 @@ __all__ = [
     'DATASETS',
     'ArrayDataset',
     'DatasetSpec',
+    'ListFileError',
+    'ListSplit',
     'Protocol',
     'Splits',
     'check_dataset',
@@ -37,6 +43,8 @@ __all__ = [
     'load_split_ids',
     'load_splits',
     'one_hot',
+    'read_list_file',
+    'read_list_splits',
     'split_by_class',
     'split_digest',
     'steps_per_epoch',

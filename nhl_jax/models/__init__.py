@@ -36,9 +36,24 @@ def get_backbone(name: str, input_shape: Sequence[int], *, rngs: nnx.Rngs,
     return BACKBONES[name](tuple(input_shape), rngs=rngs, **kwargs)
 
 
-def preprocess(images: Array) -> Array:
-    """uint8 images [B, H, W, C] -> float32 in [0, 1]."""
-    return jnp.asarray(images, jnp.float32) / 255.0
+def preprocess(images: Array, mean=None, std=None) -> Array:
+    """uint8 images [B, H, W, C] -> float32 in [0, 1], then (x - mean) / std.
+
+    Args:
+      images: [B, H, W, C] uint8.
+      mean: optional per-channel mean [C] of the backbone's training data
+        (e.g. ImageNet's for a pretrained ResNet).
+      std: optional per-channel std [C].
+
+    Returns:
+      [B, H, W, C] float32.
+    """
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    if mean is not None:
+        x = x - jnp.asarray(mean, jnp.float32)[None, None, None, :]
+    if std is not None:
+        x = x / jnp.asarray(std, jnp.float32)[None, None, None, :]
+    return x
 
 
 class HashNet(nnx.Module):
@@ -56,9 +71,19 @@ class HashNet(nnx.Module):
         self.backbone = backbone
         self.head = NestedHashLayer(backbone.features, bits, rngs=rngs)
 
+    def features(self, images: Array) -> Array:
+        """Backbone features [B, D] of uint8 images [B, H, W, C].
+
+        Inputs are normalised with the backbone's ``input_mean`` and
+        ``input_std`` when it declares them (pretrained backbones do).
+        """
+        return self.backbone(preprocess(
+            images, getattr(self.backbone, 'input_mean', None),
+            getattr(self.backbone, 'input_std', None)))
+
     def __call__(self, images: Array) -> tuple[Array, Array]:
         """Maps uint8 images [B, H, W, C] to (features [B, D], h [B, K_max])."""
-        features = self.backbone(preprocess(images))
+        features = self.features(images)
         return features, self.head(features)
 
 

@@ -1,0 +1,135 @@
+"""List-file datasets in the DeepHash-pytorch format (ImageNet100, COCO, ...).
+
+Each of ``train.txt``, ``test.txt`` (the queries) and ``database.txt`` has
+one sample per line::
+
+    <relative image path> <0/1 for class 1> ... <0/1 for class C>
+
+e.g. ``train2014/COCO_train2014_000000072095.jpg 0 0 1 ... 0``; paths are
+relative to the data root and contain no whitespace. Blank lines are
+skipped. Every problem is reported as one ``ListFileError`` naming the file,
+the line and the expected format, before any image is decoded.
+"""
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+SPLIT_FILES = {'train': 'train.txt', 'query': 'test.txt',
+               'database': 'database.txt'}
+FORMAT = "'<relative image path> <C values, each 0 or 1>'"
+
+
+class ListFileError(ValueError):
+    """A list file (or an image it names) is missing or malformed."""
+
+
+class ListSplit(NamedTuple):
+    """One split of a list-file dataset.
+
+    Attributes:
+      paths: [N] absolute image paths (str).
+      labels: [N, C] float32 multi-hot labels.
+    """
+
+    paths: np.ndarray  # [N] object (str)
+    labels: np.ndarray  # [N, C] float32
+
+
+def _where(path: str, number: int) -> str:
+    return f'{path}:{number}'
+
+
+def _parse_line(line: str, path: str, number: int, num_classes):
+    tokens = line.split()
+    if len(tokens) < 2:
+        raise ListFileError(
+            f'{_where(path, number)}: expected {FORMAT}, got {line.strip()!r}.'
+        )
+    bad = [t for t in tokens[1:] if t not in ('0', '1')]
+    if bad:
+        raise ListFileError(
+            f'{_where(path, number)}: label values must be 0 or 1, got '
+            f'{bad[0]!r}; expected {FORMAT}.'
+        )
+    labels = [t == '1' for t in tokens[1:]]
+    if num_classes is not None and len(labels) != num_classes:
+        raise ListFileError(
+            f'{_where(path, number)}: {len(labels)} label values, but '
+            f'{num_classes} classes expected (as on the first line or as '
+            'configured); every line needs one 0/1 per class.'
+        )
+    if not any(labels):
+        raise ListFileError(
+            f'{_where(path, number)}: no class is set (all labels 0); every '
+            'sample needs at least one class for retrieval relevance.'
+        )
+    return tokens[0], labels
+
+
+def read_list_file(path: str, root: str, *, num_classes: int | None = None,
+                   check_images: bool = True) -> ListSplit:
+    """Reads and validates one list file.
+
+    Args:
+      path: the list file.
+      root: the data root the image paths are relative to.
+      num_classes: C; None takes it from the first line.
+      check_images: also check that every image file exists.
+
+    Returns:
+      The split's absolute image paths and labels.
+
+    Raises:
+      ListFileError: for a missing file, a malformed line (file and line
+        named), inconsistent class counts, a missing image, or no samples.
+    """
+    if not os.path.isfile(path):
+        raise ListFileError(
+            f'list file {path!r} does not exist; expected one line '
+            f'{FORMAT} per image.'
+        )
+    paths, labels = [], []
+    with open(path, encoding='utf-8', errors='replace') as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            image, row = _parse_line(line, path, number, num_classes)
+            num_classes = len(row)
+            full = os.path.join(root, image)
+            if check_images and not os.path.isfile(full):
+                raise ListFileError(
+                    f'{_where(path, number)}: image {image!r} not found under '
+                    f'root {root!r}.'
+                )
+            paths.append(full)
+            labels.append(row)
+    if not paths:
+        raise ListFileError(f'list file {path!r} has no samples; expected '
+                            f'one line {FORMAT} per image.')
+    return ListSplit(np.array(paths, dtype=object),
+                     np.array(labels, dtype=np.float32))
+
+
+def read_list_splits(root: str, *, num_classes: int | None = None,
+                     files: dict[str, str] | None = None,
+                     check_images: bool = True) -> dict[str, ListSplit]:
+    """Reads the query, train and database list files under ``root``.
+
+    Args:
+      root: the data root, holding the list files and the images.
+      num_classes: C; None takes it from the first file's first line.
+      files: split name -> list file name (default ``SPLIT_FILES``).
+      check_images: also check that every image file exists.
+
+    Returns:
+      {'train', 'query', 'database'} -> ``ListSplit``, all with C classes.
+    """
+    splits = {}
+    for split, name in (files or SPLIT_FILES).items():
+        splits[split] = read_list_file(os.path.join(root, name), root,
+                                       num_classes=num_classes,
+                                       check_images=check_images)
+        num_classes = splits[split].labels.shape[1]
+    return splits
