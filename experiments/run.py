@@ -6,14 +6,18 @@ This file is intentionally kept short: the logic lives in ``nhl_jax.train``
 so that it can be tested and imported.
 """
 
+import os
 import signal
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from nhl_jax import config as config_lib
-from nhl_jax import parallel, train
+# Config files may import each other (experiments.configs.default).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ml_collections import config_flags  # noqa: E402
+
+from nhl_jax import config as config_lib  # noqa: E402
+from nhl_jax import parallel, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'experiments/configs/default.py', 'Python config file.',
@@ -31,7 +35,10 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'Multi-host: rank of this process.')
 _OVERRIDES = {
     'method': flags.DEFINE_string('method', None, 'Base loss, e.g. dpn.'),
-    'dataset': flags.DEFINE_string('dataset', None, 'mnist5k or digits.'),
+    'dataset': flags.DEFINE_string(
+        'dataset', None, 'mnist5k, digits, cifar10[-1|-2], coco, ...'),
+    'data_dir': flags.DEFINE_string(
+        'data_dir', None, 'tfds dir (CIFAR-10) or list-file root.'),
     'backbone': flags.DEFINE_string('backbone', None, 'mlp or cnn.'),
     'bits': flags.DEFINE_list('bits', None, 'Code lengths, e.g. 8,16,32.'),
     'weighting': flags.DEFINE_string('weighting', None,

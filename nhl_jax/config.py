@@ -72,6 +72,7 @@ def check_config(config) -> None:
 def _check_fields(config) -> None:
     _choice('method', config.method, losses.LOSSES)
     _choice('dataset', config.dataset, data.DATASETS)
+    data.get_spec(config.dataset, config.get('data_dir'))  # needs data_dir?
     if config.backbone is not None:
         _choice('backbone', config.backbone, models.BACKBONES)
     _choice('weighting', config.weighting, objective.WEIGHTINGS)
@@ -87,11 +88,33 @@ def _check_fields(config) -> None:
     for name in ('distill_weight', 'weight_decay'):
         if not config[name] >= 0:
             raise UsageError(f'{name} must be >= 0, got {config[name]!r}.')
+    workers = config.get('data_workers', 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f'data_workers must be an int >= 0, got {workers!r}.')
     for name in ('top_k', 'devices'):
         if config.get(name) is not None:
             _positive(config, (name,), int)
     _check_devices(config)
     _check_code_width(config)
+    _check_pretrained(config)
+
+
+def _check_pretrained(config) -> None:
+    path = config.get('pretrained')
+    if not path:
+        return
+    name = (config.backbone
+            or data.get_spec(config.dataset, config.get('data_dir')).backbone)
+    if name not in models.PRETRAINED:
+        raise UsageError(
+            f'backbone {name!r} has no pretrained weights loader; choose one '
+            f'of {sorted(models.PRETRAINED)} or leave pretrained unset.'
+        )
+    if not os.path.isfile(path):
+        raise UsageError(
+            f'pretrained weights file {path!r} does not exist; see the README '
+            '(pretrained backbones) for how to make it.'
+        )
 
 
 def _check_devices(config) -> None:
@@ -111,10 +134,14 @@ def _check_devices(config) -> None:
 
 def _check_code_width(config) -> None:
     """The longest code must not be wider than the backbone's feature."""
-    spec = data.get_spec(config.dataset)
-    images, _ = spec.load()
-    backbone = nnx.eval_shape(lambda: models.get_backbone(
-        config.backbone or spec.backbone, images.shape[1:], rngs=nnx.Rngs(0)))
+    spec = data.get_spec(config.dataset, config.get('data_dir'))
+    shape = data.spec_image_shape(spec)
+    try:
+        backbone = nnx.eval_shape(lambda: models.get_backbone(
+            config.backbone or spec.backbone, shape,
+            rngs=nnx.Rngs(0), **dict(config.get('backbone_kwargs', {}))))
+    except TypeError as e:  # an unknown backbone keyword argument
+        raise UsageError(f'backbone_kwargs do not fit the backbone: {e}.') from None
     if max(config.bits) > backbone.features:
         raise UsageError(
             f'longest code ({max(config.bits)} bits) is wider than the '

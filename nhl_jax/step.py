@@ -100,9 +100,12 @@ def create_train_state(config, *, input_shape, num_train: int,
     bits = check_bits(tuple(config.bits) if bits is None else bits)
     model_key, loss_key, rng = jax.random.split(jax.random.key(config.seed), 3)
     rngs = nnx.Rngs(params=model_key)
-    backbone = models.get_backbone(
-        config.backbone or data.get_spec(config.dataset).backbone,
-        input_shape, rngs=rngs)
+    name = (config.backbone
+            or data.get_spec(config.dataset, config.get('data_dir')).backbone)
+    backbone = models.get_backbone(name, input_shape, rngs=rngs,
+                                   **dict(config.get('backbone_kwargs', {})))
+    if config.pretrained:
+        models.load_pretrained(name, backbone, config.pretrained)
     model = models.HashNet(backbone, bits, rngs=rngs)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     loss = losses.get(config.method, **dict(config.loss_kwargs))
@@ -211,26 +214,26 @@ def compile_encode(setup: Setup):
     return encode
 
 
-def encode_dataset(encode, params, rest, ds, batch_size: int) -> np.ndarray:
+def encode_dataset(encode, params, rest, ds, batch_size: int, *,
+                   workers: int = 0) -> np.ndarray:
     """Continuous outputs [N, K_max] of a whole dataset, in order."""
     outputs = []
-    for batch in data.eval_batches(ds, batch_size):
+    for batch in data.eval_batches(ds, batch_size, workers=workers):
         h = np.asarray(encode(params, rest, batch['image']))
         outputs.append(h[: batch['valid']])
     return np.concatenate(outputs)
 
 
 def evaluate_lengths(encode, params, rest, splits, bits, *, batch_size: int,
-                     top_k=None) -> dict[str, float]:
+                     top_k=None, workers: int = 0) -> dict[str, float]:
     """mAP of every code length; each length's codes are prefixes.
 
     Query and database are only encoded here: evaluation never touches the
     training losses' memory banks.
     """
-    q = evaluate.sign_codes(
-        encode_dataset(encode, params, rest, splits.query, batch_size))
-    db = evaluate.sign_codes(
-        encode_dataset(encode, params, rest, splits.database, batch_size))
+    q, db = (evaluate.sign_codes(encode_dataset(
+        encode, params, rest, ds, batch_size, workers=workers))
+        for ds in (splits.query, splits.database))
     return {
         str(b): float(evaluate.mean_average_precision(
             q[:, :b], splits.query.labels, db[:, :b], splits.database.labels,

@@ -93,7 +93,8 @@ def _train_epoch(step_fn, state, ds, config, epoch, mesh, partial, stop):
     bad_step = jnp.asarray(_NO_STEP)
     batches = data.train_batches(
         ds, config.batch_size, seed=config.seed, epoch=epoch,
-        rows=parallel.process_slice(config.batch_size), start=done)
+        rows=parallel.process_slice(config.batch_size), start=done,
+        workers=config.data_workers)
     for local in batches:
         if stop.requested:
             break
@@ -201,7 +202,7 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
     parallel.check_batch_size(config.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
     setup, state = create_train_state(
-        config, input_shape=splits.train.images.shape[1:],
+        config, input_shape=data.image_shape(splits.train),
         num_train=len(splits.train.labels),
         num_classes=splits.train.labels.shape[1], bits=bits)
     best = {str(b): state.params for b in setup.bits}
@@ -252,7 +253,8 @@ class _Loop:
             params, rest = parallel.to_host((state.params, state.rest))
             record['map'] = evaluate_lengths(
                 self.encode, params, rest, self.splits, self.setup.bits,
-                batch_size=config.eval_batch_size, top_k=self.top_k)
+                batch_size=config.eval_batch_size, top_k=self.top_k,
+                workers=config.data_workers)
             meta, best = _update_best(meta, best, record['map'], params,
                                       config.patience)
             checkpoint.save(self.mngr, step, state, best, meta)
@@ -315,10 +317,11 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
       The results dict written to ``results.json``.
     """
     check_config(config)
-    spec = data.get_spec(config.dataset)
+    spec = data.get_spec(config.dataset, config.data_dir)
     top_k = config.top_k if config.top_k is not None else spec.top_k
     _check_same_config(workdir, config, resume)
-    splits = data.load_splits(config.dataset, seed=config.seed)
+    splits = data.load_splits(config.dataset, seed=config.seed,
+                              data_dir=config.data_dir)
     summaries = [fit(config, run_dir, splits, bits, top_k=top_k,
                      resume=resume) for bits, run_dir in _runs(config, workdir)]
     results = _results(config, summaries, top_k)
@@ -336,7 +339,8 @@ def _results(config, summaries, top_k) -> dict:
     return {
         'method': config.method,
         'dataset': config.dataset,
-        'backbone': config.backbone or data.get_spec(config.dataset).backbone,
+        'backbone': config.backbone or data.get_spec(
+            config.dataset, config.data_dir).backbone,
         'bits': [int(b) for b in check_bits(tuple(config.bits))],
         'mode': 'single_length' if config.single_length else 'nested',
         'weighting': config.weighting,

@@ -144,10 +144,16 @@ def test_digits_loader():
 def test_registry():
     assert data.get_spec('mnist5k').backbone == 'cnn'
     assert data.get_spec('digits').backbone == 'mlp'
-    with pytest.raises(ValueError, match=r"'cifar'.*\['digits', 'mnist5k'\]"):
+    with pytest.raises(ValueError, match=r"'cifar'.*'cifar10-1'.*'digits'"):
         data.get_spec('cifar')
     with pytest.raises(ValueError, match='Unknown dataset'):
         data.load_splits('cifar')
+    with pytest.raises(ValueError, match=r"'coco' is read from files: pass "
+                                         r'--data_dir'):
+        data.get_spec('coco')
+    with pytest.raises(ValueError, match=r"/data/train.txt' does not exist"):
+        data.get_spec('coco', '/data')
+    assert data.get_spec('cifar10', '/data').protocol.train_in_database is False
 
 
 # --- check_dataset ----------------------------------------------------------

@@ -93,3 +93,26 @@ def test_fuzzed_list_files_fail_only_with_list_file_errors(tmp_path):
             assert '\n' not in message and '.txt' in message
             outcomes['error'] += 1
     assert outcomes['ok'] > 10 and outcomes['error'] > 50
+
+
+def test_registered_list_dataset_gives_file_splits(tmp_path):
+    from PIL import Image
+
+    from nhl_jax import data
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), np.uint8)).save(
+            tmp_path / f'{i}.png')
+        labels = ['0'] * 21
+        labels[i % 21] = labels[(i + 5) % 21] = '1'
+        lines.append(f'{i}.png ' + ' '.join(labels))
+    for name in ('train.txt', 'test.txt', 'database.txt'):
+        (tmp_path / name).write_text('\n'.join(lines) + '\n')
+    splits = data.load_splits('nuswide_21', data_dir=str(tmp_path))
+    assert isinstance(splits.query, data.FileDataset)
+    assert splits.train.labels.shape == (6, 21)
+    assert data.image_shape(splits.train) == (224, 224, 3)
+    batch = next(data.train_batches(splits.train, 3, seed=0, epoch=1))
+    assert batch['image'].shape == (3, 224, 224, 3)
+    assert data.get_spec('nuswide_21', str(tmp_path)).top_k == 5000

@@ -60,3 +60,14 @@ def test_short_run_writes_results(tmp_path):
     results = json.loads((workdir / 'results.json').read_text())
     assert results['method'] == 'csq' and results['bits'] == [8, 16]
     assert 'INFO' not in result.stderr  # orbax chatter is silenced
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'imagenet100', 'coco'])
+def test_paper_configs(name):
+    from experiments.configs import paper
+    from nhl_jax.config import UsageError, check_config
+    config = paper.get_config(name)
+    assert (config.backbone, config.learning_rate, config.batch_size) == (
+        'resnet50', 1e-5, 64)
+    with pytest.raises(UsageError, match='pass --data_dir'):
+        check_config(config)

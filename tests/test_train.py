@@ -179,3 +179,27 @@ def test_bfloat16_compute_keeps_float32_weights(splits):
     np.testing.assert_allclose(metrics['losses'], reference['losses'],
                                rtol=3e-2)
     assert not np.allclose(metrics['losses'], reference['losses'], rtol=1e-6)
+
+
+def test_pretrained_resnet_weights_are_loaded(splits, tmp_path):
+    from flax import nnx
+    from nhl_jax import models
+    from nhl_jax.models import pretrained
+    abstract = nnx.eval_shape(lambda: models.get_backbone(
+        'resnet18', (8, 8, 1), rngs=nnx.Rngs(0), input_size=None))
+    rng = np.random.default_rng(0)
+    weights = {k: rng.random(shape).astype(np.float32) + 0.5  # var > 0
+               for k, shape in pretrained.torchvision_shapes(abstract).items()}
+    path = str(tmp_path / 'resnet18.npz')
+    pretrained.save_torchvision_npz(weights, path)
+    config = _config(backbone='resnet18', pretrained=path)
+    config.backbone_kwargs.input_size = None
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=1000, num_classes=10)
+    kernel = state.params['backbone']['conv1']['kernel'][...]
+    np.testing.assert_array_equal(kernel,
+                                  weights['conv1.weight'].transpose(2, 3, 1, 0))
+    config.pretrained = str(tmp_path / 'missing.npz')
+    with pytest.raises(UsageError, match='does not exist'):
+        from nhl_jax.config import check_config
+        check_config(config)

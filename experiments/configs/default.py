@@ -21,7 +21,13 @@ def get_config():
     config.method = 'dpn'  # a key of nhl_jax.losses.LOSSES
     config.loss_kwargs = ml_collections.ConfigDict()  # e.g. {'margin': 1.0}
     config.dataset = 'mnist5k'  # a key of nhl_jax.data.DATASETS
+    # CIFAR-10: the tfds data directory; list-file datasets: their root.
+    config.data_dir = ml_collections.config_dict.placeholder(str)
+    config.data_workers = 0  # processes decoding image files (0: inline)
     config.backbone = ml_collections.config_dict.placeholder(str)  # None: the dataset's
+    config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. input_size
+    # Local pretrained weights (torchvision .npz/.pth for resnet18/50).
+    config.pretrained = ml_collections.config_dict.placeholder(str)
     config.bits = (8, 16, 32, 64, 128)
     config.single_length = False  # True: one run per length (the baseline)
     # The NHL objective.

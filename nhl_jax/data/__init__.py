@@ -1,34 +1,41 @@
-"""Offline datasets, retrieval splits and grain batch pipelines."""
+"""Datasets by name (offline, CIFAR-10, list files), splits, grain batches."""
 
-from nhl_jax.data.datasets import DATASETS
 from nhl_jax.data.datasets import ArrayDataset
 from nhl_jax.data.datasets import DatasetSpec
 from nhl_jax.data.datasets import Protocol
 from nhl_jax.data.datasets import Splits
 from nhl_jax.data.datasets import check_dataset
 from nhl_jax.data.datasets import export_split_ids
-from nhl_jax.data.datasets import get_spec
 from nhl_jax.data.datasets import load_digits
 from nhl_jax.data.datasets import load_mnist5k
 from nhl_jax.data.datasets import load_split_ids
-from nhl_jax.data.datasets import load_splits
 from nhl_jax.data.datasets import one_hot
 from nhl_jax.data.datasets import split_by_class
 from nhl_jax.data.datasets import split_digest
+from nhl_jax.data.files import FileDataset
+from nhl_jax.data.files import from_list_split
 from nhl_jax.data.listfile import ListFileError
 from nhl_jax.data.listfile import ListSplit
 from nhl_jax.data.listfile import read_list_file
 from nhl_jax.data.listfile import read_list_splits
 from nhl_jax.data.pipeline import epoch_seed
 from nhl_jax.data.pipeline import eval_batches
+from nhl_jax.data.pipeline import image_shape
 from nhl_jax.data.pipeline import steps_per_epoch
 from nhl_jax.data.pipeline import train_batches
 from nhl_jax.data.pipeline import train_dataset
+from nhl_jax.data.registry import DATASETS
+from nhl_jax.data.registry import FROM_DATA_DIR
+from nhl_jax.data.registry import get_spec
+from nhl_jax.data.registry import load_splits
+from nhl_jax.data.registry import spec_image_shape
 
 __all__ = [
     'DATASETS',
+    'FROM_DATA_DIR',
     'ArrayDataset',
     'DatasetSpec',
+    'FileDataset',
     'ListFileError',
     'ListSplit',
     'Protocol',
@@ -37,7 +44,9 @@ __all__ = [
     'epoch_seed',
     'eval_batches',
     'export_split_ids',
+    'from_list_split',
     'get_spec',
+    'image_shape',
     'load_digits',
     'load_mnist5k',
     'load_split_ids',
@@ -46,6 +55,7 @@ __all__ = [
     'read_list_file',
     'read_list_splits',
     'split_by_class',
+    'spec_image_shape',
     'split_digest',
     'steps_per_epoch',
     'train_batches',

@@ -81,20 +81,26 @@ class DatasetSpec(NamedTuple):
     """A registered dataset and its default evaluation setting.
 
     Attributes:
-      load: ``load() -> (images [N, H, W, 1] uint8, class_ids [N] int64)``.
+      load: ``load() -> (images [N, H, W, C] uint8, class_ids [N] int64)``
+        for datasets split by ``protocol``; None when ``splits`` is given.
       num_classes: number of classes C.
-      protocol: the split ``Protocol``.
+      protocol: the split ``Protocol`` (None when ``splits`` is given).
       backbone: name of the default backbone for this image size.
       top_k: cut-off of mAP@K; None means mAP@all.
       description: one line for listings.
+      image_shape: (H, W, C) fed to the model; None: that of ``load``.
+      splits: ``splits(seed) -> Splits`` for datasets whose splits are
+        fixed by files (list-file datasets); None: split ``load``'s arrays.
     """
 
-    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    load: Callable[[], tuple[np.ndarray, np.ndarray]] | None
     num_classes: int
-    protocol: Protocol
+    protocol: Protocol | None
     backbone: str
     top_k: int | None
     description: str
+    image_shape: tuple[int, ...] | None = None
+    splits: Callable[[int], 'Splits'] | None = None
 
 
 def check_dataset(ds: ArrayDataset, name: str = 'dataset') -> ArrayDataset:
@@ -322,7 +328,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return _read_only(images), _read_only(bunch.target.astype(np.int64))
 
 
-DATASETS = {
+OFFLINE = {  # embedded in installed packages: no data_dir, no download
     'mnist5k': DatasetSpec(
         load=load_mnist5k,
         num_classes=10,
@@ -344,31 +350,18 @@ DATASETS = {
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """The ``DatasetSpec`` registered as ``name``.
-
-    Raises:
-      ValueError: for an unknown name (the message lists the valid ones).
-    """
-    if name not in DATASETS:
-        raise ValueError(
-            f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.'
-        )
-    return DATASETS[name]
-
-
-def load_splits(name: str, seed: int = 0) -> Splits:
-    """Loads a registered dataset and splits it by its protocol.
+def splits_from_spec(spec: DatasetSpec, name: str, seed: int = 0) -> Splits:
+    """Loads a protocol dataset and splits it per class.
 
     Args:
-      name: a key of ``DATASETS``.
+      spec: a spec with ``load`` and ``protocol``.
+      name: the dataset's name, for error messages.
       seed: seed of the per-class permutation (see ``split_by_class``).
 
     Returns:
       ``Splits`` whose labels are one-hot float32 [N, num_classes] and whose
       ids are rows of the loader's arrays.
     """
-    spec = get_spec(name)
     images, class_ids = spec.load()
     labels = one_hot(class_ids, spec.num_classes)
     rows = split_by_class(class_ids, spec.protocol, seed)

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
+from nhl_jax.data import files
 from nhl_jax.data.datasets import ArrayDataset, check_dataset
 
 # grain's default reads with 16 threads and a 500-element buffer. For a
@@ -73,9 +75,38 @@ def _index_batches(order: np.ndarray, batch_size: int,
     return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
 
 
-def _gather(ds: ArrayDataset, index: np.ndarray) -> dict[str, np.ndarray]:
+def _array_images(ds: ArrayDataset, index, augment_seed) -> np.ndarray:
+    del augment_seed  # in-memory images are used as they are
+    return ds.images[index]
+
+
+# How each dataset type is checked and turns rows into images.
+_KINDS = {
+    ArrayDataset: (check_dataset, _array_images),
+    files.FileDataset: (files.check_file_dataset, files.gather),
+}
+
+
+def _kind(ds):
+    if type(ds) not in _KINDS:
+        raise ValueError(
+            f'unsupported dataset type {type(ds).__name__}; use one of '
+            f'{[t.__name__ for t in _KINDS]}.'
+        )
+    return _KINDS[type(ds)]
+
+
+def image_shape(ds) -> tuple[int, ...]:
+    """(H, W, C) of the images a dataset's batches carry."""
+    if isinstance(ds, files.FileDataset):
+        return (ds.crop, ds.crop, 3)
+    return tuple(ds.images.shape[1:])
+
+
+def _gather(ds, index: np.ndarray,
+            augment_seed=None) -> dict[str, np.ndarray]:
     return {
-        'image': ds.images[index],
+        'image': _kind(ds)[1](ds, index, augment_seed),
         'label': ds.labels[index],
         'index': index.astype(np.int32),
     }
@@ -84,8 +115,8 @@ def _gather(ds: ArrayDataset, index: np.ndarray) -> dict[str, np.ndarray]:
 # The batch functions are closures rather than functools.partial because
 # grain names each transform by its repr, and a partial's repr prints the
 # arrays: ~4 ms per pipeline.
-def _batch_fn(ds: ArrayDataset):
-    return lambda index: _gather(ds, index)
+def _batch_fn(ds, augment_seed):
+    return lambda index: _gather(ds, index, augment_seed)
 
 
 def _padded_batch_fn(ds: ArrayDataset, batch_size: int):
@@ -111,8 +142,8 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
     Args and returns: as ``train_batches``, but a ``grain.MapDataset`` of
     the batch dicts (``len`` is the number of steps).
     """
-    check_dataset(ds)
-    n = len(ds.images)
+    _kind(ds)[0](ds)
+    n = len(ds.labels)
     _check_batch_size(batch_size)
     if drop_remainder and batch_size > n:
         raise ValueError(
@@ -123,12 +154,13 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
     order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(n)
     batches = [b[rows] for b in _index_batches(order, batch_size,
                                                drop_remainder)]
-    return grain.MapDataset.source(batches).map(_batch_fn(ds))
+    return grain.MapDataset.source(batches).map(_batch_fn(ds, (seed, epoch)))
 
 
 def train_batches(
     ds: ArrayDataset, batch_size: int, *, seed: int, epoch: int,
     drop_remainder: bool = True, rows: slice = slice(None), start: int = 0,
+    workers: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One shuffled epoch of training batches.
 
@@ -145,6 +177,8 @@ def train_batches(
         share in a multi-host run (``parallel.process_slice``); images are
         gathered for these rows only.
       start: batches of the epoch to skip (resuming mid-epoch).
+      workers: processes that build batches (decoding image files); 0
+        builds them in this process.
 
     Yields:
       {'image': [B, H, W, C] uint8, 'label': [B, C] float32,
@@ -156,11 +190,11 @@ def train_batches(
     """
     dataset = train_dataset(ds, batch_size, seed=seed, epoch=epoch,
                             drop_remainder=drop_remainder, rows=rows)
-    return iter(dataset[start:].to_iter_dataset(_READ_OPTIONS))
+    return _iterate(dataset[start:], workers)
 
 
-def eval_batches(ds: ArrayDataset,
-                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(ds, batch_size: int, *,
+                 workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """All rows of ``ds`` in order, in batches of one fixed shape.
 
     The last batch is padded with copies of the last row, so that a jitted
@@ -179,9 +213,22 @@ def eval_batches(ds: ArrayDataset,
        'index': [B] int32 row within ``ds``, 'valid': int, the number of
        leading real rows (B except in the last batch)}.
     """
-    check_dataset(ds)
+    _kind(ds)[0](ds)
     _check_batch_size(batch_size)
-    batches = _index_batches(np.arange(len(ds.images)), batch_size, False)
+    batches = _index_batches(np.arange(len(ds.labels)), batch_size, False)
     dataset = grain.MapDataset.source(batches).map(
         _padded_batch_fn(ds, batch_size))
-    return iter(dataset.to_iter_dataset(_READ_OPTIONS))
+    return _iterate(dataset, workers)
+
+
+def _iterate(dataset: grain.MapDataset, workers: int):
+    """Iterates in order, in this process or over worker processes."""
+    iterable = dataset.to_iter_dataset(_READ_OPTIONS)
+    if workers:
+        # grain's worker processes read absl flags; outside an absl app
+        # (notebooks, tests) nothing parsed them, so take the defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iterable = iterable.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers))
+    return iter(iterable)

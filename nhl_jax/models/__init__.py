@@ -6,11 +6,39 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
+from nhl_jax.models.resnet import ResNet18, ResNet50
 from nhl_jax.models.small import MLP, SmallCNN
+from nhl_jax.models import pretrained
 from nhl_jax.nested import NestedHashLayer
 from nhl_jax.types import Array
 
-BACKBONES = {'mlp': MLP, 'cnn': SmallCNN}
+BACKBONES = {
+    'mlp': MLP,
+    'cnn': SmallCNN,
+    'resnet18': ResNet18,
+    'resnet50': ResNet50,
+}
+
+# Loaders of pretrained weights from a local file, by backbone name.
+PRETRAINED = {
+    'resnet18': pretrained.load_torchvision_resnet,
+    'resnet50': pretrained.load_torchvision_resnet,
+}
+
+
+def load_pretrained(name: str, backbone: nnx.Module, path: str) -> None:
+    """Loads local pretrained weights into ``backbone`` in place.
+
+    Raises:
+      ValueError: if backbone ``name`` has no pretrained loader, or the file
+        is missing or does not match (the message names file and key).
+    """
+    if name not in PRETRAINED:
+        raise ValueError(
+            f'backbone {name!r} has no pretrained weights loader; choose one '
+            f'of {sorted(PRETRAINED)} or leave pretrained unset.'
+        )
+    PRETRAINED[name](backbone, path)
 
 
 def get_backbone(name: str, input_shape: Sequence[int], *, rngs: nnx.Rngs,
@@ -91,9 +119,13 @@ __all__ = [
     'BACKBONES',
     'HashNet',
     'MLP',
+    'PRETRAINED',
+    'ResNet18',
+    'ResNet50',
     'PatchConv3x3',
     'SmallCNN',
     'get_backbone',
+    'load_pretrained',
     'max_pool_2x2',
     'preprocess',
 ]
