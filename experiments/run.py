@@ -20,7 +20,9 @@ from nhl_jax import config as config_lib  # noqa: E402
 from nhl_jax import parallel, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'experiments/configs/default.py', 'Python config file.',
+    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'configs', 'default.py'),
+    'Python config file (default: experiments/configs/default.py).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default: runs/<dataset>_<method>).')
@@ -82,7 +84,10 @@ def main(argv):
                         _PROCESS_ID.value)
     try:
         config = _config()
-        workdir = _WORKDIR.value or f'runs/{config.dataset}_{config.method}'
+        workdir = _WORKDIR.value
+        if workdir is None:  # the default lives under ./runs, made on demand
+            workdir = os.path.join('runs', f'{config.dataset}_{config.method}')
+            os.makedirs('runs', exist_ok=True)
         config_lib.check_config(config)
         config_lib.check_workdir(workdir)
         train.train_and_evaluate(config, workdir, resume=_RESUME.value)

@@ -71,3 +71,9 @@ def test_paper_configs(name):
         'resnet50', 1e-5, 64)
     with pytest.raises(UsageError, match='pass --data_dir'):
         check_config(config)
+
+
+def test_default_workdir_is_created_under_runs(tmp_path):
+    result = _run('--dataset=digits', '--bits=8', '--epochs=1', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / 'runs' / 'digits_dpn' / 'results.json').exists()
