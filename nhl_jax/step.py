@@ -142,10 +142,13 @@ def train_step(state: TrainState, batch, *, setup: Setup):
       losses, distillation terms and weights.
     """
 
-    def loss_fn(params):
+    def loss_fn(params, rest):
+        # Fresh Variables for the batch statistics in this (grad) trace, so
+        # that BatchNorm may update them: NNX refuses to mutate a Variable
+        # created at another trace level.
+        rest = jax.tree.map(lambda v: v, rest)
         model = nnx.merge(setup.graphdef,
-                          _compute_params(params, setup.compute_dtype),
-                          state.rest)
+                          _compute_params(params, setup.compute_dtype), rest)
         if setup.freeze_backbone:
             model.backbone.eval()  # frozen: running BN statistics too
             features = jax.lax.stop_gradient(model.features(batch['image']))
@@ -161,7 +164,7 @@ def train_step(state: TrainState, batch, *, setup: Setup):
         return total, (loss_states, metrics, rest)
 
     (total, (loss_states, metrics, rest)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        loss_fn, has_aux=True)(state.params, state.rest)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     new_state = state._replace(
         step=state.step + 1,

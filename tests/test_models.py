@@ -81,3 +81,6 @@ def test_preprocess_normalises_with_backbone_statistics():
     out = models.preprocess(images, (0.5, 0.5, 0.0), (0.5, 0.25, 1.0))
     np.testing.assert_allclose(out[0, 0, 0], [1.0, 2.0, 1.0])
     np.testing.assert_allclose(models.preprocess(images), 1.0)
+    grey = models.preprocess(images[..., :1], (0.5, 0.5, 0.2), (0.5, 0.5, 0.5))
+    assert grey.shape == (1, 2, 2, 1)
+    np.testing.assert_allclose(grey, (1.0 - 0.4) / 0.5, rtol=1e-6)

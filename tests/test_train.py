@@ -203,3 +203,19 @@ def test_pretrained_resnet_weights_are_loaded(splits, tmp_path):
     with pytest.raises(UsageError, match='does not exist'):
         from nhl_jax.config import check_config
         check_config(config)
+
+
+def test_batchnorm_backbone_trains_and_updates_statistics(splits):
+    """ResNet-18: BatchNorm in the jitted step, gradients through max-pool."""
+    config = _config(backbone='resnet18', weighting='paper')
+    config.backbone_kwargs.input_size = None
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
+        num_classes=10)
+    before = jax.tree.map(np.array, state.rest)
+    step = train.compile_train_step(setup)
+    for batch in _batches(splits, config)[:2]:
+        state, metrics = step(state, batch)
+    assert np.all(np.isfinite(metrics['losses']))
+    mean = state.rest['backbone']['bn1']['mean'][...]
+    assert not np.allclose(mean, before['backbone']['bn1']['mean'][...])

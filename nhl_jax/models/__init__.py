@@ -70,7 +70,8 @@ def preprocess(images: Array, mean=None, std=None) -> Array:
     Args:
       images: [B, H, W, C] uint8.
       mean: optional per-channel mean [C] of the backbone's training data
-        (e.g. ImageNet's for a pretrained ResNet).
+        (e.g. ImageNet's for a pretrained ResNet); RGB statistics are
+        averaged when the images have another number of channels.
       std: optional per-channel std [C].
 
     Returns:
@@ -78,10 +79,18 @@ def preprocess(images: Array, mean=None, std=None) -> Array:
     """
     x = jnp.asarray(images, jnp.float32) / 255.0
     if mean is not None:
-        x = x - jnp.asarray(mean, jnp.float32)[None, None, None, :]
+        x = x - _per_channel(mean, x.shape[-1])
     if std is not None:
-        x = x / jnp.asarray(std, jnp.float32)[None, None, None, :]
+        x = x / _per_channel(std, x.shape[-1])
     return x
+
+
+def _per_channel(values, channels: int) -> Array:
+    """[1, 1, 1, C] statistics; RGB ones are averaged for grey images."""
+    values = jnp.asarray(values, jnp.float32)
+    if values.shape[0] != channels:
+        values = jnp.full((channels,), jnp.mean(values))
+    return values[None, None, None, :]
 
 
 class HashNet(nnx.Module):

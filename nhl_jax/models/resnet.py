@@ -133,9 +133,10 @@ class Bottleneck(nnx.Module):
 
 def max_pool_3x3_s2(x: Array) -> Array:
     """torch's MaxPool2d(3, stride=2, padding=1) on [B, H, W, C]."""
-    # Padding with -inf means padded cells never win, as in torch.
-    init = jnp.array(-jnp.inf, x.dtype)
-    return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1),
+    # Padding with -inf means padded cells never win, as in torch. The init
+    # must be a Python scalar: JAX only differentiates the max-pool form of
+    # reduce_window when its init is a literal.
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
                                  (1, 2, 2, 1),
                                  ((0, 0), (1, 1), (1, 1), (0, 0)))
 
