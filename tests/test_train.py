@@ -219,3 +219,15 @@ def test_batchnorm_backbone_trains_and_updates_statistics(splits):
     assert np.all(np.isfinite(metrics['losses']))
     mean = state.rest['backbone']['bn1']['mean'][...]
     assert not np.allclose(mean, before['backbone']['bn1']['mean'][...])
+
+
+def test_vit_backbone_trains_one_step(splits):
+    config = _config(backbone='vit_b16', weighting='paper', bits=(8,))
+    config.backbone_kwargs.update(dict(patch=4, width=16, depth=2, heads=2,
+                                       mlp=32, input_size=8))
+    setup, state = train.create_train_state(
+        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
+        num_classes=10)
+    state, metrics = train.compile_train_step(setup)(
+        state, _batches(splits, config)[0])
+    assert np.all(np.isfinite(metrics['losses']))

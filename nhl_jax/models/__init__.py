@@ -8,6 +8,7 @@ from flax import nnx
 from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
 from nhl_jax.models.resnet import ResNet18, ResNet50
 from nhl_jax.models.small import MLP, SmallCNN
+from nhl_jax.models.vit import ViT_B16, load_torchvision_vit
 from nhl_jax.models import pretrained
 from nhl_jax.nested import NestedHashLayer
 from nhl_jax.types import Array
@@ -17,12 +18,14 @@ BACKBONES = {
     'cnn': SmallCNN,
     'resnet18': ResNet18,
     'resnet50': ResNet50,
+    'vit_b16': ViT_B16,
 }
 
 # Loaders of pretrained weights from a local file, by backbone name.
 PRETRAINED = {
     'resnet18': pretrained.load_torchvision_resnet,
     'resnet50': pretrained.load_torchvision_resnet,
+    'vit_b16': load_torchvision_vit,
 }
 
 
@@ -131,6 +134,7 @@ __all__ = [
     'PRETRAINED',
     'ResNet18',
     'ResNet50',
+    'ViT_B16',
     'PatchConv3x3',
     'SmallCNN',
     'get_backbone',
