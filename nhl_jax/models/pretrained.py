@@ -207,8 +207,22 @@ def load_torchvision_resnet(model: nnx.Module,
         names the file, the first offending key and expected vs got shapes.
       ImportError: a torch file, but torch is not installed.
     """
-    state_dict = read_state_dict(path)
-    targets = _targets(model)
+    write_checked(_targets(model), read_state_dict(path), path)
+    return model
+
+
+def write_checked(targets, state_dict, path) -> None:
+    """Writes ``state_dict`` into the targets' variables, all or nothing.
+
+    Args:
+      targets: {torchvision key: ``_Target``} of the model.
+      state_dict: {torchvision key: array in torch layout}.
+      path: the file it came from, for the error message.
+
+    Raises:
+      ValueError: naming the file, the first problem and the count, before
+        anything is written.
+    """
     problems = _problems(targets, state_dict)
     if problems:
         more = ''.join(f'\n  {p}' for p in problems[1:6])
@@ -219,7 +233,6 @@ def load_torchvision_resnet(model: nnx.Module,
             f' ({len(problems)} problem(s) in all){more}')
     for key, target in targets.items():
         _write(target.variable, target.to_flax(np.asarray(state_dict[key])))
-    return model
 
 
 def _write(variable: nnx.Variable, value: np.ndarray) -> None:

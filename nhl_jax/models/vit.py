@@ -32,8 +32,7 @@ import numpy as np
 from flax import nnx
 
 from nhl_jax.models.pretrained import (  # noqa: F401 (re-exported errors)
-    WeightsNotFoundError, _identity, _problems, _Target, _write,
-    read_state_dict)
+    WeightsNotFoundError, _identity, _Target, read_state_dict, write_checked)
 from nhl_jax.types import Array
 
 _LN_EPS = 1e-6
@@ -317,15 +316,6 @@ def torchvision_vit_shapes(model: VisionTransformer
     return {k: t.torch_shape for k, t in _targets(model).items()}
 
 
-def _raise_problems(path: str, problems: Sequence[str]) -> None:
-    """Raises the loader's ValueError listing the first few problems."""
-    more = ''.join(f'\n  {p}' for p in problems[1:6])
-    if len(problems) > 6:
-        more += f'\n  ... and {len(problems) - 6} more'
-    raise ValueError(f'{path!r} does not match the model: {problems[0]}'
-                     f' ({len(problems)} problem(s) in all){more}')
-
-
 def load_torchvision_vit(model: VisionTransformer,
                          path: str | os.PathLike) -> VisionTransformer:
     """Copies a torchvision ViT state dict into ``model`` in place.
@@ -352,13 +342,8 @@ def load_torchvision_vit(model: VisionTransformer,
         names the file, the first offending key and expected vs got shapes.
       ImportError: a torch file, but torch is not installed.
     """
-    state_dict = _without_heads(read_state_dict(path))
-    targets = _targets(model)
-    problems = _problems(targets, state_dict)
-    if problems:
-        _raise_problems(os.fspath(path), problems)
-    for key, target in targets.items():
-        _write(target.variable, target.to_flax(np.asarray(state_dict[key])))
+    write_checked(_targets(model), _without_heads(read_state_dict(path)),
+                  path)
     return model
 
 
