@@ -33,9 +33,8 @@ def _forward(model, x):
 # torchvision's state-dict layout, written out independently of the model.
 
 
-def _torchvision_shapes(bottleneck, layers, prefix_fc=True):
-    """torchvision resnet state-dict {key: shape}, in torchvision order."""
-    sd = {}
+def _recorders(sd, *, batches_tracked=True):
+    """conv(name, out, in, k) and bn(name, ch) writing torchvision shapes."""
 
     def conv(name, out_ch, in_ch, k):
         sd[f'{name}.weight'] = (out_ch, in_ch, k, k)
@@ -43,22 +42,34 @@ def _torchvision_shapes(bottleneck, layers, prefix_fc=True):
     def bn(name, ch):
         for field in ('weight', 'bias', 'running_mean', 'running_var'):
             sd[f'{name}.{field}'] = (ch,)
-        sd[f'{name}.num_batches_tracked'] = ()
+        if batches_tracked:
+            sd[f'{name}.num_batches_tracked'] = ()
 
+    return conv, bn
+
+
+def _unit_shapes(conv, bn, p, in_ch, planes, stride, bottleneck):
+    """One block and its downsample (when the shape changes); out channels."""
+    _block_shapes(conv, bn, p, in_ch, planes, bottleneck)
+    out = planes * (4 if bottleneck else 1)
+    if stride != 1 or in_ch != out:
+        conv(p + 'downsample.0', out, in_ch, 1)
+        bn(p + 'downsample.1', out)
+    return out
+
+
+def _torchvision_shapes(bottleneck, layers, prefix_fc=True):
+    """torchvision resnet state-dict {key: shape}, in torchvision order."""
+    sd = {}
+    conv, bn = _recorders(sd)
     conv('conv1', 64, 3, 7)
     bn('bn1', 64)
-    expansion = 4 if bottleneck else 1
     in_ch = 64
     for s, depth in enumerate(layers):
-        planes = 64 * 2 ** s
         for b in range(depth):
-            p = f'layer{s + 1}.{b}.'
             stride = 2 if b == 0 and s > 0 else 1
-            _block_shapes(conv, bn, p, in_ch, planes, bottleneck)
-            if stride != 1 or in_ch != planes * expansion:
-                conv(p + 'downsample.0', planes * expansion, in_ch, 1)
-                bn(p + 'downsample.1', planes * expansion)
-            in_ch = planes * expansion
+            in_ch = _unit_shapes(conv, bn, f'layer{s + 1}.{b}.', in_ch,
+                                 64 * 2 ** s, stride, bottleneck)
     if prefix_fc:
         sd['fc.weight'] = (1000, in_ch)
         sd['fc.bias'] = (1000,)
@@ -311,18 +322,8 @@ def test_resnet18_train_mode_uses_batch_statistics(resnet18, resnet18_file):
 def test_bottleneck_block_matches_numpy_reference(tmp_path, in_ch, planes,
                                                   stride, dtype, rtol):
     shapes = {}
-
-    def conv(name, o, i, k):
-        shapes[f'{name}.weight'] = (o, i, k, k)
-
-    def bn(name, ch):
-        for field in ('weight', 'bias', 'running_mean', 'running_var'):
-            shapes[f'{name}.{field}'] = (ch,)
-
-    _block_shapes(conv, bn, '', in_ch, planes, bottleneck=True)
-    if stride != 1 or in_ch != 4 * planes:
-        conv('downsample.0', 4 * planes, in_ch, 1)
-        bn('downsample.1', 4 * planes)
+    conv, bn = _recorders(shapes, batches_tracked=False)
+    _unit_shapes(conv, bn, '', in_ch, planes, stride, bottleneck=True)
     sd = _random_state_dict(shapes, seed=3)
     np.savez(tmp_path / 'block.npz', **sd)
     block = _blank(lambda: resnet.Bottleneck(in_ch, planes, stride,
