@@ -88,8 +88,6 @@ def main(argv):
         if workdir is None:  # the default lives under ./runs, made on demand
             workdir = os.path.join('runs', f'{config.dataset}_{config.method}')
             os.makedirs('runs', exist_ok=True)
-        config_lib.check_config(config)
-        config_lib.check_workdir(workdir)
         train.train_and_evaluate(config, workdir, resume=_RESUME.value)
     except (config_lib.UsageError, FloatingPointError) as e:
         sys.exit(f'error: {e}')

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nhl_jax import checkpoint, data, parallel, runlog
-from nhl_jax.config import UsageError, check_config
+from nhl_jax.config import UsageError, check_config, check_workdir
 from nhl_jax.nested import check_bits
 from nhl_jax.step import (  # noqa: F401  (the public training API)
     Setup,
@@ -316,7 +316,8 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     Returns:
       The results dict written to ``results.json``.
     """
-    check_config(config)
+    check_config(config)  # every check before anything is written
+    check_workdir(workdir)
     spec = data.get_spec(config.dataset, config.data_dir)
     top_k = config.top_k if config.top_k is not None else spec.top_k
     _check_same_config(workdir, config, resume)
