@@ -36,12 +36,15 @@ _NUM_PROCESSES = flags.DEFINE_string(
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'Multi-host: rank of this process.')
 _OVERRIDES = {
-    'method': flags.DEFINE_string('method', None, 'Base loss, e.g. dpn.'),
+    'method': flags.DEFINE_string(
+        'method', None, 'Base loss (NHL), e.g. dpn; or mah / odh.'),
     'dataset': flags.DEFINE_string(
         'dataset', None, 'mnist5k, digits, cifar10[-1|-2], coco, ...'),
     'data_dir': flags.DEFINE_string(
         'data_dir', None, 'tfds dir (CIFAR-10) or list-file root.'),
     'backbone': flags.DEFINE_string('backbone', None, 'mlp or cnn.'),
+    'head': flags.DEFINE_string(
+        'head', None, 'nested (NHL), or flat / cascade (--method=mah).'),
     'bits': flags.DEFINE_list('bits', None, 'Code lengths, e.g. 8,16,32.'),
     'weighting': flags.DEFINE_string('weighting', None,
                                      'none, paper or released.'),

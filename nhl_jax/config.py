@@ -13,7 +13,7 @@ import os
 import jax
 from flax import nnx
 
-from nhl_jax import data, distill, losses, models, objective
+from nhl_jax import data, distill, losses, models, objective, systems
 from nhl_jax.nested import check_bits
 
 
@@ -70,7 +70,13 @@ def check_config(config) -> None:
 
 
 def _check_fields(config) -> None:
-    _choice('method', config.method, losses.LOSSES)
+    _choice('method', config.method, {**losses.LOSSES, **systems.SYSTEMS})
+    _choice('head', config.get('head', 'nested'), systems.HEADS)
+    if config.get('head', 'nested') != 'nested' and config.method != 'mah':
+        raise UsageError(
+            f'head {config.head!r} is only used by --method=mah; NHL trains '
+            'the nested head (leave --head unset or pass --head=nested).'
+        )
     _choice('dataset', config.dataset, data.DATASETS)
     data.get_spec(config.dataset, config.get('data_dir'))  # needs data_dir?
     if config.backbone is not None:
@@ -78,7 +84,8 @@ def _check_fields(config) -> None:
     _choice('weighting', config.weighting, objective.WEIGHTINGS)
     _choice('distillation topology', config.topology, distill.TOPOLOGIES)
     check_bits(config.bits)
-    check_loss_kwargs(config.method, dict(config.loss_kwargs))
+    if config.method in losses.LOSSES:
+        check_loss_kwargs(config.method, dict(config.loss_kwargs))
     _positive(config, ('epochs', 'eval_every', 'batch_size',
                        'eval_batch_size', 'patience'), int)
     _positive(config, ('learning_rate',))

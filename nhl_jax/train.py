@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax import checkpoint, data, parallel, runlog
+from nhl_jax import checkpoint, data, parallel, runlog, systems
 from nhl_jax.config import UsageError, check_config, check_workdir
 from nhl_jax.nested import check_bits
 from nhl_jax.step import (  # noqa: F401  (the public training API)
@@ -318,6 +318,9 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     """
     check_config(config)  # every check before anything is written
     check_workdir(workdir)
+    trainer = systems.get_trainer(config.method)
+    if trainer is not None:  # MAH / ODH: their own loops
+        return trainer(config, workdir, resume=resume)
     spec = data.get_spec(config.dataset, config.data_dir)
     top_k = config.top_k if config.top_k is not None else spec.top_k
     _check_same_config(workdir, config, resume)

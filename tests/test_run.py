@@ -18,7 +18,9 @@ def _run(*args, cwd=ROOT):
 
 @pytest.mark.parametrize('args, message', [
     (['--method=dspn'], "Unknown method 'dspn'; choose one of ['csq', 'dch', "
-                        "'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh']."),
+                        "'dpn', 'dsh', 'dtsh', 'lcdsh', 'mah', 'mdsh', 'odh']."),
+    (['--head=flat'], "head 'flat' is only used by --method=mah"),
+    (['--head=tree'], "Unknown head 'tree'; choose one of"),
     (['--bits=16,8'], 'strictly increasing'),
     (['--bits=8,x'], 'comma-separated integers'),
     (['--dataset=cifar'], "Unknown dataset 'cifar'; choose one of"),

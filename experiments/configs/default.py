@@ -18,7 +18,8 @@ def get_config():
     """Returns the default configuration."""
     config = ml_collections.ConfigDict()
     # What to train.
-    config.method = 'dpn'  # a key of nhl_jax.losses.LOSSES
+    config.method = 'dpn'  # a key of nhl_jax.losses.LOSSES, or 'mah' / 'odh'
+    config.head = 'nested'  # 'nested' | 'flat' | 'cascade' (flat/cascade: MAH)
     config.loss_kwargs = ml_collections.ConfigDict()  # e.g. {'margin': 1.0}
     config.dataset = 'mnist5k'  # a key of nhl_jax.data.DATASETS
     # CIFAR-10: the tfds data directory; list-file datasets: their root.
@@ -55,4 +56,7 @@ def get_config():
     config.patience = 4
     config.eval_batch_size = 500
     config.top_k = ml_collections.config_dict.placeholder(int)  # None: dataset's
+    # Settings of the other systems (used only with --method=mah / odh).
+    config.mah = ml_collections.ConfigDict()
+    config.odh = ml_collections.ConfigDict()
     return config
