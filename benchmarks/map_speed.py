@@ -1,12 +1,21 @@
-"""Speed of nhl_jax's mAP against the common DeepHash-pytorch NumPy loop.
+"""Speed of nhl_jax's retrieval metrics against the common NumPy loop.
 
-Times, on random ±1 codes and single-label data, median of several runs:
-- ``nhl_jax.evaluate.mean_average_precision`` at top_k=None and 1000, on
-  every CPU (default) and on one thread;
-- a faithful copy of DeepHash-pytorch's per-query ``CalcTopMap`` loop
-  (default, unstable ``np.argsort``), with topk = N for "all";
-- the same loop with ``kind='stable'``, whose ties are ordered like ours,
-  so its mAP must agree with ours (to float rounding).
+Times, in one run on random ±1 codes and single-label data (median of
+``--repeats`` runs, the methods interleaved so that load from other
+processes spreads over all of them):
+
+1. mAP@all and mAP@1000: ``nhl_jax.evaluate.mean_average_precision`` on
+   every CPU and on one thread, against a faithful copy of
+   DeepHash-pytorch's per-query ``CalcTopMap`` loop (default, unstable
+   ``np.argsort``; topk = N for "all"; BLAS on one thread). The speed-up
+   is loop / nhl_jax in wall-clock time.
+   The loop with ``kind='stable'`` orders ties like nhl_jax, so its
+   per-query APs must agree (max |difference| printed; it runs once).
+   The CPU-time speed-up compares nhl_jax on one thread with the loop.
+2. ``nhl_jax.metrics.retrieval_metrics``: several mAP@k in one call
+   against one ``mean_average_precision`` call per k, the full suite
+   (mAP@k, precision/recall@k, radius 2, P-R curve), and
+   ``precision_recall_curve`` alone.
 
 Usage:
   python benchmarks/map_speed.py [--queries 1000] [--database 54000]
@@ -19,11 +28,16 @@ import statistics
 import time
 
 import numpy as np
+import threadpoolctl
 
 from nhl_jax import evaluate
+from nhl_jax import metrics
+
+SEVERAL_K = (None, 100, 1000, 5000)
 
 
-def calc_top_map(q_codes, db_codes, q_labels, db_labels, topk, kind=None):
+def calc_top_map(q_codes, db_codes, q_labels, db_labels, topk, kind=None,
+                 per_query=None):
     """DeepHash-pytorch's ``CalcTopMap`` loop, written out step for step.
 
     The original is called with topk=-1 for mAP@all, and ``gnd[0:-1]``
@@ -37,6 +51,8 @@ def calc_top_map(q_codes, db_codes, q_labels, db_labels, topk, kind=None):
       db_labels: [N, C] multi-hot labels.
       topk: number of top-ranked items scored.
       kind: ``np.argsort``'s ``kind``.
+      per_query: a list to append each query's AP to (0 without hits), or
+        None (the original).
 
     Returns:
       mAP as a float (queries without hits count as 0).
@@ -54,11 +70,15 @@ def calc_top_map(q_codes, db_codes, q_labels, db_labels, topk, kind=None):
         tgnd = gnd[0:topk]
         tsum = np.sum(tgnd).astype(int)
         if tsum == 0:
+            if per_query is not None:
+                per_query.append(0.0)
             continue
         count = np.linspace(1, tsum, tsum)
 
         tindex = np.asarray(np.where(tgnd == 1)) + 1.0
         topkmap_ = np.mean(count / (tindex))
+        if per_query is not None:
+            per_query.append(topkmap_)
         topkmap = topkmap + topkmap_
     return topkmap / num_query
 
@@ -67,19 +87,25 @@ def median_seconds(fns, repeats):
     """Times each of ``fns`` ``repeats`` times, interleaved.
 
     Interleaving spreads load from other processes over all the methods
-    instead of penalising whichever ran during it.
+    instead of penalising whichever ran during it. CPU time (of every
+    thread of this process) is recorded too: on a loaded machine it
+    measures the work better than the wall clock does.
 
     Returns:
-      One (median seconds, last result) pair per function.
+      One (median wall seconds, median CPU seconds, last result) triple
+      per function.
     """
-    times = [[] for _ in fns]
+    walls = [[] for _ in fns]
+    cpus = [[] for _ in fns]
     results = [None] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             results[i] = fn()
-            times[i].append(time.perf_counter() - start)
-    return [(statistics.median(t), r) for t, r in zip(times, results)]
+            walls[i].append(time.perf_counter() - wall)
+            cpus[i].append(time.process_time() - cpu)
+    return [(statistics.median(w), statistics.median(c), r)
+            for w, c, r in zip(walls, cpus, results)]
 
 
 def make_data(args):
@@ -98,6 +124,82 @@ def make_data(args):
             codes(args.database), labels(args.database))
 
 
+def map_rows(data, args):
+    """Section 1: nhl_jax mAP against the loop, at all and 1000."""
+    q_codes, q_labels, db_codes, db_labels = data
+    num_items = len(db_codes)
+    rows = []
+    for label, top_k in [('mAP@all', None), ('mAP@1000', 1000)]:
+        ref_k = num_items if top_k is None else top_k
+
+        def ours(num_threads, top_k=top_k):
+            return evaluate.mean_average_precision(
+                *data, top_k=top_k, num_threads=num_threads)
+
+        def loop(ref_k=ref_k):
+            # One BLAS thread: its [N, K] x [K] products gain nothing from
+            # more, and idle BLAS threads spinning on a loaded machine made
+            # it 5-8x slower.
+            with threadpoolctl.threadpool_limits(1, user_api='blas'):
+                return calc_top_map(q_codes, db_codes, q_labels, db_labels,
+                                    ref_k)
+
+        (ours_s, _, ours_map), (one_s, one_cpu, one_map), (
+            loop_s, loop_cpu, loop_map) = median_seconds(
+                [lambda: ours(args.num_threads), lambda: ours(1), loop],
+                args.repeats)
+        assert one_map == ours_map, (one_map, ours_map)
+        stable_aps = []
+        start = time.perf_counter()
+        with threadpoolctl.threadpool_limits(1, user_api='blas'):
+            calc_top_map(q_codes, db_codes, q_labels, db_labels, ref_k,
+                         kind='stable', per_query=stable_aps)
+        stable_s = time.perf_counter() - start
+        diff = np.max(np.abs(
+            evaluate.average_precisions(*data, top_k=top_k) - stable_aps))
+        # Same ties, same AP terms; only the summation order may differ.
+        if diff > 1e-12:
+            raise SystemExit(f'{label}: nhl_jax differs from the stable '
+                             f'loop by {diff:.1e}')
+        rows.append((label, ours_s, one_s, loop_s, loop_s / ours_s,
+                     loop_cpu / one_cpu, stable_s, ours_map, diff, loop_map))
+    return rows
+
+
+def suite_rows(data, args):
+    """Section 2: several k at once, the full suite, the P-R curve."""
+    def separate():
+        return {k: evaluate.mean_average_precision(
+            *data, top_k=k, num_threads=args.num_threads)
+            for k in SEVERAL_K}
+
+    def together():
+        return metrics.retrieval_metrics(
+            *data, map_at=SEVERAL_K, num_threads=args.num_threads)
+
+    def suite():
+        return metrics.retrieval_metrics(
+            *data, map_at=(None, 1000), precision_at=(100, 1000),
+            recall_at=(1000,), radius=(2,), pr_curve=True,
+            num_threads=args.num_threads)
+
+    def curve():
+        return metrics.precision_recall_curve(
+            *data, num_threads=args.num_threads)
+
+    timed = median_seconds([separate, together, suite, curve], args.repeats)
+    (sep_s, _, sep), (tog_s, _, tog), (suite_s, _, _), (curve_s, _, _) = (
+        timed)
+    for k in SEVERAL_K:
+        assert tog[f'map@{k or "all"}'] == sep[k], k
+    names = ', '.join(f'{k or "all"}' for k in SEVERAL_K)
+    return [(f'mAP@{{{names}}}, one call per k', sep_s),
+            (f'mAP@{{{names}}}, one retrieval_metrics call', tog_s),
+            (('suite: mAP@{all,1000}, P@{100,1000}, R@1000, radius 2, '
+              'P-R curve'), suite_s),
+            ('precision_recall_curve (radii 0..K)', curve_s)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--queries', type=int, default=1000)
@@ -110,49 +212,25 @@ def main():
                         help='nhl_jax threads (default: every CPU)')
     args = parser.parse_args()
 
-    q_codes, q_labels, db_codes, db_labels = make_data(args)
-    num_items = len(db_codes)
-
-    rows = []
-    for label, top_k in [('mAP@all', None), ('mAP@1000', 1000)]:
-        ref_k = num_items if top_k is None else top_k
-
-        def ours(num_threads, top_k=top_k):
-            return evaluate.mean_average_precision(
-                q_codes, q_labels, db_codes, db_labels, top_k=top_k,
-                num_threads=num_threads)
-
-        def loop(kind, ref_k=ref_k):
-            return calc_top_map(q_codes, db_codes, q_labels, db_labels,
-                                ref_k, kind=kind)
-
-        timed = median_seconds([lambda: ours(args.num_threads),
-                                lambda: ours(1),
-                                lambda: loop(None),
-                                lambda: loop('stable')], args.repeats)
-        (ours_s, ours_map), (one_s, one_map), (loop_s, loop_map), (
-            stable_s, stable_map) = timed
-        assert one_map == ours_map, (one_map, ours_map)
-        # Same ties, same AP terms; only the summation order differs.
-        if abs(ours_map - stable_map) > 1e-12:
-            raise SystemExit(f'{label}: nhl_jax {ours_map!r} != stable '
-                             f'reference {stable_map!r}')
-        rows.append((label, ours_s, one_s, loop_s, stable_s, ours_map,
-                     abs(ours_map - stable_map), loop_map))
-
-    print(f'{args.queries} queries x {num_items} database, {args.bits} bits, '
-          f'{args.classes} classes, seed {args.seed}; median of '
+    data = make_data(args)
+    print(f'{args.queries} queries x {args.database} database, {args.bits} '
+          f'bits, {args.classes} classes, seed {args.seed}; median of '
           f'{args.repeats} runs; {os.cpu_count()} CPUs; NumPy '
           f'{np.__version__}\n')
     print('| metric | nhl_jax (s) | nhl_jax, 1 thread (s) '
-          '| CalcTopMap loop (s) | speed-up | loop, stable sort (s) '
-          '| mAP, nhl_jax | vs stable loop | mAP, loop (unstable ties) |')
-    print('|---|---|---|---|---|---|---|---|---|')
-    for (label, ours_s, one_s, loop_s, stable_s, ours_map, diff,
-         loop_map) in rows:
+          '| CalcTopMap loop (s) | speed-up | CPU-time speed-up, 1 thread '
+          '| loop, stable sort (s, once) | mAP, nhl_jax '
+          '| max |AP diff| vs stable loop | mAP, loop (unstable ties) |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for (label, ours_s, one_s, loop_s, ratio, cpu_ratio, stable_s, ours_map,
+         diff, loop_map) in map_rows(data, args):
         print(f'| {label} | {ours_s:.3f} | {one_s:.3f} | {loop_s:.3f} | '
-              f'{loop_s / ours_s:.1f}x | {stable_s:.3f} | {ours_map:.6f} | '
-              f'{diff:.0e} | {loop_map:.6f} |')
+              f'{ratio:.1f}x | {cpu_ratio:.1f}x | {stable_s:.3f} | '
+              f'{ours_map:.6f} | {diff:.0e} | {loop_map:.6f} |')
+    print('\n| nhl_jax.metrics | seconds |\n|---|---|')
+    for label, seconds in suite_rows(data, args):
+        print(f'| {label} | {seconds:.3f} |')
+
 
 if __name__ == '__main__':
     main()

@@ -7,6 +7,7 @@
 from nhl_jax import distill
 from nhl_jax import evaluate
 from nhl_jax import losses
+from nhl_jax import metrics
 from nhl_jax import models
 from nhl_jax import nested
 from nhl_jax import objective
@@ -25,6 +26,7 @@ __all__ = [
     'distill',
     'evaluate',
     'losses',
+    'metrics',
     'models',
     'nested',
     'objective',

@@ -23,22 +23,26 @@ pitfalls settled explicitly:
   queries count in the mean ('zero', DeepHash-pytorch/NHL) or are left out
   ('skip', thulab/DeepHash).
 
-How the ranking is computed: each (query, item) pair gets one integer key
-``dist << s | index << 1 | rel``, built by one float32 matmul. Keys are
-unique, so any sort of them, including NumPy's fast unstable SIMD sort,
-yields exactly the stable distance ranking, and the relevance bit travels
-with the key, so there is no [Q, N] index array to gather through.
-``top_k`` uses a partition of the same keys, which is exact for the same
-reason. AP then visits only the relevant ranks. Queries go in chunks
-(bounded memory) over a thread pool, since NumPy releases the GIL in
-matmul, sort and partition. On 2 cores, 1,000 queries x 54,000 items at
-64 bits take about 0.35 s for mAP@all (benchmarks/map_speed.py).
+How the ranking is computed: distances are popcounts of XORed 64-bit
+words (NumPy >= 2; a float32 matmul before), and each query's row of small
+integer distances is ranked by NumPy's stable sort, a radix sort for
+unsigned ints of up to 16 bits, so ties keep database order in O(N).
+Class ids ride along by a gather, so no [Q, N] keys are sorted. A
+``top_k`` much shorter than N is instead selected by a partition of the
+unique keys ``dist << s | index << 1 | rel``, which is exact for the same
+reason. AP then visits only the relevant ranks. Repeated (code, labels)
+query rows are ranked once. Queries go in chunks (bounded memory) over a
+thread pool, since NumPy releases the GIL in these loops.
+benchmarks/map_speed.py times it against the common per-query loop;
+``nhl_jax.metrics`` builds precision, recall and radius metrics on the same
+ranking.
 """
 
 import concurrent.futures
 import contextlib
 import numbers
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,7 +52,10 @@ except ImportError:  # pragma: no cover
     threadpoolctl = None
 
 ZERO_RELEVANT_POLICIES = ('zero', 'skip')
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 16
+
+# NumPy >= 2 only; see _Hamming.
+_bitwise_count = getattr(np, 'bitwise_count', None)
 
 # The ±1 matmuls are exact in float32 while 2 K < 2**24.
 _MAX_BITS = 2**23 - 1
@@ -80,8 +87,8 @@ def sign_codes(h) -> np.ndarray:
 def hamming_distances(q_codes, db_codes) -> np.ndarray:
     """All query-to-database Hamming distances, (K - q . b) / 2.
 
-    Computed by a ±1 float32 matmul, which is exact for the supported K
-    (below 2**23). The full [Q, N] matrix is materialised;
+    Computed exactly, by popcounts of packed bits (or a ±1 float32
+    matmul on NumPy < 2). The full [Q, N] matrix is materialised;
     ``average_precisions`` works in query chunks and never does.
 
     Args:
@@ -95,11 +102,7 @@ def hamming_distances(q_codes, db_codes) -> np.ndarray:
     q = _as_codes(q_codes, 'q_codes')
     db = _as_codes(db_codes, 'db_codes')
     _check_same_bits(q, db)
-    num_bits = q.shape[1]
-    dist = q @ db.T
-    np.subtract(num_bits, dist, out=dist)
-    dist *= 0.5
-    return dist.astype(np.min_scalar_type(num_bits))
+    return _Hamming(db)(q)
 
 
 def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
@@ -114,9 +117,10 @@ def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
       db_labels: [N, C] 0/1 multi-hot database labels.
       top_k: number of top-ranked items to score; None scores all N.
         Values above N are treated as N.
-      chunk_size: queries ranked at once. Memory is about 16 bytes per
-        element of [chunk_size, N] per thread (up to 48 when most items
-        are relevant).
+      chunk_size: queries ranked at once. Peak memory is about 25 bytes
+        per element of [chunk_size, N] per thread (distances, relevance,
+        the int64 sort order, the XOR words), above float32 copies of
+        the inputs.
       num_threads: threads over query chunks; None uses every CPU.
 
     Returns:
@@ -179,9 +183,35 @@ def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
       ([Q] float64 AP, [Q] int64 hits h in the top k).
     """
     _check_top_k(top_k)
-    _check_positive_int(chunk_size, 'chunk_size')
-    if num_threads is not None:
-        _check_positive_int(num_threads, 'num_threads')
+    _check_run_options(chunk_size, num_threads)
+    inputs, inverse = _unique_queries(
+        _check_inputs(q_codes, q_labels, db_codes, db_labels))
+    num_items = len(inputs.db_codes)
+    width = num_items if top_k is None else min(top_k, num_items)
+    ranker = _Ranker(inputs.db_codes, inputs.db_side, width)
+
+    def run(start, stop):
+        q_side = inputs.q_side[start:stop]
+        dist, rel = ranker.distances_and_relevance(
+            inputs.q_codes[start:stop], q_side)
+        sums, hits = _hit_sums(ranker.ranked(dist, rel, q_side), (width,))
+        return sums[0] / np.maximum(hits[0], 1), hits[0]
+
+    aps, hits = zip(*_run_chunks(run, len(inputs.q_codes), chunk_size,
+                                 num_threads))
+    return np.concatenate(aps)[inverse], np.concatenate(hits)[inverse]
+
+
+class _Inputs(NamedTuple):
+    """Validated retrieval inputs (see ``_check_inputs``)."""
+    q_codes: np.ndarray  # [Q, K] float32 ±1
+    db_codes: np.ndarray  # [N, K] float32 ±1
+    q_side: np.ndarray  # [Q] class ids or [Q, C] float32 multi-hot
+    db_side: np.ndarray  # [N] class ids or [C, N] float32 multi-hot
+
+
+def _check_inputs(q_codes, q_labels, db_codes, db_labels):
+    """Checks codes and labels; returns them as ``_Inputs``."""
     q = _as_codes(q_codes, 'q_codes')
     db = _as_codes(db_codes, 'db_codes')
     _check_same_bits(q, db)
@@ -191,28 +221,58 @@ def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
         raise ValueError(
             f'q_labels has C={q_y.shape[1]} classes but db_labels has '
             f'C={db_y.shape[1]}; use the same label space for both')
+    return _Inputs(q, db, *_relevance_operands(q_y, db_y))
 
-    num_items = len(db)
-    width = num_items if top_k is None else min(top_k, num_items)
-    q_side, db_side = _relevance_operands(q_y, db_y)
-    ranker = _ChunkRanker(db, db_side, width)
-    # The constant column turns the matmul into the key's distance field.
-    q_aug = np.hstack([q, np.ones((len(q), 1), np.float32)])
-    starts = range(0, len(q), chunk_size)
 
-    def run(start):
-        stop = start + chunk_size
-        return ranker(q_aug[start:stop], q_side[start:stop])
+def _unique_queries(inputs):
+    """Ranks each distinct (code, labels) query row once.
+
+    Every metric of a query is a function of its code and labels alone,
+    so repeated rows (common for trained short codes: 8 bits have 256
+    values) get their results copied, exactly.
+
+    Returns:
+      (``inputs`` with the distinct query rows, [Q] int index of each
+      original query among them).
+    """
+    num_queries = len(inputs.q_codes)
+    labels = np.ascontiguousarray(inputs.q_side.reshape(num_queries, -1))
+    rows = np.hstack([np.packbits(inputs.q_codes > 0, axis=1),
+                      labels.view(np.uint8)])
+    _, first, inverse = np.unique(rows, axis=0, return_index=True,
+                                  return_inverse=True)
+    if len(first) == num_queries:  # nothing repeats: keep the order
+        return inputs, np.arange(num_queries)
+    return inputs._replace(q_codes=inputs.q_codes[first],
+                           q_side=inputs.q_side[first]), inverse.reshape(-1)
+
+
+def _check_run_options(chunk_size, num_threads):
+    _check_positive_int(chunk_size, 'chunk_size')
+    if num_threads is not None:
+        _check_positive_int(num_threads, 'num_threads')
+
+
+def _run_chunks(run, num_queries, chunk_size, num_threads):
+    """``run(start, stop)`` over query chunks, on a thread pool.
+
+    NumPy releases the GIL in XOR, popcount, sort and gather, so chunks
+    run in parallel.
+
+    Returns:
+      The list of ``run`` results, in query order.
+    """
+    starts = range(0, num_queries, chunk_size)
+
+    def run_one(start):
+        return run(start, min(start + chunk_size, num_queries))
 
     threads = min(num_threads or _cpu_count(), len(starts))
     if threads == 1:
-        results = [run(start) for start in starts]
-    else:
-        with _one_blas_thread_each(), \
-                concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(run, starts))
-    aps, hits = zip(*results)
-    return np.concatenate(aps), np.concatenate(hits)
+        return [run_one(start) for start in starts]
+    with _one_blas_thread_each(), \
+            concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(run_one, starts))
 
 
 def _one_blas_thread_each():
@@ -274,86 +334,162 @@ def _key_layout(num_bits, num_items):
                      f'{total}-bit ranking key; split the database')
 
 
-class _ChunkRanker:
-    """AP of query chunks against one database (shared, read-only)."""
+class _Hamming:
+    """Hamming distances of query chunks to one database (read-only).
+
+    With NumPy >= 2 the codes are packed into 64-bit words and the
+    distance is popcount(q XOR b) summed over words, about four times
+    faster than a ±1 float32 matmul; older NumPy falls back to the matmul
+    (K - q . b) / 2, which is exact in float32 for K < 2**23.
+    """
+
+    def __init__(self, db):
+        """Packs the database.
+
+        Args:
+          db: [N, K] float32 ±1 codes.
+        """
+        self.num_bits = db.shape[1]
+        self.dtype = np.min_scalar_type(self.num_bits)
+        if _bitwise_count is None:  # NumPy < 2
+            self.db_t = np.ascontiguousarray(db.T)  # [K, N]
+        else:
+            self.db_words = _packed_words(db)  # [W, N]
+
+    def __call__(self, q):
+        """[B, N] distances, uint8 for K <= 255, of [B, K] ±1 codes."""
+        if _bitwise_count is None:  # NumPy < 2
+            dist = q @ self.db_t
+            np.subtract(self.num_bits, dist, out=dist)
+            dist *= 0.5
+            return dist.astype(self.dtype)
+        q_words = _packed_words(q)  # [W, B]
+        xor = np.empty((q.shape[0], self.db_words.shape[1]), np.uint64)
+        dist = np.empty(xor.shape, self.dtype)
+        for word, (q_word, db_word) in enumerate(zip(q_words,
+                                                     self.db_words)):
+            np.bitwise_xor(q_word[:, None], db_word[None, :], out=xor)
+            if word == 0:
+                _bitwise_count(xor, out=dist)
+            else:
+                dist += _bitwise_count(xor)
+        return dist
+
+
+def _packed_words(codes):
+    """[N, K] ±1 codes -> [W, N] uint64 words of bits, zero padded.
+
+    Both sides pad with the same zero bits, which XOR to 0.
+    """
+    packed = np.packbits(codes > 0, axis=1)  # [N, ceil(K / 8)]
+    packed = np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))
+    return np.ascontiguousarray(packed.view(np.uint64).T)
+
+
+class _Ranker:
+    """Stable Hamming ranking of query chunks against one database."""
 
     def __init__(self, db, db_side, width):
-        """Precomputes the database side of the ranking key.
+        """Precomputes the database side.
 
         Args:
           db: [N, K] float32 ±1 codes.
           db_side: database operand from ``_relevance_operands``.
-          width: k, the number of top-ranked items scored (1 <= k <= N).
+          width: k, the number of top-ranked items needed (1 <= k <= N);
+            None when only distances and relevance are needed.
         """
         num_items, num_bits = db.shape
-        shift, self.key_dtype = _key_layout(num_bits, num_items)
-        # [q, 1] . [-b, K] * 2**(shift-1) = dist << shift, exactly: every
-        # partial sum is an integer below 2**24 times a power of two, so
-        # float32 never rounds.
-        scale = np.float32(2.0 ** (shift - 1))
-        db_aug = np.hstack([-db, np.full((num_items, 1), num_bits,
-                                         np.float32)])
-        self.db_aug_t = np.ascontiguousarray((db_aug * scale).T)  # [K+1, N]
+        self.hamming = _Hamming(db)
         self.db_side = db_side
-        self.index_bits = np.arange(num_items, dtype=self.key_dtype) << 1
         self.width = width
+        # A top-k much shorter than N is cheaper to select by partition,
+        # which needs unique keys; a full ranking is a radix sort.
+        self.partition = width is not None and 2 * width <= num_items
+        if self.partition:
+            self.shift, self.key_dtype = _key_layout(num_bits, num_items)
+            self.index_bits = np.arange(num_items, dtype=self.key_dtype) << 1
 
-    def __call__(self, q_aug, q_side):
-        """AP and hits of one chunk.
+    def distances_and_relevance(self, q, q_side):
+        """([B, N] distances, [B, N] bool relevance) of one chunk.
 
         Args:
-          q_aug: [B, K+1] float32 ±1 query codes with a column of ones.
+          q: [B, K] float32 ±1 query codes.
           q_side: [B] or [B, C] query operand from ``_relevance_operands``.
-
-        Returns:
-          ([B] float64 AP, [B] int64 hits).
         """
-        keys = self._keys(q_aug, q_side)
-        if 2 * self.width <= keys.shape[1]:
-            # Keys are unique, so the partition's first k are exactly the
-            # first k of the stable ranking.
-            top = np.partition(keys, self.width - 1, axis=1)
-            keys = np.sort(top[:, :self.width], axis=1)
-        else:
-            keys.sort(axis=1)
-            keys = keys[:, :self.width]
-        # The relevance bit is bit 0, so it survives the cast to one byte.
-        relevant = keys.astype(np.uint8)
-        relevant &= 1
-        return _ap_of_ranked(relevant.view(np.bool_))
+        return self.hamming(q), _relevance(q_side, self.db_side)
 
-    def _keys(self, q_aug, q_side):
-        """[B, N] unique keys ``dist << shift | index << 1 | rel``."""
-        keys = (q_aug @ self.db_aug_t).astype(self.key_dtype)
+    def ranked(self, dist, rel, q_side):
+        """[B, k] bool relevance of the top k items, in ranked order.
+
+        The order is ascending distance, ties by ascending database index.
+
+        Args:
+          dist: [B, N] distances from ``distances_and_relevance``.
+          rel: [B, N] bool relevance from ``distances_and_relevance``.
+          q_side: [B] or [B, C] query operand, as given there.
+        """
+        if self.partition:
+            return self._ranked_by_partition(dist, rel)
+        # Distances are small unsigned ints, for which NumPy's stable sort
+        # is a radix sort: O(N) per row, ties in index order.
+        order = np.argsort(dist, axis=1, kind='stable')[:, :self.width]
+        if q_side.ndim == 1:  # class ids: gather ids, not the [B, N] rel
+            return self.db_side[order] == q_side[:, None]
+        return np.take_along_axis(rel, order, axis=1)
+
+    def _ranked_by_partition(self, dist, rel):
+        """Top k via unique keys ``dist << shift | index << 1 | rel``.
+
+        Keys are unique, so the partition's first k are exactly the first
+        k of the stable ranking, and the relevance bit travels with them.
+        """
+        keys = dist.astype(self.key_dtype)
+        keys <<= self.shift
         keys |= self.index_bits
-        keys |= _relevance(q_side, self.db_side)
-        return keys
+        keys |= rel
+        top = np.partition(keys, self.width - 1, axis=1)[:, :self.width]
+        top.sort(axis=1)
+        # The relevance bit is bit 0, so it survives the cast to one byte.
+        relevant = top.astype(np.uint8)
+        relevant &= 1
+        return relevant.view(np.bool_)
 
 
-def _ap_of_ranked(relevant):
-    """AP of rows of relevance flags already in ranked order.
+def _hit_sums(relevant, cutoffs):
+    """AP numerators and hit counts of ranked rows at several cutoffs.
 
-    Only the relevant positions are visited: for the t-th hit of a row at
-    1-based rank r_t, add t / r_t.
+    Only the relevant positions are visited: the t-th hit of a row at
+    1-based rank r_t adds t / r_t. Each row's terms are summed on their
+    own (``reduceat``), so results do not depend on the chunking.
 
     Args:
       relevant: [B, k] bool, relevance in ranked order.
+      cutoffs: ints in 1..k; the top c items are scored for each c.
 
     Returns:
-      ([B] float64 AP, [B] int64 hits).
+      ([len(cutoffs), B] float64 sums of t / r_t over the hits in the top
+      c, [len(cutoffs), B] int64 hit counts h_c).
     """
     num_rows, width = relevant.shape
-    flat = np.flatnonzero(relevant)  # row-major, so grouped by row
-    hits = np.count_nonzero(relevant, axis=1).astype(np.int64)
-    first_hit = np.cumsum(hits) - hits
-    hit_number = np.arange(1, flat.size + 1) - np.repeat(first_hit, hits)
-    rank = flat - np.repeat(np.arange(num_rows) * width - 1, hits)
-    sums = np.zeros(num_rows)
-    has_hits = hits > 0
-    if flat.size:
-        sums[has_hits] = np.add.reduceat(hit_number / rank,
-                                         first_hit[has_hits])
-    return sums / np.maximum(hits, 1), hits
+    flat = np.flatnonzero(relevant)  # [H] row-major, so grouped by row
+    bounds = np.searchsorted(flat, np.arange(num_rows + 1) * width)
+    first_hit, hits = bounds[:-1], np.diff(bounds)  # [B], [B]
+    row = np.repeat(np.arange(num_rows), hits)  # [H]
+    rank = flat - row * width + 1  # 1-based rank r_t
+    hit_number = np.arange(1, flat.size + 1) - first_hit[row]  # t
+    terms = np.append(hit_number / rank, 0.0)  # the 0 lets segments end at H
+    # row * (width + 1) + rank ascends, so one search finds every h_c.
+    row_rank = flat + row + 1
+    sums = np.zeros((len(cutoffs), num_rows))
+    counts = np.zeros((len(cutoffs), num_rows), np.int64)
+    for i, cutoff in enumerate(cutoffs):
+        counts[i] = hits if cutoff >= width else np.searchsorted(
+            row_rank, np.arange(num_rows) * (width + 1) + cutoff,
+            side='right') - first_hit
+        segments = np.stack([first_hit, first_hit + counts[i]], axis=1)
+        segment_sums = np.add.reduceat(terms, segments.ravel())[::2]
+        sums[i] = np.where(counts[i] > 0, segment_sums, 0.0)
+    return sums, counts
 
 
 def _as_codes(codes, name):

@@ -175,12 +175,39 @@ def test_chunking_and_threads_do_not_change_the_result(tied_data):
                                                (59, np.uint64)])
 def test_wide_key_layouts_agree(tied_data, monkeypatch, index_bits, dtype):
     # Real data needs a huge N for these layouts; force them to check the
-    # float -> uint cast of keys with the top bit set (dist 8 << shift).
-    expected = evaluate.average_precisions(*tied_data)
+    # keys of the top-k partition (top_k <= N / 2) with the top bit set
+    # (dist 8 << shift).
+    expected = evaluate.average_precisions(*tied_data, top_k=100)
     monkeypatch.setattr(evaluate, '_key_layout',
                         lambda *_: (index_bits + 1, np.dtype(dtype)))
-    aps = evaluate.average_precisions(*tied_data)
+    aps = evaluate.average_precisions(*tied_data, top_k=100)
     np.testing.assert_array_equal(aps, expected)
+
+
+@pytest.mark.parametrize('top_k', [None, 10])
+def test_matmul_distances_without_popcount(tied_data, monkeypatch, top_k):
+    # NumPy < 2 has no bitwise_count; the float32 matmul path must agree.
+    q_codes, _, db_codes, _ = tied_data
+    expected = (evaluate.average_precisions(*tied_data, top_k=top_k),
+                evaluate.hamming_distances(q_codes, db_codes))
+    monkeypatch.setattr(evaluate, '_bitwise_count', None)
+    np.testing.assert_array_equal(
+        evaluate.average_precisions(*tied_data, top_k=top_k), expected[0])
+    dist = evaluate.hamming_distances(q_codes, db_codes)
+    assert dist.dtype == expected[1].dtype
+    np.testing.assert_array_equal(dist, expected[1])
+
+
+def test_repeated_queries_keep_their_order(tied_data):
+    # Repeated (code, labels) rows are ranked once and copied back.
+    q_codes, q_labels, db_codes, db_labels = tied_data
+    rows = np.random.default_rng(3).integers(0, 20, NUM_QUERIES)
+    data = (q_codes[rows], q_labels[rows], db_codes, db_labels)
+    for top_k in (None, 10):
+        expected = reference_average_precisions(*data, top_k)
+        np.testing.assert_allclose(
+            evaluate.average_precisions(*data, top_k=top_k), expected,
+            rtol=0, atol=1e-10)
 
 
 def test_jax_inputs_are_accepted(tied_data):
