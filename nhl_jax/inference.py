@@ -1,0 +1,402 @@
+"""A trained run as an encoder: restore it, export codes, score retrieval.
+
+A run directory (``experiments/run.py``) holds ``config.json`` and orbax
+checkpoints; ``load_run`` rebuilds the model from the config and restores
+either the final parameters (``params='last'``: ONE model, so every length
+is a prefix of one code) or each length's best parameters (``'best'``, the
+ones results.json's ``map`` reports). ``export_codes`` then writes packed
+codes per split and a retrieval summary::
+
+    run = load_run('runs/mnist5k_dpn', params='last',
+                   input_shape=(28, 28, 1))
+    query = encode_dataset(run, splits.query)        # an index.CodeSet
+    summary = retrieval_metrics(query, database, top_k=None)
+
+Only NHL runs (a base loss of ``nhl_jax.losses.LOSSES``) are supported.
+"""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from nhl_jax import (
+    checkpoint,
+    data,
+    evaluate,
+    index,
+    losses,
+    metrics,
+    runlog,
+    step,
+)
+from nhl_jax.config import UsageError
+
+
+class _Part(NamedTuple):
+    """One restored training run: the joint run, or one ``len_<b>``."""
+
+    bits: tuple[int, ...]
+    encode: Callable[..., Any]  # jitted (params, rest, images) -> h [B, K]
+    params: dict[int, Any]  # length -> nnx.State parameters
+    rest: Any  # nnx.State of the non-parameter variables (batch stats)
+
+
+class TrainedRun(NamedTuple):
+    """A run restored for inference (``load_run``).
+
+    Attributes:
+      config: the run's ConfigDict (from config.json).
+      bits: every trained length, sorted.
+      params: 'last' or 'best'.
+      parts: the restored models: one for an NHL run, one per length for a
+        ``single_length`` run.
+    """
+
+    config: ml_collections.ConfigDict
+    bits: tuple[int, ...]
+    params: str
+    parts: tuple[_Part, ...]
+
+    @property
+    def nested(self) -> bool:
+        """True when all lengths are prefixes of one model's code."""
+        return self.params == 'last' and len(self.parts) == 1
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config of the NHL run in ``workdir``.
+
+    Raises:
+      UsageError: if ``workdir`` holds no run, or a run of another system.
+    """
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(path):
+        raise UsageError(f'{workdir!r} holds no run (no config.json); pass '
+                         'the --workdir of a finished experiments/run.py run.')
+    try:
+        with open(path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f'{path} is not a run config ({e}); was it '
+                         'written by experiments/run.py?') from None
+    method = config.get('method')
+    if method not in losses.LOSSES:
+        raise UsageError(
+            f'{workdir!r} is a {method!r} run; encoding supports NHL runs '
+            f'(method in {sorted(losses.LOSSES)}), not MAH or ODH yet.')
+    with config.unlocked():
+        config.bits = tuple(int(b) for b in config.bits)
+    return config
+
+
+def run_dirs(workdir: str, config) -> list[tuple[tuple[int, ...], str]]:
+    """(bits, directory) of each training run: one joint, or per length."""
+    if config.get('single_length'):
+        return [((b,), os.path.join(workdir, f'len_{b}'))
+                for b in config.bits]
+    return [(config.bits, workdir)]
+
+
+def load_data(config, *, dataset: str | None = None,
+              data_dir: str | None = None) -> data.Splits:
+    """The splits to encode: the run's dataset, or ``dataset`` instead."""
+    try:
+        return data.load_splits(dataset or config.dataset, seed=config.seed,
+                                data_dir=data_dir or config.get('data_dir'))
+    except UsageError:
+        raise
+    except ValueError as e:  # unknown dataset, missing data_dir, ...
+        raise UsageError(str(e)) from None
+
+
+def load_run(workdir: str, *, params: str = 'last', input_shape,
+             num_classes: int = 1) -> TrainedRun:
+    """Rebuilds a run's model and restores its latest checkpoint.
+
+    Args:
+      workdir: the run directory.
+      params: 'last' (final parameters) or 'best' (best per length). The
+        batch statistics are the final ones in both cases (the checkpoint
+        keeps only the best parameters).
+      input_shape: (H, W, C) of the images to encode (the training ones).
+      num_classes: C; only shapes the unused loss states.
+
+    Returns:
+      The ``TrainedRun``.
+
+    Raises:
+      UsageError: no run, no checkpoint, or weights that do not fit.
+    """
+    if params not in index.PARAMS:
+        raise UsageError(f'Unknown params {params!r}; choose one of '
+                         f'{list(index.PARAMS)}.')
+    config = read_config(workdir)
+    with config.unlocked():
+        config.backbone = _backbone(workdir, config)
+        config.pretrained = None  # restored below; never read the file
+    parts = tuple(
+        _restore(config, run_dir, bits, params, input_shape, num_classes)
+        for bits, run_dir in run_dirs(workdir, config))
+    return TrainedRun(config, config.bits, params, parts)
+
+
+def _backbone(workdir, config) -> str:
+    """The backbone's name, without loading the training data if possible."""
+    if config.backbone:
+        return config.backbone
+    path = os.path.join(workdir, 'results.json')
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)['backbone']
+    return data.get_spec(config.dataset, config.get('data_dir')).backbone
+
+
+def _restore(config, run_dir, bits, params, input_shape, num_classes):
+    setup, model = _abstract_model(config, bits, input_shape, num_classes)
+    wanted = {'state': model}
+    if params == 'best':
+        wanted = {'state': {'rest': model['rest']},
+                  'best': {str(b): model['params'] for b in bits}}
+    with checkpoint.manager(run_dir) as mngr:
+        latest = mngr.latest_step()
+        if latest is None:
+            raise UsageError(f'{run_dir!r} holds no checkpoint; train it '
+                             'first (experiments/run.py).')
+        for name, tree in wanted.items():
+            _check_shapes(mngr.directory / str(latest) / name, tree,
+                          tuple(input_shape))
+        try:
+            restored = mngr.restore(latest, args=ocp.args.Composite(**{
+                name: _partial_restore(tree)
+                for name, tree in wanted.items()}))
+        except Exception as e:  # orbax/tensorstore raise many types
+            reason = str(e).strip().splitlines()[0][:200] if str(e) else ''
+            raise UsageError(
+                f'checkpoint {latest} of {run_dir!r} cannot be read '
+                f'({type(e).__name__}: {reason}); check the run or '
+                'retrain it.') from None
+    rest = restored.state['rest']
+    if params == 'best':
+        per_length = {b: restored.best[str(b)] for b in bits}
+    else:
+        per_length = {b: restored.state['params'] for b in bits}
+    return _Part(bits, step.compile_encode(setup), per_length, rest)
+
+
+def _check_shapes(item_dir, tree, input_shape) -> None:
+    """Compares the model's shapes with the saved ones, before restoring.
+
+    A failed orbax restore leaves pending reads behind, so a model built
+    for other images is refused here from the checkpoint's metadata.
+    """
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        saved = handler.metadata(item_dir).tree
+    finally:
+        handler.close()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        node = saved
+        for key in path:
+            name = str(getattr(key, 'key', getattr(key, 'name',
+                                                   getattr(key, 'idx', key))))
+            node = node.get(name) if isinstance(node, dict) else None
+        shape = getattr(node, 'shape', None)
+        if shape is None or tuple(shape) != tuple(leaf.shape):
+            raise UsageError(
+                f'the checkpoint in {os.path.dirname(str(item_dir))!r} does '
+                f'not fit the model for images of shape {input_shape} '
+                f'({jax.tree_util.keystr(path)}: saved '
+                f'{None if shape is None else tuple(shape)}, model '
+                f'{tuple(leaf.shape)}); encode the dataset it was trained '
+                'on, or one with the same image shape.')
+
+
+def _abstract_model(config, bits, input_shape, num_classes):
+    """``create_train_state``'s setup and the shapes of params and rest.
+
+    Traced by ``jax.eval_shape``, so nothing is initialised or compiled
+    (the loss states alone took seconds to build on a CPU); the static
+    setup is taken out of the trace.
+    """
+    setup = []
+
+    def build():
+        s, state = step.create_train_state(
+            config, input_shape=tuple(input_shape), num_train=1,
+            num_classes=num_classes, bits=bits)
+        setup.append(s)
+        return {'params': state.params, 'rest': state.rest}
+
+    shapes = jax.eval_shape(build)
+    return setup[0], shapes
+
+
+def _partial_restore(tree):
+    """Restores just ``tree``'s leaves of a saved item, on one device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        tree)
+    return ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+
+
+def encode_dataset(run: TrainedRun, ds, *,
+                   batch_size: int | None = None) -> index.CodeSet:
+    """Packed codes of every length for a whole dataset, in order.
+
+    Args:
+      run: from ``load_run``.
+      ds: an ``ArrayDataset`` or ``FileDataset``.
+      batch_size: images per forward pass (default: the run's
+        ``eval_batch_size``).
+
+    Returns:
+      An ``index.CodeSet``: for a nested run only the longest code is
+      stored (``index.codes_of_length`` cuts the others).
+    """
+    batch_size = batch_size or run.config.eval_batch_size
+    workers = run.config.get('data_workers', 0)
+    packed = {}
+    for part in run.parts:
+        for lengths, params in _distinct(part.params):
+            h = step.encode_dataset(part.encode, params, part.rest, ds,
+                                    batch_size, workers=workers)
+            codes = evaluate.sign_codes(h)  # [N, K_max] ±1
+            kept = lengths[-1:] if run.nested else lengths
+            packed.update({b: index.pack_codes(codes[:, :b]) for b in kept})
+    return index.CodeSet(packed, run.bits, np.asarray(ds.labels, np.float32),
+                         np.asarray(ds.ids, np.int64), run.params, run.nested)
+
+
+def _distinct(params_by_length):
+    """Groups lengths with identical parameters: one forward pass each."""
+    groups = []
+    for b, params in sorted(params_by_length.items()):
+        for lengths, seen in groups:
+            if _same(seen, params):
+                lengths.append(b)
+                break
+        else:
+            groups.append(([b], params))
+    return [(tuple(lengths), params) for lengths, params in groups]
+
+
+def _same(a, b) -> bool:
+    return a is b or all(np.array_equal(x, y) for x, y in zip(
+        jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def encode_images(run: TrainedRun, images, bits: int, *,
+                  batch_size: int | None = None) -> np.ndarray:
+    """[Q, ceil(bits / 8)] packed codes of raw images [Q, H, W, C] uint8."""
+    images = np.asarray(images)
+    count = len(images)
+    ds = data.check_dataset(data.ArrayDataset(
+        images, np.ones((count, 1), np.float32),  # labels are unused here
+        np.arange(count, dtype=np.int64)), 'query images')
+    return index.codes_of_length(
+        encode_dataset(run, ds, batch_size=batch_size), bits)
+
+
+def retrieval_metrics(query: index.CodeSet, database: index.CodeSet, *,
+                      top_k=None, map_at: Sequence[int] = (100, 1000),
+                      precision_at: Sequence[int] = (1, 10, 100, 1000),
+                      radius: int = 2) -> dict[str, dict]:
+    """The retrieval summary of every trained length (``nhl_jax.metrics``).
+
+    Per length: ``map`` (mAP@``top_k``, the run's protocol), ``map@<k>``,
+    ``precision@<k>`` (ties by database row), precision and recall within
+    ``radius`` (``precision@r2``: distance <= 2, the DCH protocol) and the
+    precision-recall curve over Hamming radii 0..K.
+
+    Returns:
+      {str(bits): {...}}, JSON-serialisable.
+    """
+    cutoffs = tuple(dict.fromkeys((top_k, *map_at)))  # unique, in order
+    summary = {}
+    for b in query.lengths:
+        codes = [index.unpack_codes(index.codes_of_length(s, b), b)
+                 for s in (query, database)]
+        values = metrics.retrieval_metrics(
+            codes[0], query.labels, codes[1], database.labels,
+            map_at=cutoffs, precision_at=tuple(precision_at),
+            radius=(radius,), pr_curve=True)
+        precision, recall = values.pop('pr_curve')
+        summary[str(b)] = dict(
+            values, map=values[f'map@{"all" if top_k is None else top_k}'],
+            pr_curve={'precision': np.asarray(precision).tolist(),
+                      'recall': np.asarray(recall).tolist()})
+    return summary
+
+
+def export_codes(workdir: str, *, params: str = 'last',
+                 dataset: str | None = None, data_dir: str | None = None,
+                 splits: Sequence[str] = ('query', 'database'),
+                 batch_size: int | None = None) -> dict:
+    """Encodes splits of a dataset with a trained run; writes its outputs.
+
+    Writes ``workdir/codes/<split>.npz`` (``index.save_codes``) and, when
+    both query and database are encoded, ``workdir/codes/metrics.json``.
+
+    Returns:
+      {'paths': {split: path}, 'metrics': summary or None, 'top_k': k}.
+    """
+    config = read_config(workdir)
+    unknown = sorted(set(splits) - set(data.Splits._fields))
+    if unknown or not splits:
+        raise UsageError(f'Unknown split(s) {unknown or splits}; choose from '
+                         f'{list(data.Splits._fields)}.')
+    sets = load_data(config, dataset=dataset, data_dir=data_dir)
+    first = getattr(sets, splits[0])
+    run = load_run(workdir, params=params,
+                   input_shape=data.image_shape(first),
+                   num_classes=first.labels.shape[1])
+    out = os.path.join(workdir, 'codes')
+    os.makedirs(out, exist_ok=True)
+    codes, paths = {}, {}
+    for name in splits:
+        codes[name] = encode_dataset(run, getattr(sets, name),
+                                     batch_size=batch_size)
+        paths[name] = os.path.join(out, f'{name}.npz')
+        index.save_codes(paths[name], codes[name])
+    top_k = _top_k(config, dataset, data_dir)
+    summary = None
+    if {'query', 'database'} <= set(codes):
+        summary = retrieval_metrics(codes['query'], codes['database'],
+                                    top_k=top_k)
+        runlog.write_json_atomic(os.path.join(out, 'metrics.json'), {
+            'params': params, 'dataset': dataset or config.dataset,
+            'top_k': top_k, 'lengths': summary})
+    return {'paths': paths, 'metrics': summary, 'top_k': top_k}
+
+
+def _top_k(config, dataset, data_dir):
+    """The mAP cut-off: the run's, else the dataset's protocol."""
+    if config.get('top_k') is not None and dataset in (None, config.dataset):
+        return config.top_k
+    return data.get_spec(dataset or config.dataset,
+                         data_dir or config.get('data_dir')).top_k
+
+
+def format_summary(summary: dict, *, top_k=None, radius: int = 2) -> str:
+    """A per-length table of ``retrieval_metrics``'s main numbers."""
+    k = 'all' if top_k is None else top_k
+    head = (f'{"bits":>6} {"mAP@" + str(k):>10} {"P@10":>8} '
+            f'{f"P(r<={radius})":>9} {f"R(r<={radius})":>9}')
+    lines = [head]
+    for bits, entry in sorted(summary.items(), key=lambda kv: int(kv[0])):
+        cells = [entry['map'], entry.get('precision@10'),
+                 entry.get(f'precision@r{radius}'),
+                 entry.get(f'recall@r{radius}')]
+        lines.append(f'{bits:>6} ' + ' '.join(
+            f'{v:>{w}.4f}' if v is not None else f'{"-":>{w}}'
+            for v, w in zip(cells, (10, 8, 9, 9))))
+    return '\n'.join(lines)
