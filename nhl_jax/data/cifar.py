@@ -8,7 +8,9 @@ it once elsewhere, e.g.::
     pip install tensorflow tensorflow-datasets
     tfds build cifar10 --data_dir=DIR --file_format=array_record
 
-then copy ``DIR/cifar10`` over. Reading needs only tensorflow-datasets and
+then copy ``DIR/cifar10`` over (CIFAR-100, for ODH's protocol: the same
+with ``cifar100``, read by ``load_cifar100``). Reading needs only
+tensorflow-datasets and
 pillow (or opencv-python-headless, which decodes ~1.5x faster)::
 
     splits = load_cifar10_splits('cifar10-1', data_dir, seed=0)
@@ -29,12 +31,16 @@ _PER_CLASS = 6000
 # Records per read: ~1.4x faster than one record at a time (measured with
 # pillow on 10,000 records); 256 to 1,024 perform the same.
 _CHUNK = 1024
-_PREPARE = (
-    'prepare it where TensorFlow and internet are available with `pip '
-    'install tensorflow tensorflow-datasets && tfds build cifar10 '
-    '--data_dir=DIR --file_format=array_record`, then copy DIR/cifar10 into '
-    'data_dir'
-)
+_TITLES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+
+
+def _prepare(name: str = _NAME) -> str:
+    return (
+        'prepare it where TensorFlow and internet are available with `pip '
+        f'install tensorflow tensorflow-datasets && tfds build {name} '
+        f'--data_dir=DIR --file_format=array_record`, then copy DIR/{name} '
+        'into data_dir'
+    )
 
 # papers.md 5.1; sizes assume CIFAR-10's 6,000 images per class.
 CIFAR10_PROTOCOLS = {
@@ -90,9 +96,15 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _load_cifar10(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    return _load_tfds(_NAME, data_dir)
+
+
+def _load_tfds(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train then test rows of tfds ``name``, in the original file order."""
     tfds = _import_tfds()
-    _check_prepared(tfds, data_dir)
-    parts = [_read_split(_source(tfds, data_dir, split)) for split in _SPLITS]
+    _check_prepared(tfds, data_dir, name)
+    parts = [_read_split(_source(tfds, data_dir, split, name))
+             for split in _SPLITS]
     images, class_ids = (np.concatenate(p) for p in zip(*parts))
     # pylint: disable-next=protected-access
     read_only = datasets._read_only
@@ -112,27 +124,27 @@ def _import_tfds():
     return tfds
 
 
-def _check_prepared(tfds, data_dir: str) -> None:
+def _check_prepared(tfds, data_dir: str, name: str = _NAME) -> None:
     # Checked before tfds runs: a missing dataset must never reach a
     # download, which retries for minutes without network.
-    version = str(tfds.builder_cls(_NAME).VERSION)
-    info = os.path.join(data_dir, _NAME, version, 'dataset_info.json')
+    version = str(tfds.builder_cls(name).VERSION)
+    info = os.path.join(data_dir, name, version, 'dataset_info.json')
     if not os.path.isfile(info):
         raise ValueError(
-            f'CIFAR-10 {version} is not prepared in data_dir={data_dir!r} '
-            f'(no {info}); {_PREPARE}.'
+            f'{_TITLES[name]} {version} is not prepared in '
+            f'data_dir={data_dir!r} (no {info}); {_prepare(name)}.'
         )
 
 
-def _source(tfds, data_dir: str, split: str):
+def _source(tfds, data_dir: str, split: str, name: str = _NAME):
     """The random-access tfds source of one split (never downloads)."""
     try:
-        return tfds.data_source(_NAME, split=split, data_dir=data_dir,
+        return tfds.data_source(name, split=split, data_dir=data_dir,
                                 download=False, try_gcs=False)
     except NotImplementedError as e:  # e.g. prepared by tfds.load: TFRecord
         raise ValueError(
-            f'CIFAR-10 in data_dir={data_dir!r} is not stored as '
-            f'array_record, which random access needs; {_PREPARE}.'
+            f'{_TITLES[name]} in data_dir={data_dir!r} is not stored as '
+            f'array_record, which random access needs; {_prepare(name)}.'
         ) from e
 
 
@@ -195,3 +207,62 @@ def load_cifar10_splits(name: str, data_dir: str | os.PathLike,
       ``load_cifar10``'s arrays.
     """
     return datasets.splits_from_spec(make_spec(name, data_dir), name, seed)
+
+
+# --- CIFAR-100 (ODH's protocol, papers.md 4) ----------------------------------
+
+# 600 images per class (500 train + 100 test); per class 50 query and 100
+# train, the database is the rest including the train images:
+# 5,000 / 10,000 / 55,000, mAP@500.
+CIFAR100_PROTOCOLS = {
+    'cifar100': datasets.Protocol(50, 100, train_in_database=True),
+}
+CIFAR100_TOP_K = 500
+
+
+def load_cifar100(data_dir: str | os.PathLike) -> tuple[np.ndarray,
+                                                         np.ndarray]:
+    """All 60,000 CIFAR-100 images (fine labels) from a prepared tfds dir.
+
+    As ``load_cifar10``: rows are the 'train' split then 'test', each in the
+    original file order (tfds 'id'); cached for the last data_dir;
+    read-only. Prepare with ``tfds build cifar100 --data_dir=DIR
+    --file_format=array_record``.
+
+    Returns:
+      (images [60000, 32, 32, 3] uint8, class_ids [60000] int64 in 0..99).
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    return _load_cifar100(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cifar100(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    return _load_tfds('cifar100', data_dir)
+
+
+def make_cifar100_spec(name: str,
+                       data_dir: str | os.PathLike) -> datasets.DatasetSpec:
+    """A ``DatasetSpec`` for a CIFAR-100 protocol (nothing read yet).
+
+    Args:
+      name: a key of ``CIFAR100_PROTOCOLS``.
+      data_dir: the tfds data directory holding ``cifar100/<version>/``.
+    """
+    if name not in CIFAR100_PROTOCOLS:
+        raise ValueError(
+            f'Unknown CIFAR-100 protocol {name!r}; choose one of '
+            f'{sorted(CIFAR100_PROTOCOLS)}.'
+        )
+    protocol = CIFAR100_PROTOCOLS[name]
+    q, t = protocol.query_per_class, protocol.train_per_class
+    return datasets.DatasetSpec(
+        load=functools.partial(load_cifar100, data_dir),
+        num_classes=100,
+        protocol=protocol,
+        backbone='resnet18',
+        top_k=CIFAR100_TOP_K,
+        description=f'CIFAR-100 from tfds, 32x32 RGB: {100 * q:,} query / '
+        f'{100 * t:,} train (in the database) / {100 * (600 - q):,} '
+        f'database, mAP@{CIFAR100_TOP_K}',
+    )

@@ -55,6 +55,8 @@ def _list_spec(name: str, data_dir: str) -> datasets.DatasetSpec:
 FROM_DATA_DIR = {
     **{name: functools.partial(cifar.make_spec, name)
        for name in cifar.CIFAR10_PROTOCOLS},
+    **{name: functools.partial(cifar.make_cifar100_spec, name)
+       for name in cifar.CIFAR100_PROTOCOLS},
     **{name: functools.partial(_list_spec, name) for name in _LIST_DATASETS},
 }
 
@@ -63,6 +65,8 @@ DATASETS = {
     **{name: spec.description for name, spec in datasets.OFFLINE.items()},
     **{name: 'CIFAR-10 protocol ' + name + ' (tfds, needs --data_dir)'
        for name in cifar.CIFAR10_PROTOCOLS},
+    **{name: 'CIFAR-100 protocol ' + name + ' (tfds, needs --data_dir)'
+       for name in cifar.CIFAR100_PROTOCOLS},
     **{name: f'{t[2]} list files (needs --data_dir)'
        for name, t in _LIST_DATASETS.items()},
 }

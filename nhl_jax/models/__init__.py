@@ -5,12 +5,13 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
+from nhl_jax.bnn.backbones import BinaryCNN, ReActNet18
 from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
 from nhl_jax.models.resnet import ResNet18, ResNet50
 from nhl_jax.models.small import MLP, SmallCNN
 from nhl_jax.models.vit import ViT_B16, load_torchvision_vit
 from nhl_jax.models import pretrained
-from nhl_jax.nested import NestedHashLayer
+from nhl_jax import heads
 from nhl_jax.types import Array
 
 BACKBONES = {
@@ -19,6 +20,8 @@ BACKBONES = {
     'resnet18': ResNet18,
     'resnet50': ResNet50,
     'vit_b16': ViT_B16,
+    'bnn_cnn': BinaryCNN,  # binary (nhl_jax.bnn): FP stem and shortcuts
+    'reactnet18': ReActNet18,
 }
 
 # Loaders of pretrained weights from a local file, by backbone name.
@@ -97,19 +100,21 @@ def _per_channel(values, channels: int) -> Array:
 
 
 class HashNet(nnx.Module):
-    """Backbone features -> one nested hash layer for every code length."""
+    """Backbone features -> a hash head for every code length (nested)."""
 
     def __init__(self, backbone: nnx.Module, bits: Sequence[int], *,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, head: str = 'nested'):
         """Creates the model.
 
         Args:
           backbone: a module with a ``features`` width attribute.
           bits: sorted code lengths.
           rngs: NNX random streams.
+          head: a key of ``nhl_jax.heads.HEADS``; NHL uses 'nested', MAH
+            also 'flat' and 'cascade' (read through ``head.codes``).
         """
         self.backbone = backbone
-        self.head = NestedHashLayer(backbone.features, bits, rngs=rngs)
+        self.head = heads.get_head(head)(backbone.features, bits, rngs=rngs)
 
     def features(self, images: Array) -> Array:
         """Backbone features [B, D] of uint8 images [B, H, W, C].
@@ -122,13 +127,18 @@ class HashNet(nnx.Module):
             getattr(self.backbone, 'input_std', None)))
 
     def __call__(self, images: Array) -> tuple[Array, Array]:
-        """Maps uint8 images [B, H, W, C] to (features [B, D], h [B, K_max])."""
+        """Maps uint8 images [B, H, W, C] to (features [B, D], h [B, K_max]).
+
+        ``h`` is the nested layer's output; the flat and cascade heads give a
+        tuple of M codes [B, b_k] instead.
+        """
         features = self.features(images)
         return features, self.head(features)
 
 
 __all__ = [
     'BACKBONES',
+    'BinaryCNN',
     'HashNet',
     'MLP',
     'PRETRAINED',
@@ -136,6 +146,7 @@ __all__ = [
     'ResNet50',
     'ViT_B16',
     'PatchConv3x3',
+    'ReActNet18',
     'SmallCNN',
     'get_backbone',
     'load_pretrained',

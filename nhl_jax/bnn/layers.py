@@ -1,0 +1,305 @@
+"""Binary layers: sign with surrogate gradients, 1-bit weights, ReAct shifts.
+
+A binary layer keeps real-valued *latent* weights W for training and uses
+``alpha * sign(W)`` in the forward pass, with alpha = mean |W| per output
+channel (XNOR-Net's scaling; Rastegari et al., arXiv 1603.05279).
+Activations are binarised by a separate sign module (``RSign``), so a binary
+conv / dense layer multiplies +-1 inputs by +-alpha weights: the product
+``nhl_jax.bnn.packed`` computes with XNOR and popcount at inference.
+
+Sign convention: sign(0) = +1 everywhere (weights, activations, codes), so
+that every value is one bit; zero never occurs in a trained float network
+except in the zero padding of a convolution, which ``packed`` handles.
+
+References:
+  Rastegari et al., XNOR-Net, arXiv 1603.05279.
+  Liu et al., Bi-Real Net, arXiv 1808.00278 (ApproxSign).
+  Liu et al., ReActNet, arXiv 2003.03488 (RSign, RPReLU).
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nhl_jax.types import Array
+
+# PatchConv3x3's (nnx.Conv's) default init of the latent weights.
+_LECUN_NORMAL = nnx.initializers.lecun_normal()
+
+
+def _sign(x: Array) -> Array:
+    """+1 where x >= 0, else -1 (one bit per value), in x's dtype."""
+    return jnp.where(x >= 0, 1, -1).astype(x.dtype)
+
+
+@jax.custom_vjp
+def ste_sign(x: Array) -> Array:
+    """sign(x) with the clipped straight-through estimator.
+
+    Forward: +1 if x >= 0 else -1. Backward: d sign / dx := 1{|x| <= 1},
+    the derivative of hardtanh (Courbariaux et al. / XNOR-Net's ``BinActive``;
+    the boundary |x| = 1 is inside).
+
+    Args:
+      x: any shape.
+
+    Returns:
+      +-1 of x's shape and dtype.
+    """
+    return _sign(x)
+
+
+def _ste_fwd(x):
+    return _sign(x), x
+
+
+def _ste_bwd(x, g):
+    return (g * (jnp.abs(x) <= 1).astype(g.dtype),)
+
+
+ste_sign.defvjp(_ste_fwd, _ste_bwd)
+
+
+@jax.custom_vjp
+def approx_sign(x: Array) -> Array:
+    """sign(x) with Bi-Real's ApproxSign gradient (used by ReActNet).
+
+    Forward: +1 if x >= 0 else -1. Backward: the derivative of the
+    piecewise polynomial ApproxSign (Bi-Real Net)::
+
+        F(x) = -1 (x < -1); 2x + x^2 (-1 <= x < 0); 2x - x^2 (0 <= x < 1); 1
+        dF/dx = 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere
+              = max(0, 2 - 2|x|).
+
+    Args:
+      x: any shape.
+
+    Returns:
+      +-1 of x's shape and dtype.
+    """
+    return _sign(x)
+
+
+def _approx_fwd(x):
+    return _sign(x), x
+
+
+def _approx_bwd(x, g):
+    return (g * jnp.maximum(0.0, 2.0 - 2.0 * jnp.abs(x)).astype(g.dtype),)
+
+
+approx_sign.defvjp(_approx_fwd, _approx_bwd)
+
+# Activation signs by name: the only place their names are spelled.
+SIGNS: dict[str, Callable[[Array], Array]] = {
+    'ste': ste_sign,
+    'approx': approx_sign,
+}
+
+
+def get_sign(name: str) -> Callable[[Array], Array]:
+    """The activation sign registered as ``name`` (a key of ``SIGNS``)."""
+    if name not in SIGNS:
+        raise ValueError(f'Unknown sign {name!r}; choose one of '
+                         f'{sorted(SIGNS)}.')
+    return SIGNS[name]
+
+
+def weight_scale(kernel: Array) -> Array:
+    """XNOR-Net's per-output-channel scale alpha = mean |W|.
+
+    alpha carries no gradient, as in ReActNet's ``HardBinaryConv``
+    (``scaling_factor.detach()``).
+
+    Args:
+      kernel: latent weights, output channels last ([..., C_out]).
+
+    Returns:
+      alpha [C_out].
+    """
+    alpha = jnp.mean(jnp.abs(kernel), axis=tuple(range(kernel.ndim - 1)))
+    return jax.lax.stop_gradient(alpha)
+
+
+def binarize_weights(kernel: Array) -> Array:
+    """Binary weights W_b = alpha * sign(W), alpha = ``weight_scale(W)``.
+
+    The gradient reaching the latent W is alpha * dL/dW_b * 1{|W| <= 1}
+    (``ste_sign``; XNOR-Net's gradient without the 1/n term of alpha,
+    which is a constant here). ReActNet's ``HardBinaryConv`` passes
+    dL/dW_b without the factor alpha; under Adam a per-channel factor
+    hardly changes the updates. Binary layers apply alpha after the +-1
+    product, which is the same function and keeps that product an exact
+    integer.
+
+    Args:
+      kernel: latent weights [..., C_out].
+
+    Returns:
+      weights in {-alpha_c, +alpha_c}, kernel's shape.
+    """
+    return _per_channel(weight_scale(kernel), kernel) * ste_sign(kernel)
+
+
+def _per_channel(v: Array, x: Array) -> Array:
+    """[C] -> [1, ..., 1, C] of x's rank (rank promotion is explicit)."""
+    return v.reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+class RSign(nnx.Module):
+    """ReActNet's RSign: sign(x - beta_c), a learnable threshold per channel.
+
+    As ReActNet's ``LearnableBias`` -> sign, the threshold a learnable bias
+    (init 0). The gradient is ``approx_sign``'s (``ste_sign``'s with
+    ``sign='ste'``).
+    """
+
+    def __init__(self, channels: int, *, sign: str = 'approx'):
+        """Creates the module.
+
+        Args:
+          channels: C, the size of the input's last axis.
+          sign: the backward rule, a key of ``SIGNS``.
+        """
+        get_sign(sign)  # an unknown name fails here, before any work
+        self.sign = sign  # the name, a static attribute
+        self.beta = nnx.Param(jnp.zeros((channels,)))
+
+    def __call__(self, x: Array) -> Array:
+        """Maps [..., C] to +-1 of the same shape."""
+        return SIGNS[self.sign](x - _per_channel(self.beta[...], x))
+
+
+class RPReLU(nnx.Module):
+    """ReActNet's RPReLU: PReLU(x - gamma_c; slope_c) + zeta_c.
+
+    Shifts init 0 and slope init 0.25 (torch ``nn.PReLU``), as ReActNet's
+    ``LearnableBias`` -> ``PReLU`` -> ``LearnableBias``.
+    """
+
+    def __init__(self, channels: int, *, slope: float = 0.25):
+        """Creates the module.
+
+        Args:
+          channels: C, the size of the input's last axis.
+          slope: initial negative slope.
+        """
+        self.gamma = nnx.Param(jnp.zeros((channels,)))
+        self.slope = nnx.Param(jnp.full((channels,), slope, jnp.float32))
+        self.zeta = nnx.Param(jnp.zeros((channels,)))
+
+    def __call__(self, x: Array) -> Array:
+        """Maps [..., C] to [..., C]."""
+        y = x - _per_channel(self.gamma[...], x)
+        y = jnp.where(y >= 0, y, _per_channel(self.slope[...], x) * y)
+        return y + _per_channel(self.zeta[...], x)
+
+
+def _binary_matmul(x: Array, kernel: Array) -> Array:
+    """x @ (alpha * sign(W)) as (x @ sign(W)) * alpha.
+
+    Args:
+      x: +-1 (or 0 for padding) inputs [..., N].
+      kernel: latent weights [..., C_out] with N = prod(kernel.shape[:-1]).
+
+    Returns:
+      [..., C_out]; the +-1 product is an exact integer in float32 (N < 2^24),
+      so the result equals the packed XNOR-popcount one bit for bit.
+    """
+    signs = ste_sign(kernel).reshape(-1, kernel.shape[-1])  # [N, C_out]
+    out = x @ signs
+    return out * _per_channel(weight_scale(kernel), out)
+
+
+def im2col_3x3(x: Array, stride: int = 1) -> Array:
+    """Zero-padded 3x3 patches, ordered like a [3, 3, C, O] kernel reshaped.
+
+    Args:
+      x: [B, H, W, C].
+      stride: 1 or 2.
+
+    Returns:
+      [B, H', W', 9 C] with H' = (H - 1) // stride + 1 (torch's
+      ``padding=1`` output size).
+    """
+    _, h, w, _ = x.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([
+        padded[:, i:i + stride * (ho - 1) + 1:stride,
+               j:j + stride * (wo - 1) + 1:stride]
+        for i in range(3) for j in range(3)
+    ], axis=-1)
+
+
+class BinaryConv3x3(nnx.Module):
+    """Bias-free 3x3 conv (padding 1) with binary weights alpha * sign(W).
+
+    Computed as im2col + matmul (see ``nhl_jax.models.layers``). Its inputs
+    are the +-1 output of an ``RSign``; the zero padding stays 0, as in
+    ReActNet's ``F.conv2d(sign(x), W_b, padding=1)``.
+
+    Attributes:
+      kernel: latent real weights [3, 3, C_in, C_out].
+    """
+
+    def __init__(self, in_features: int, out_features: int, *,
+                 stride: int = 1,
+                 kernel_init=_LECUN_NORMAL,
+                 rngs: nnx.Rngs):
+        """Creates the layer.
+
+        Args:
+          in_features: C_in.
+          out_features: C_out.
+          stride: 1 or 2.
+          kernel_init: init of the latent weights (ReActNet uses
+            uniform [0, 0.001); a zero-mean init lets signs differ at start).
+          rngs: NNX random streams.
+        """
+        if stride not in (1, 2):
+            raise ValueError(f'stride must be 1 or 2, got {stride}.')
+        self.stride = stride
+        self.kernel = nnx.Param(
+            kernel_init(rngs.params(), (3, 3, in_features, out_features)))
+
+    def binary_kernel(self) -> Array:
+        """The forward weights [3, 3, C_in, C_out] in {-alpha, +alpha}."""
+        return binarize_weights(self.kernel[...])
+
+    def __call__(self, x: Array) -> Array:
+        """Maps +-1 inputs [B, H, W, C_in] to [B, H', W', C_out]."""
+        patches = im2col_3x3(x, self.stride)  # [B, H', W', 9 C_in]
+        return _binary_matmul(patches, self.kernel[...])
+
+
+class BinaryDense(nnx.Module):
+    """Bias-free dense layer with binary weights alpha * sign(W).
+
+    Attributes:
+      kernel: latent real weights [D_in, D_out].
+    """
+
+    def __init__(self, in_features: int, out_features: int, *,
+                 kernel_init=_LECUN_NORMAL,
+                 rngs: nnx.Rngs):
+        """Creates the layer.
+
+        Args:
+          in_features: D_in.
+          out_features: D_out.
+          kernel_init: init of the latent weights.
+          rngs: NNX random streams.
+        """
+        self.kernel = nnx.Param(
+            kernel_init(rngs.params(), (in_features, out_features)))
+
+    def binary_kernel(self) -> Array:
+        """The forward weights [D_in, D_out] in {-alpha, +alpha}."""
+        return binarize_weights(self.kernel[...])
+
+    def __call__(self, x: Array) -> Array:
+        """Maps +-1 inputs [B, D_in] to [B, D_out]."""
+        return _binary_matmul(x, self.kernel[...])
