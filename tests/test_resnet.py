@@ -279,7 +279,7 @@ def test_imagenet_normalisation_constants():
 
 
 def test_conv_init_is_kaiming_normal_fan_out():
-    conv = resnet._conv(16, 32, 3, 2, dtype=None, rngs=nnx.Rngs(0))
+    conv = resnet.torch_conv(16, 32, 3, 2, dtype=None, rngs=nnx.Rngs(0))
     kernel = np.asarray(conv.kernel[...])
     assert kernel.shape == (3, 3, 16, 32) and conv.bias is None
     np.testing.assert_allclose(kernel.std(), np.sqrt(2 / (32 * 9)), rtol=0.05)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from nhl_jax.bnn.layers import BinaryConv3x3, BinaryDense, RPReLU, RSign
 from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
-from nhl_jax.models.resnet import _bn, _conv, max_pool_3x3_s2
+from nhl_jax.models.resnet import max_pool_3x3_s2, torch_batch_norm, torch_conv
 from nhl_jax.types import Array
 
 
@@ -67,12 +67,12 @@ class BinaryBlock(nnx.Module):
         self.stride, self.repeats = stride, out_ch // in_ch
         self.rsign = RSign(in_ch, sign=sign)
         self.conv = BinaryConv3x3(in_ch, out_ch, stride=stride, rngs=rngs)
-        self.bn = _bn(out_ch, dtype=None, rngs=rngs)
+        self.bn = torch_batch_norm(out_ch, dtype=None, rngs=rngs)
         self.project = None  # [1x1 conv (as a Linear), BN] or None
         if changes and project:
             self.project = nnx.data(nnx.List([
                 nnx.Linear(in_ch, out_ch, use_bias=False, rngs=rngs),
-                _bn(out_ch, dtype=None, rngs=rngs),
+                torch_batch_norm(out_ch, dtype=None, rngs=rngs),
             ]))
         self.act = RPReLU(out_ch)
 
@@ -117,7 +117,7 @@ class BinaryCNN(nnx.Module):
         """
         h, w, c = input_shape
         self.stem = PatchConv3x3(c, channels[0], rngs=rngs)
-        self.stem_bn = _bn(channels[0], dtype=None, rngs=rngs)
+        self.stem_bn = torch_batch_norm(channels[0], dtype=None, rngs=rngs)
         blocks = []
         for a, b in itertools.pairwise(channels):
             blocks.append(BinaryBlock(a, b, sign=sign, rngs=rngs))
@@ -128,7 +128,7 @@ class BinaryCNN(nnx.Module):
         flat = h * w * channels[-1]
         self.fc_sign = RSign(flat, sign=sign)
         self.fc = BinaryDense(flat, width, rngs=rngs)
-        self.fc_bn = _bn(width, dtype=None, rngs=rngs)
+        self.fc_bn = torch_batch_norm(width, dtype=None, rngs=rngs)
         self.fc_act = RPReLU(width)
         self.features = width
 
@@ -174,9 +174,9 @@ class ReActNet18(nnx.Module):
         if len(layers) != 4:
             raise ValueError(f'layers must have 4 stages, got {layers!r}.')
         self.input_size = input_size
-        self.stem = _conv(int(input_shape[-1]), 64, 7, 2, dtype=None,
+        self.stem = torch_conv(int(input_shape[-1]), 64, 7, 2, dtype=None,
                           rngs=rngs)
-        self.stem_bn = _bn(64, dtype=None, rngs=rngs)
+        self.stem_bn = torch_batch_norm(64, dtype=None, rngs=rngs)
         blocks, in_ch = [], 64
         for i, depth in enumerate(layers):
             out_ch = 64 * 2 ** i

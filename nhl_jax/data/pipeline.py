@@ -96,6 +96,11 @@ def _kind(ds):
     return _KINDS[type(ds)]
 
 
+def check_source(ds) -> None:
+    """Raises unless the batch functions accept ``ds`` (type and contents)."""
+    _kind(ds)[0](ds)
+
+
 def image_shape(ds) -> tuple[int, ...]:
     """(H, W, C) of the images a dataset's batches carry."""
     if isinstance(ds, files.FileDataset):
@@ -103,7 +108,7 @@ def image_shape(ds) -> tuple[int, ...]:
     return tuple(ds.images.shape[1:])
 
 
-def _gather(ds, index: np.ndarray,
+def gather_batch(ds, index: np.ndarray,
             augment_seed=None) -> dict[str, np.ndarray]:
     return {
         'image': _kind(ds)[1](ds, index, augment_seed),
@@ -116,12 +121,12 @@ def _gather(ds, index: np.ndarray,
 # grain names each transform by its repr, and a partial's repr prints the
 # arrays: ~4 ms per pipeline.
 def _batch_fn(ds, augment_seed):
-    return lambda index: _gather(ds, index, augment_seed)
+    return lambda index: gather_batch(ds, index, augment_seed)
 
 
 def _padded_batch_fn(ds: ArrayDataset, batch_size: int):
     def gather(index):
-        batch = _gather(ds, np.pad(index, (0, batch_size - index.size),
+        batch = gather_batch(ds, np.pad(index, (0, batch_size - index.size),
                                    mode='edge'))
         batch['valid'] = int(index.size)
         return batch
@@ -142,7 +147,7 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
     Args and returns: as ``train_batches``, but a ``grain.MapDataset`` of
     the batch dicts (``len`` is the number of steps).
     """
-    _kind(ds)[0](ds)
+    check_source(ds)
     n = len(ds.labels)
     _check_batch_size(batch_size)
     if drop_remainder and batch_size > n:
@@ -190,7 +195,7 @@ def train_batches(
     """
     dataset = train_dataset(ds, batch_size, seed=seed, epoch=epoch,
                             drop_remainder=drop_remainder, rows=rows)
-    return _iterate(dataset[start:], workers)
+    return iterate(dataset[start:], workers)
 
 
 def eval_batches(ds, batch_size: int, *,
@@ -213,15 +218,15 @@ def eval_batches(ds, batch_size: int, *,
        'index': [B] int32 row within ``ds``, 'valid': int, the number of
        leading real rows (B except in the last batch)}.
     """
-    _kind(ds)[0](ds)
+    check_source(ds)
     _check_batch_size(batch_size)
     batches = _index_batches(np.arange(len(ds.labels)), batch_size, False)
     dataset = grain.MapDataset.source(batches).map(
         _padded_batch_fn(ds, batch_size))
-    return _iterate(dataset, workers)
+    return iterate(dataset, workers)
 
 
-def _iterate(dataset: grain.MapDataset, workers: int):
+def iterate(dataset: grain.MapDataset, workers: int):
     """Iterates in order, in this process or over worker processes."""
     iterable = dataset.to_iter_dataset(_READ_OPTIONS)
     if workers:

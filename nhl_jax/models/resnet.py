@@ -24,8 +24,8 @@ from nhl_jax.types import Array
 _KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
-          rngs: nnx.Rngs) -> nnx.Conv:
+def torch_conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
+               rngs: nnx.Rngs) -> nnx.Conv:
     """A bias-free conv with torch's symmetric padding of ``size // 2``."""
     # Explicit padding: flax 'SAME' pads asymmetrically at stride 2 and would
     # shift every stride-2 output by one pixel relative to torch.
@@ -35,7 +35,8 @@ def _conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
                     kernel_init=_KAIMING_FAN_OUT, dtype=dtype, rngs=rngs)
 
 
-def _bn(channels: int, *, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def torch_batch_norm(channels: int, *, dtype,
+                     rngs: nnx.Rngs) -> nnx.BatchNorm:
     """BatchNorm with torch's defaults (eps 1e-5, torch momentum 0.1)."""
     # Flax's momentum is the weight of the old running average, so torch's
     # 0.1 is flax's 0.9. Two-pass variance like torch: the fast
@@ -54,8 +55,8 @@ def _downsample(in_ch: int, out_ch: int, stride: int, *, dtype,
     if stride == 1 and in_ch == out_ch:
         return None
     return nnx.List([
-        _conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs),
-        _bn(out_ch, dtype=dtype, rngs=rngs),
+        torch_conv(in_ch, out_ch, 1, stride, dtype=dtype, rngs=rngs),
+        torch_batch_norm(out_ch, dtype=dtype, rngs=rngs),
     ])
 
 
@@ -83,10 +84,10 @@ class BasicBlock(nnx.Module):
           rngs: NNX random streams.
         """
         kw = {'dtype': dtype, 'rngs': rngs}
-        self.conv1 = _conv(in_ch, planes, 3, stride, **kw)
-        self.bn1 = _bn(planes, **kw)
-        self.conv2 = _conv(planes, planes, 3, 1, **kw)
-        self.bn2 = _bn(planes, **kw)
+        self.conv1 = torch_conv(in_ch, planes, 3, stride, **kw)
+        self.bn1 = torch_batch_norm(planes, **kw)
+        self.conv2 = torch_conv(planes, planes, 3, 1, **kw)
+        self.bn2 = torch_batch_norm(planes, **kw)
         self.downsample = _downsample(in_ch, planes, stride, **kw)
 
     def __call__(self, x: Array) -> Array:
@@ -115,12 +116,12 @@ class Bottleneck(nnx.Module):
         """
         kw = {'dtype': dtype, 'rngs': rngs}
         out_ch = planes * self.expansion
-        self.conv1 = _conv(in_ch, planes, 1, 1, **kw)
-        self.bn1 = _bn(planes, **kw)
-        self.conv2 = _conv(planes, planes, 3, stride, **kw)
-        self.bn2 = _bn(planes, **kw)
-        self.conv3 = _conv(planes, out_ch, 1, 1, **kw)
-        self.bn3 = _bn(out_ch, **kw)
+        self.conv1 = torch_conv(in_ch, planes, 1, 1, **kw)
+        self.bn1 = torch_batch_norm(planes, **kw)
+        self.conv2 = torch_conv(planes, planes, 3, stride, **kw)
+        self.bn2 = torch_batch_norm(planes, **kw)
+        self.conv3 = torch_conv(planes, out_ch, 1, 1, **kw)
+        self.bn3 = torch_batch_norm(out_ch, **kw)
         self.downsample = _downsample(in_ch, out_ch, stride, **kw)
 
     def __call__(self, x: Array) -> Array:
@@ -176,8 +177,8 @@ class ResNet(nnx.Module):
             raise ValueError(f'layers must have 4 stages, got {layers!r}.')
         kw = {'dtype': dtype, 'rngs': rngs}
         self.input_size = input_size
-        self.conv1 = _conv(int(input_shape[-1]), 64, 7, 2, **kw)
-        self.bn1 = _bn(64, **kw)
+        self.conv1 = torch_conv(int(input_shape[-1]), 64, 7, 2, **kw)
+        self.bn1 = torch_batch_norm(64, **kw)
         in_ch = 64
         stages = []
         for i, depth in enumerate(layers):

@@ -83,14 +83,13 @@ def group_batches(ds, anchors: int, *, n_positive: int = 2, seed: int,
       {'image': [A n, H, W, C] uint8, 'label': [A n, C] float32,
        'index': [A n] int32 row within ``ds``}.
     """
-    # pylint: disable=protected-access
-    pipeline._kind(ds)[0](ds)  # the dataset checks of train_batches
+    pipeline.check_source(ds)  # the dataset checks of train_batches
     batches = positive_groups(np.argmax(ds.labels, axis=1), anchors,
                               n_positive=n_positive, seed=seed, epoch=epoch)
     augment_seed = (seed, epoch)
     dataset = grain.MapDataset.source([b[rows] for b in batches]).map(
-        lambda index: pipeline._gather(ds, index, augment_seed))
-    return pipeline._iterate(dataset[start:], workers)
+        lambda index: pipeline.gather_batch(ds, index, augment_seed))
+    return pipeline.iterate(dataset[start:], workers)
 
 
 def num_group_batches(n: int, anchors: int) -> int:
