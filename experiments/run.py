@@ -46,8 +46,9 @@ _OVERRIDES = {
     'head': flags.DEFINE_string(
         'head', None, 'nested (NHL), or flat / cascade (--method=mah).'),
     'bits': flags.DEFINE_list('bits', None, 'Code lengths, e.g. 8,16,32.'),
-    'weighting': flags.DEFINE_string('weighting', None,
-                                     'none, paper or released.'),
+    'weighting': flags.DEFINE_string(
+        'weighting', None, 'none, paper, released (dominance), static, '
+        'uncertainty, gradnorm or pcgrad (baselines).'),
     'distill_weight': flags.DEFINE_float('distill_weight', None,
                                          'Distillation weight (0: off).'),
     'epochs': flags.DEFINE_integer('epochs', None, 'Maximum epochs.'),

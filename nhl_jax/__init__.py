@@ -4,6 +4,7 @@
 (the trainer) are imported on demand: ``from nhl_jax import train``.
 """
 
+from nhl_jax import baselines
 from nhl_jax import distill
 from nhl_jax import evaluate
 from nhl_jax import losses
@@ -22,6 +23,7 @@ __version__ = '0.1.0'
 __all__ = [
     'HashLoss',
     'NestedHashLayer',
+    'baselines',
     'check_bits',
     'distill',
     'evaluate',

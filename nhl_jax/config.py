@@ -104,6 +104,8 @@ def _check_fields(config) -> None:
     _check_devices(config)
     _check_code_width(config)
     _check_pretrained(config)
+    objective.get_weighting(config.weighting, tuple(config.bits),
+                            **dict(config.get('weighting_kwargs') or {}))
 
 
 def _check_pretrained(config) -> None:

@@ -26,12 +26,12 @@ The 'faiss' backend (the optional ``faiss`` extra) wraps
     result.indices, result.distances                  # [Q, 10] each
 """
 
-import os
-import tempfile
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
+from nhl_jax import runlog
 
 PARAMS = ('last', 'best')
 
@@ -170,16 +170,8 @@ def save_codes(path: str, code_set: CodeSet) -> None:
     ``lengths``, ``labels``, ``ids``, ``params`` and ``nested``.
     """
     arrays = _code_set_arrays(code_set)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.npz')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with runlog.atomic_file(path, 'wb', suffix='.npz') as f:
+        np.savez(f, **arrays)
 
 
 def _code_set_arrays(code_set: CodeSet) -> dict[str, np.ndarray]:

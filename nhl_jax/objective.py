@@ -3,24 +3,53 @@
     L_total = sum_k sg(w_k) [ L_k(h_k) + lambda L_dis(k) ],  L_dis(M) = 0,
 
 with an unmodified copy of the base loss per length (own state), the cascade
-distillation of ``nhl_jax.distill`` and weights w from ``nhl_jax.weighting``
-(all ones for ``weighting='none'``). One ``jax.grad`` of ``apply`` is one
-backward pass through the network: the weights come from head-only gradients
-computed inside (the fast path of papers.md 2.3) and carry no gradient.
+distillation of ``nhl_jax.distill`` and weights w from a weighting rule of
+``WEIGHTINGS`` (``nhl_jax.weighting``: the dominance rules;
+``nhl_jax.baselines``: static, uncertainty, GradNorm, PCGrad; all ones for
+``weighting='none'``). One ``jax.grad`` of ``apply`` is one backward pass
+through the network: rules that read gradients get them from head-only
+per-length output gradients computed inside (the fast path of papers.md
+2.3), and the weights carry no gradient.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from nhl_jax import distill
+from nhl_jax import baselines, distill
 from nhl_jax import weighting as weighting_lib
 from nhl_jax.nested import check_bits, split_codes
 from nhl_jax.types import Array, HashLoss
 
-WEIGHTINGS = ('none', *sorted(weighting_lib.RULES))
+# name -> factory(bits, **hyperparameters) -> weighting_lib.WeightingRule.
+WEIGHTINGS = {
+    'none': baselines.equal_rule,
+    'paper': functools.partial(weighting_lib.dominance_rule, rule='paper'),
+    'released': functools.partial(weighting_lib.dominance_rule,
+                                  rule='released'),
+    'static': baselines.static_rule,
+    'uncertainty': baselines.uncertainty_rule,
+    'gradnorm': baselines.gradnorm_rule,
+    'pcgrad': baselines.pcgrad_rule,
+}
+
+
+def get_weighting(name: str, bits: Sequence[int],
+                  **kwargs) -> weighting_lib.WeightingRule:
+    """The weighting rule ``name`` for ``bits`` with its hyperparameters.
+
+    Raises:
+      ValueError: unknown name or hyperparameter (naming the valid ones).
+    """
+    if name not in WEIGHTINGS:
+        raise ValueError(
+            f'Unknown weighting {name!r}; choose one of {list(WEIGHTINGS)}.'
+        )
+    baselines.check_kwargs(WEIGHTINGS[name], name, kwargs)
+    return WEIGHTINGS[name](bits, **kwargs)
 
 
 class NHLMetrics(NamedTuple):
@@ -30,20 +59,20 @@ class NHLMetrics(NamedTuple):
       losses: [M] base loss L_k of each length.
       distill: [M] distillation term L_dis(k) (0 for the longest length).
       objectives: [M] L_k + lambda L_dis(k).
-      dominance: the step's ``DominanceInfo`` (weights, raw weights,
-        anti-domination, cosines). For ``weighting='none'`` nothing is
-        computed: weights and raw are ones, the rest False / 0.
+      info: the rule's info of the step: ``DominanceInfo`` (weights, raw
+        weights, anti-domination, cosines) for ``'paper'``/``'released'``,
+        ``baselines.BaselineInfo`` for the others.
     """
 
     losses: Array
     distill: Array
     objectives: Array
-    dominance: weighting_lib.DominanceInfo
+    info: Any
 
     @property
     def weights(self) -> Array:
         """[M] the weights used."""
-        return self.dominance.weights
+        return self.info.weights
 
 
 class NHLObjective(NamedTuple):
@@ -56,11 +85,17 @@ class NHLObjective(NamedTuple):
         (total, (new_states, NHLMetrics))``, ready for
         ``jax.value_and_grad(..., has_aux=True)``. ``h`` is the [B, K_max]
         nested-layer output; ``features`` [B, D] (its input) is required by
-        the dominance weighting.
+        the rules that read gradients; ``weighting_state`` is the rule's
+        state (None: its initial state).
+      init_weighting: ``init_weighting(key) -> state`` of the rule.
+      update_weighting: ``update_weighting(state, metrics) -> state``, the
+        rule's state after the step of ``metrics``.
     """
 
     init: Callable[..., tuple[Any, ...]]
     apply: Callable[..., tuple[Array, tuple[tuple[Any, ...], NHLMetrics]]]
+    init_weighting: Callable[[Any], Any]
+    update_weighting: Callable[[Any, NHLMetrics], Any]
 
 
 def nhl_objective(
@@ -69,6 +104,7 @@ def nhl_objective(
     *,
     distill_weight: float = 0.1,
     weighting: str = 'none',
+    weighting_kwargs: dict | None = None,
     topology: str = 'adjacent',
 ) -> NHLObjective:
     """Builds the multi-length NHL objective around one base loss.
@@ -77,7 +113,9 @@ def nhl_objective(
       loss: the base loss; each length gets its own state.
       bits: sorted code lengths b_1 < ... < b_M.
       distill_weight: lambda of the cascade distillation (0 turns it off).
-      weighting: ``'none'``, ``'paper'`` or ``'released'``.
+      weighting: a key of ``WEIGHTINGS``.
+      weighting_kwargs: the rule's hyperparameters, e.g.
+        ``{'weights': (4, 2, 1)}`` for ``'static'``.
       topology: distillation teachers, see ``distill.cascade_distill``.
 
     Returns:
@@ -87,10 +125,7 @@ def nhl_objective(
       NHL, arXiv 2412.08922, total objective (papers.md 2.5).
     """
     bits = check_bits(bits)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(
-            f'Unknown weighting {weighting!r}; choose one of {list(WEIGHTINGS)}.'
-        )
+    rule = get_weighting(weighting, bits, **dict(weighting_kwargs or {}))
     if topology not in distill.TOPOLOGIES:
         raise ValueError(
             f'Unknown distillation topology {topology!r}; choose one of '
@@ -116,19 +151,25 @@ def nhl_objective(
         )  # [M]
         return base + distill_weight * dis, (tuple(new_states), base, dis)
 
-    def apply_fn(states, h, labels, index, *, features=None):
-        if weighting == 'none':
-            objs, (new_states, base, dis) = per_length(h, states, labels, index)
-            info = _uniform_info(m)
+    def apply_fn(states, h, labels, index, *, features=None,
+                 weighting_state=None):
+        if weighting_state is None:
+            weighting_state = rule.init(jax.random.key(0))
+        if rule.uses_products:
+            objs, products, (new_states, base, dis) = _with_products(
+                per_length, h, states, labels, index, features)
         else:
-            objs, info, (new_states, base, dis) = _weighted(
-                per_length, h, states, labels, index, features
-            )
-        total = jnp.sum(info.weights * objs)
+            objs, (new_states, base, dis) = per_length(h, states, labels,
+                                                       index)
+            products = None
+        info = rule.weigh(weighting_state, products=products,
+                          losses=jax.lax.stop_gradient(objs))
+        total = jnp.sum(jax.lax.stop_gradient(info.weights) * objs)
         metrics = NHLMetrics(*jax.lax.stop_gradient((base, dis, objs)), info)
         return total, (new_states, metrics)
 
-    def _weighted(fn, h, states, labels, index, features):
+    def _with_products(fn, h, states, labels, index, features):
+        """Objectives and Q [M, M, M] from one vjp over the M objectives."""
         if features is None:
             raise ValueError(
                 f'weighting={weighting!r} needs the hash-layer input: call '
@@ -138,22 +179,12 @@ def nhl_objective(
             lambda h_: fn(h_, states, labels, index), h, has_aux=True
         )
         (out_grads,) = jax.vmap(vjp_fn)(jnp.eye(m, dtype=objs.dtype))
-        info = weighting_lib.analysis_from_outputs(
-            jax.lax.stop_gradient(features),
-            jax.lax.stop_gradient(out_grads),
-            bits,
-            rule=weighting,
-        )
-        return objs, info, aux
+        columns = weighting_lib.column_products_from_outputs(
+            jax.lax.stop_gradient(features), jax.lax.stop_gradient(out_grads))
+        return objs, weighting_lib.prefix_products(columns, bits), aux
 
-    return NHLObjective(init_fn, apply_fn)
+    def update_weighting(state, metrics):
+        return rule.update(state, metrics.info)
 
+    return NHLObjective(init_fn, apply_fn, rule.init, update_weighting)
 
-def _uniform_info(m: int) -> weighting_lib.DominanceInfo:
-    """The ``DominanceInfo`` of plain summation (nothing measured)."""
-    return weighting_lib.DominanceInfo(
-        weights=jnp.ones((m,)),
-        raw=jnp.ones((m,)),
-        anti_domination=jnp.zeros((m, m), bool),
-        cosine=jnp.zeros((m, m)),
-    )

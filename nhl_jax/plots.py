@@ -15,10 +15,11 @@ matplotlib is an optional extra: ``pip install '.[plots]'``.
 import glob
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from nhl_jax import runlog
 
 
 def _figure(rows: int = 1, cols: int = 1, *, width: float = 5.0,
@@ -40,15 +41,8 @@ def _save(fig, path: str) -> str:
     """Writes the PNG so that ``path`` is either the old or the new file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.png')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            fig.savefig(f, format='png', dpi=100)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with runlog.atomic_file(path, 'wb', suffix='.png') as f:
+        fig.savefig(f, format='png', dpi=100)
     return path
 
 

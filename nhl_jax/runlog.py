@@ -1,5 +1,6 @@
 """Run outputs: a progress bar, metrics.jsonl, results.json, a final table."""
 
+import contextlib
 import json
 import os
 import sys
@@ -7,18 +8,31 @@ import tempfile
 import time
 
 
-def write_json_atomic(path: str, payload) -> None:
-    """Writes JSON so that ``path`` is either the old or the new file."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = 'w', *, suffix: str = '.tmp'):
+    """Yields a file object whose content replaces ``path`` on success.
+
+    ``path`` is always either the old or the new file: the content goes to a
+    temporary file in the same directory, renamed over ``path`` only when
+    the ``with`` block finishes; on any error it is removed.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=suffix)
     try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write('\n')
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """Writes JSON so that ``path`` is either the old or the new file."""
+    with atomic_file(path, suffix='.json') as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write('\n')
 
 
 def append_jsonl(path: str, record) -> None:

@@ -16,7 +16,6 @@ import optax
 from flax import nnx
 
 from nhl_jax import data, evaluate, losses, models, parallel
-from nhl_jax import weighting as weighting_lib
 from nhl_jax.nested import check_bits
 from nhl_jax.objective import NHLObjective, nhl_objective
 from nhl_jax.types import Array
@@ -30,7 +29,9 @@ class TrainState(NamedTuple):
     rest: nnx.State  # other model variables (e.g. batch statistics)
     opt_state: optax.OptState
     loss_states: tuple[Any, ...]  # one base-loss state per length
-    weighting: weighting_lib.DominanceState  # counters of the weighting
+    # The weighting rule's state (objective.WEIGHTINGS): counters of the
+    # dominance rules, learned weights of uncertainty / GradNorm, ...
+    weighting: Any
     rng: Array  # [2] uint32 raw key, folded with the step
 
 
@@ -65,10 +66,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
     else:
         rate = config.backbone_learning_rate or config.learning_rate
         body = _adam(rate, config.weight_decay)
-    return optax.partition({'backbone': body, 'head': head}, _part_labels)
+    return optax.partition({'backbone': body, 'head': head}, part_labels)
 
 
-def _part_labels(params):
+def part_labels(params):
     """'backbone' or 'head' for every leaf, from its top-level module."""
     return jax.tree_util.tree_map_with_path(
         lambda path, _: str(path[0].key), params)
@@ -111,7 +112,9 @@ def create_train_state(config, *, input_shape, num_train: int,
     loss = losses.get(config.method, **dict(config.loss_kwargs))
     objective = nhl_objective(
         loss, bits, distill_weight=config.distill_weight,
-        weighting=config.weighting, topology=config.topology)
+        weighting=config.weighting,
+        weighting_kwargs=dict(config.get('weighting_kwargs') or {}),
+        topology=config.topology)
     tx = make_optimizer(config)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -120,7 +123,9 @@ def create_train_state(config, *, input_shape, num_train: int,
         opt_state=tx.init(params),
         loss_states=objective.init(loss_key, num_train=num_train,
                                    num_classes=num_classes),
-        weighting=weighting_lib.init_state(len(bits)),
+        # A stream apart from the loss states' split(loss_key, M) keys.
+        weighting=objective.init_weighting(
+            jax.random.fold_in(loss_key, len(bits))),
         rng=jax.random.key_data(rng),
     )
     setup = Setup(graphdef, objective, tx, bits,
@@ -159,7 +164,7 @@ def train_step(state: TrainState, batch, *, setup: Setup):
         features, h = features.astype(jnp.float32), h.astype(jnp.float32)
         total, (loss_states, metrics) = setup.objective.apply(
             state.loss_states, h, batch['label'], batch['index'],
-            features=features)
+            features=features, weighting_state=state.weighting)
         rest = nnx.state(model, nnx.Not(nnx.Param))
         return total, (loss_states, metrics, rest)
 
@@ -172,8 +177,7 @@ def train_step(state: TrainState, batch, *, setup: Setup):
         rest=rest,
         opt_state=opt_state,
         loss_states=loss_states,
-        weighting=weighting_lib.update_state(state.weighting,
-                                             metrics.dominance),
+        weighting=setup.objective.update_weighting(state.weighting, metrics),
     )
     return new_state, {
         'loss': total,

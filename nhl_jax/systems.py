@@ -9,13 +9,15 @@ that NHL runs never import them.
 import importlib
 from collections.abc import Callable
 
+from nhl_jax import heads
+
 # method name -> module that defines train_and_evaluate.
 SYSTEMS = {
     'mah': 'nhl_jax.mah.train',
     'odh': 'nhl_jax.odh.train',
 }
 
-HEADS = ('nested', 'flat', 'cascade')
+HEADS = tuple(heads.HEADS)  # for --head; MAH uses all, NHL 'nested'
 
 
 def get_trainer(method: str) -> Callable | None:

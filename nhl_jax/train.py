@@ -7,6 +7,7 @@ early stopping, checkpoints and the run's outputs.
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -135,19 +136,31 @@ def _check_finite(progress, bits, epoch: int, checkpoint_step) -> None:
 
 
 def _epoch_record(epoch, progress, anti_domination, bits):
-    """The metrics.jsonl record of a finished epoch (means over its steps)."""
+    """The metrics.jsonl record of a finished epoch (means over its steps).
+
+    ``anti_domination`` is None for weighting rules that do not count it.
+    """
     steps = progress['batches']
     means = {k: np.asarray(v) / steps for k, v in progress['sums'].items()}
     per = lambda x: {str(b): float(v) for b, v in zip(bits, x)}  # noqa: E731
-    return {
+    record = {
         'epoch': epoch,
         'train_seconds': progress['seconds'],
         'loss': float(means['loss']),
         'losses': per(means['losses']),
         'distill': per(means['distill']),
         'weights': per(means['weights']),
-        'anti_domination_rate': per(np.asarray(anti_domination) / steps),
     }
+    if anti_domination is not None:
+        record['anti_domination_rate'] = per(np.asarray(anti_domination)
+                                             / steps)
+    return record
+
+
+def _anti_domination(weighting_state):
+    """Host [M] anti-domination counters, or None if the rule has none."""
+    counters = getattr(weighting_state, 'anti_domination', None)
+    return None if counters is None else parallel.to_host(counters)
 
 
 def _new_meta(bits):
@@ -161,7 +174,7 @@ def _new_meta(bits):
             'stopped_early': False, 'partial': None}
 
 
-def _update_best(meta, best, maps, params, patience: int):
+def update_best(meta, best, maps, params, patience: int):
     """NHL early stopping: the counter resets whenever ANY length improves.
 
     ``params`` must be a host copy: the device state is donated next step.
@@ -217,7 +230,7 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
         while meta['epoch'] < config.epochs and not meta['stopped_early']:
             state, meta, best = loop.epoch(state, meta, best, stop)
     return dict(meta, bits=list(setup.bits),
-                params_sha256=_digest(parallel.to_host(state.params)))
+                params_sha256=params_digest(parallel.to_host(state.params)))
 
 
 class _Loop:
@@ -232,8 +245,9 @@ class _Loop:
     def epoch(self, state, meta, best, stop):
         config, epoch = self.config, meta['epoch'] + 1
         partial = meta['partial']
+        counters = _anti_domination(state.weighting)
         before = (partial['anti_domination'] if partial else
-                  parallel.to_host(state.weighting.anti_domination).tolist())
+                  None if counters is None else counters.tolist())
         state, progress = _train_epoch(self.step_fn, state, self.splits.train,
                                        config, epoch, self.mesh, partial, stop)
         _check_finite(progress, self.setup.bits, epoch,
@@ -244,9 +258,11 @@ class _Loop:
             checkpoint.save(self.mngr, step, state, best, meta)
             raise Preempted(f'preempted: checkpoint of step {step} saved; '
                             'continue with --resume.')
-        counters = parallel.to_host(state.weighting.anti_domination)
-        record = _epoch_record(epoch, progress, counters - np.asarray(before),
-                               self.setup.bits)
+        counters = _anti_domination(state.weighting)
+        record = _epoch_record(
+            epoch, progress,
+            None if counters is None else counters - np.asarray(before),
+            self.setup.bits)
         meta.update(epoch=epoch, partial=None,
                     train_seconds=meta['train_seconds'] + progress['seconds'])
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -255,7 +271,7 @@ class _Loop:
                 self.encode, params, rest, self.splits, self.setup.bits,
                 batch_size=config.eval_batch_size, top_k=self.top_k,
                 workers=config.data_workers)
-            meta, best = _update_best(meta, best, record['map'], params,
+            meta, best = update_best(meta, best, record['map'], params,
                                       config.patience)
             checkpoint.save(self.mngr, step, state, best, meta)
         if parallel.is_main_process():
@@ -263,7 +279,7 @@ class _Loop:
         return state, meta, best
 
 
-def _digest(params) -> str:
+def params_digest(params) -> str:
     """sha256 of the parameters' bytes: equal digests, identical runs."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(params):
@@ -271,9 +287,25 @@ def _digest(params) -> str:
     return h.hexdigest()
 
 
-def _check_same_config(workdir: str, config, resume: bool) -> None:
-    """Stores config.json; refuses to resume a run made with another config."""
+def _holds_run(workdir: str) -> bool:
+    """Whether ``workdir`` (or a ``len_<b>`` run in it) has checkpoints."""
+    found = glob.glob(os.path.join(workdir, 'checkpoints', '*'))
+    return bool(found or glob.glob(
+        os.path.join(workdir, 'len_*', 'checkpoints', '*')))
+
+
+def check_same_config(workdir: str, config, resume: bool) -> None:
+    """Stores config.json, after refusing to overwrite or mix runs.
+
+    Without ``resume`` a workdir that already holds a run is refused (before
+    its config.json is touched); with it, a run made with another config.
+    """
     path = os.path.join(workdir, 'config.json')
+    if not resume and _holds_run(workdir):
+        raise UsageError(
+            f'{workdir} already holds a run; pass --resume to continue it or '
+            'choose another --workdir.'
+        )
     current = {k: v for k, v in config.to_dict().items() if k != 'epochs'}
     current = json.loads(json.dumps(current))  # tuples -> lists
     if resume and os.path.exists(path):
@@ -293,7 +325,7 @@ def _check_same_config(workdir: str, config, resume: bool) -> None:
                                  json.loads(json.dumps(config.to_dict())))
 
 
-def _runs(config, workdir):
+def training_runs(config, workdir):
     """(bits, workdir) of each training run: one joint, or one per length."""
     bits = check_bits(tuple(config.bits))
     if config.single_length:
@@ -323,11 +355,11 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
         return trainer(config, workdir, resume=resume)
     spec = data.get_spec(config.dataset, config.data_dir)
     top_k = config.top_k if config.top_k is not None else spec.top_k
-    _check_same_config(workdir, config, resume)
+    check_same_config(workdir, config, resume)
     splits = data.load_splits(config.dataset, seed=config.seed,
                               data_dir=config.data_dir)
     summaries = [fit(config, run_dir, splits, bits, top_k=top_k,
-                     resume=resume) for bits, run_dir in _runs(config, workdir)]
+                     resume=resume) for bits, run_dir in training_runs(config, workdir)]
     results = _results(config, summaries, top_k)
     if parallel.is_main_process():
         runlog.write_json_atomic(os.path.join(workdir, 'results.json'),

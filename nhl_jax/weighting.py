@@ -24,6 +24,32 @@ from nhl_jax.nested import check_bits
 from nhl_jax.types import Array
 
 
+class WeightingRule(NamedTuple):
+    """A weighting of the M per-length objectives as three pure functions.
+
+    The objective's fast path (``nhl_jax.objective``) and the optax
+    transforms use the same rule. ``weigh`` gives the coefficients a_k of
+    the ONE backward pass of sum_k sg(a_k) L_k; ``update`` folds the step
+    into the rule's state (counters, learned weights).
+
+    Attributes:
+      init: ``init(key) -> state``, a NamedTuple with at least ``count``
+        ([] int32) and ``weights`` ([M] float32).
+      weigh: ``weigh(state, *, products, losses) -> info``; ``products`` is
+        Q [M, M, M] of ``prefix_products`` (None unless ``uses_products``),
+        ``losses`` the [M] per-length objectives (no gradient); ``info`` is
+        a NamedTuple whose ``weights`` [M] are the coefficients a_k.
+      update: ``update(state, info) -> state``.
+      uses_products: whether ``weigh`` reads ``products`` (their per-length
+        output gradients cost one vjp over the M objectives).
+    """
+
+    init: Callable[[Any], Any]
+    weigh: Callable[..., Any]
+    update: Callable[[Any, Any], Any]
+    uses_products: bool
+
+
 class DominanceInfo(NamedTuple):
     """Weights and conflict diagnostics of one step.
 
@@ -312,3 +338,27 @@ def update_state(state: DominanceState, info: DominanceInfo) -> DominanceState:
         capped=state.capped + (info.raw < 1).astype(jnp.int32),
         weights=info.weights.astype(jnp.float32),
     )
+
+
+def dominance_rule(bits: Sequence[int], *, rule: str = 'paper') -> WeightingRule:
+    """The dominance weighting as a ``WeightingRule`` (the fast path's).
+
+    Args:
+      bits: sorted code lengths.
+      rule: ``'paper'`` or ``'released'``.
+
+    Returns:
+      A ``WeightingRule`` with ``DominanceState`` and ``DominanceInfo``.
+    """
+    bits = check_bits(bits)
+    _check_rule(rule)
+
+    def init_fn(key):
+        del key
+        return init_state(len(bits))
+
+    def weigh_fn(state, *, products, losses):
+        del state, losses
+        return analysis_from_products(products, rule=rule)
+
+    return WeightingRule(init_fn, weigh_fn, update_state, uses_products=True)

@@ -131,7 +131,7 @@ def test_weighting_is_active_in_the_fast_path_test_setup(rule):
     features, h = _forward(params, x)
     _, (_, metrics) = obj.apply(states, h, labels, index, features=features)
     assert not np.allclose(metrics.weights, 1.0)
-    assert metrics.dominance.anti_domination.any()
+    assert metrics.info.anti_domination.any()
 
 
 def test_weights_carry_no_gradient():

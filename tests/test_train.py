@@ -82,7 +82,7 @@ def test_early_stopping_resets_when_any_length_improves():
                {'8': .6, '16': .5}, {'8': .59, '16': .55}]
     counters = []
     for maps in history:
-        meta, best = train._update_best(meta, best, maps, {'w': 1.0}, 2)
+        meta, best = train.update_best(meta, best, maps, {'w': 1.0}, 2)
         counters.append((meta['counter'], meta['stopped_early']))
     assert counters == [(0, False), (0, False), (1, False), (2, True),
                         (0, False)]
@@ -106,8 +106,12 @@ def test_every_method_trains_one_epoch_end_to_end(name, tmp_path):
 def test_resume_continues_from_the_saved_step(tmp_path):
     workdir = str(tmp_path)
     train.train_and_evaluate(_config(epochs=2), workdir)
+    saved_config = (tmp_path / 'config.json').read_text()
+    other = _config(epochs=3)
+    other.learning_rate = 0.5
     with pytest.raises(UsageError, match='already holds a run'):
-        train.train_and_evaluate(_config(epochs=3), workdir)
+        train.train_and_evaluate(other, workdir)
+    assert (tmp_path / 'config.json').read_text() == saved_config
     results = train.train_and_evaluate(_config(epochs=3), workdir, resume=True)
     epochs = [json.loads(line)['epoch'] for line in
               (tmp_path / 'metrics.jsonl').read_text().splitlines()]

@@ -35,6 +35,9 @@ def get_config():
     # 'none' | 'paper' | 'released' | 'static' | 'uncertainty' | 'gradnorm'
     # | 'pcgrad' (nhl_jax.objective.WEIGHTINGS)
     config.weighting = 'paper'
+    # Hyperparameters of the rule, e.g. {'weights': (4, 2, 1, 1, 1)} for
+    # 'static' or {'alpha': 1.5} for 'gradnorm' (nhl_jax.baselines).
+    config.weighting_kwargs = ml_collections.ConfigDict()
     config.distill_weight = 0.1  # lambda of the cascade distillation
     config.topology = 'adjacent'  # distillation teachers
     # Optimisation (torch Adam with coupled weight decay, as the NHL code).

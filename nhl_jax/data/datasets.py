@@ -15,11 +15,12 @@ import functools
 import hashlib
 import importlib.resources
 import os
-import tempfile
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+
+from nhl_jax import runlog
 
 
 class ArrayDataset(NamedTuple):
@@ -383,19 +384,8 @@ def export_split_ids(splits: Splits, path: str | os.PathLike) -> None:
       splits: the splits to record.
       path: destination file (written exactly there, no suffix added).
     """
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **{k: ds.ids for k, ds in zip(Splits._fields, splits)})
-        # mkstemp creates the file private (0600); the ids are meant to be
-        # shared.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with runlog.atomic_file(os.fspath(path), 'wb') as f:
+        np.savez(f, **{k: ds.ids for k, ds in zip(Splits._fields, splits)})
 
 
 def load_split_ids(path: str | os.PathLike) -> dict[str, np.ndarray]:

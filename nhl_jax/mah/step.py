@@ -24,7 +24,7 @@ from flax import nnx
 
 from nhl_jax import data, models
 from nhl_jax.mah import adsh
-from nhl_jax.step import _part_labels  # backbone / head parameter groups
+from nhl_jax.step import part_labels  # backbone / head parameter groups
 from nhl_jax.types import Array
 
 # Optimiser name -> optax factory of the learning rate (or schedule).
@@ -94,7 +94,7 @@ def make_optimizer(name: str, *, learning_rate: float, weight_decay: float,
     body = (optax.set_to_zero() if freeze_backbone
             else part(backbone_learning_rate or learning_rate))
     return optax.partition({'backbone': body, 'head': part(learning_rate)},
-                           _part_labels)
+                           part_labels)
 
 
 def create_state(*, backbone: nnx.Module, head: str, bits, weights, tx,

@@ -46,7 +46,7 @@ from nhl_jax.mah import config as mah_config
 from nhl_jax.mah import step as mah_step
 from nhl_jax.nested import check_bits
 from nhl_jax.step import encode_dataset
-from nhl_jax.train import _check_same_config, _digest
+from nhl_jax.train import check_same_config, params_digest
 
 # nhl_jax.checkpoint saves a 'best' item; MAH keeps no best parameters (it
 # reports the last evaluation), so that item is this placeholder.
@@ -175,16 +175,6 @@ def _update_maps(meta, maps):
     return meta
 
 
-def _check_new_run(workdir: str, resume: bool) -> None:
-    """Refuses a workdir with checkpoints unless resuming (before writing)."""
-    checkpoints = os.path.join(workdir, 'checkpoints')
-    if not resume and os.path.isdir(checkpoints) and os.listdir(checkpoints):
-        raise UsageError(
-            f'{workdir} already holds a run; pass --resume to continue it or '
-            'choose another --workdir.'
-        )
-
-
 def fit(config, workdir: str, splits, *, top_k=None,
         resume: bool = False) -> dict:
     """Runs MAH's outer iterations in ``workdir``; returns the final meta."""
@@ -224,7 +214,7 @@ def fit(config, workdir: str, splits, *, top_k=None,
                              maps)
             runlog.append_jsonl(log, record)
             print(_progress(record, total), flush=True)
-    return dict(meta, params_sha256=_digest(jax.device_get(state.params)))
+    return dict(meta, params_sha256=params_digest(jax.device_get(state.params)))
 
 
 def _progress(record, total: int) -> str:
@@ -257,8 +247,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     mah_config.check_splits(config, splits)
     spec = data.get_spec(config.dataset, config.data_dir)
     top_k = config.top_k if config.top_k is not None else spec.top_k
-    _check_new_run(workdir, resume)
-    _check_same_config(workdir, config, resume)
+    check_same_config(workdir, config, resume)
     meta = fit(config, workdir, splits, top_k=top_k, resume=resume)
     results = _results(config, meta, splits, top_k, spec.backbone)
     runlog.write_json_atomic(os.path.join(workdir, 'results.json'), results)

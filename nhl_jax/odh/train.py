@@ -29,8 +29,7 @@ from nhl_jax.odh import model as model_lib
 from nhl_jax.odh import step as step_lib
 from nhl_jax.step import evaluate_lengths
 
-# pylint: disable=protected-access
-_update_best, _digest = nhl_train._update_best, nhl_train._digest
+update_best, params_digest = nhl_train.update_best, nhl_train.params_digest
 
 
 def check_odh_config(config) -> None:
@@ -238,7 +237,7 @@ class _Loop:
                     self.encode, params, rest, self.splits, self.setup.bits,
                     batch_size=config.eval_batch_size, top_k=self.top_k,
                     workers=config.data_workers)
-                meta, best = _update_best(meta, best, record['map'],
+                meta, best = update_best(meta, best, record['map'],
                                           params, config.patience)
             checkpoint.save(self.mngr, int(parallel.to_host(state.step)),
                             state, best, meta)
@@ -296,7 +295,7 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
         while meta['epoch'] < total and not meta['stopped_early']:
             state, meta, best = loop.epoch(state, meta, best)
     return dict(meta, bits=list(bits),
-                params_sha256=_digest(parallel.to_host(state.params)))
+                params_sha256=params_digest(parallel.to_host(state.params)))
 
 
 def _check_classes(splits, n_positive: int) -> None:
@@ -326,10 +325,10 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     splits = data.load_splits(config.dataset, seed=config.seed,
                               data_dir=config.data_dir)
     _check_classes(splits, config.odh.n_positive)
-    nhl_train._check_same_config(workdir, config, resume)
+    nhl_train.check_same_config(workdir, config, resume)
     summaries = [fit(config, run_dir, splits, bits, top_k=top_k,
                      resume=resume)
-                 for bits, run_dir in nhl_train._runs(config, workdir)]
+                 for bits, run_dir in nhl_train.training_runs(config, workdir)]
     results = _results(config, spec, summaries, top_k)
     if parallel.is_main_process():
         runlog.write_json_atomic(os.path.join(workdir, 'results.json'),

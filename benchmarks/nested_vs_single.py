@@ -1,0 +1,109 @@
+"""One nested run over all lengths vs one single-length run per length.
+
+    python benchmarks/nested_vs_single.py [--methods=dpn,csq,dsh] [--seeds=0,1,2]
+    python benchmarks/nested_vs_single.py --smoke      # CI: seconds, digits
+
+For each method and seed, trains (a) ONE nested NHL run over
+8/16/32/64/128 bits with the default config (weighting 'paper',
+distillation 0.1) and (b) the five single-length baselines
+(``config.single_length=True``: one call, each length alone, train seconds
+summed), on mnist5k. Prints, per method, the total train seconds of both
+modes and their ratio (single / nested, measured in the same process, one
+seed after the other), and the per-length best mAP as mean and std over
+the seeds, as Markdown. ``--out`` also writes every run's results as JSON.
+Train seconds count the training loops only, not evaluation (the NHL
+papers' protocol); the first run of a mode also pays its compilation.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.configs import default
+from nhl_jax import train
+
+SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,
+             'batch_size': 32}
+
+
+def _ints(text):
+    return tuple(int(v) for v in text.split(','))
+
+
+def _run(args, method, seed, single):
+    config = default.get_config()
+    config.update({'method': method, 'dataset': args.dataset, 'bits': args.bits,
+                       'seed': seed, 'single_length': single})
+    if args.epochs:
+        config.epochs = args.epochs
+    if args.smoke:
+        config.update(SMOKE)
+    with tempfile.TemporaryDirectory() as workdir:
+        return train.train_and_evaluate(config, workdir)
+
+
+def _stats(values):
+    return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
+
+
+def _table(method, runs, bits, seeds):
+    """Markdown rows of one method: mAP mean ± std per length, seconds."""
+    secs = {mode: [r['train_seconds'] for r in runs[mode]]
+            for mode in runs}
+    title = (f'\n**{method}** on {runs["nested"][0]["dataset"]}, seeds '
+             f'{",".join(map(str, seeds))}: best mAP per length, mean ± std '
+             'over seeds; train s per seed, summed over lengths for single\n')
+    lines = [title,
+             '| mode | ' + ' | '.join(f'{b} bits' for b in bits)
+             + ' | mean mAP | train s | single / nested time |',
+             '|---' * (len(bits) + 4) + '|']
+    for mode in ('nested', 'single'):
+        maps = np.array([[r['map'][str(b)] for b in bits]
+                         for r in runs[mode]])
+        ratio = np.sum(secs['single']) / np.sum(secs['nested'])
+        lines.append(
+            f'| {mode} | ' + ' | '.join(_stats(maps[:, k])
+                                        for k in range(len(bits)))
+            + f' | {_stats(maps.mean(1))} | {np.mean(secs[mode]):.1f} | '
+            + (f'{ratio:.2f}x |' if mode == 'nested' else ' |'))
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--methods', default='dpn')
+    parser.add_argument('--seeds', default='0,1,2')
+    parser.add_argument('--dataset', default='mnist5k')
+    parser.add_argument('--bits', default='8,16,32,64,128')
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='override the config (40)')
+    parser.add_argument('--out', default=None, help='JSON of every run')
+    parser.add_argument('--smoke', action='store_true',
+                        help='CI: 1 epoch on digits, 8/16 bits, one seed')
+    args = parser.parse_args()
+    logging.set_verbosity(logging.WARNING)
+    args.bits = _ints(args.bits)
+    seeds = (0,) if args.smoke else _ints(args.seeds)
+    bits = SMOKE['bits'] if args.smoke else args.bits
+    everything, tables = {}, []
+    for method in args.methods.split(','):
+        runs = {'nested': [], 'single': []}
+        for seed in seeds:  # the two modes alternate: same machine load
+            runs['nested'].append(_run(args, method, seed, single=False))
+            runs['single'].append(_run(args, method, seed, single=True))
+        everything[method] = runs
+        tables.append(_table(method, runs, bits, seeds))
+    print('\n'.join(tables))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(everything, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,126 @@
+"""Milliseconds per train step and each rule's overhead over plain nested.
+
+    python benchmarks/step_overhead.py [--method=dpn] [--backbone=cnn] [--rounds=7]
+    python benchmarks/step_overhead.py --smoke      # CI: seconds, digits MLP
+
+Times the jitted ``nhl_jax.train`` step of the small MNIST CNN
+(conv32-pool-conv64-pool-fc256, batch 64, lengths 8/16/32/64/128) on a
+fixed random batch for: plain nested (weighting 'none', no distillation),
++ distillation (0.1), + each weighting rule of ``objective.WEIGHTINGS``
+without distillation (the dominance rules 'paper' and 'released', the
+baselines), and full NHL (paper + distillation); one single-length step
+(64 bits) for reference. Variants are interleaved round by round so that
+machine noise hits them alike; a variant's overhead is the median over
+rounds of its time divided by plain nested's time in the same round, minus
+one. Target for the dominance weighting: <= 3 % (the NHL paper reports
+about 11 %). Supersedes benchmarks/step_time.py.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.configs import default
+from nhl_jax import objective, train
+
+PLAIN = 'nested, plain'
+
+
+def _variants(bits, only=None):
+    """name -> (bits, weighting, distill_weight); ``only``: rules to time."""
+    if only is None:
+        rules = [r for r in objective.WEIGHTINGS if r != 'none']
+        single = bits[-2] if len(bits) > 1 else bits[0]
+        variants = {f'single length ({single} bits)': ((single,), 'none', 0.0),
+                    PLAIN: (bits, 'none', 0.0),
+                    'nested + distillation': (bits, 'none', 0.1)}
+    else:
+        rules, variants = only.split(','), {PLAIN: (bits, 'none', 0.0)}
+    for name in rules:
+        objective.get_weighting(name, bits)  # unknown name: fail now
+        variants[f'nested + weighting {name}'] = (bits, name, 0.0)
+    if only is None:
+        variants['full NHL (paper + distillation)'] = (bits, 'paper', 0.1)
+    return variants
+
+
+def _batch(shape, classes, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        'image': rng.integers(0, 256, (batch, *shape), dtype=np.uint8),
+        'label': np.eye(classes, dtype=np.float32)[
+            rng.integers(0, classes, batch)],
+        'index': rng.permutation(2000)[:batch].astype(np.int32),
+    }
+
+
+def _stepper(args, bits, weighting, distill_weight):
+    config = default.get_config()
+    config.method, config.backbone = args.method, args.backbone
+    config.weighting, config.distill_weight = weighting, distill_weight
+    config.bits = bits
+    setup, state = train.create_train_state(
+        config, input_shape=args.shape, num_train=2000, num_classes=10)
+    step = train.compile_train_step(setup)
+    batch = _batch(args.shape, 10, args.batch_size)
+    for _ in range(3):  # compile and warm up
+        state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    return step, state, batch
+
+
+def _time(step, state, batch, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    return state, 1e3 * (time.perf_counter() - start) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--method', default='dpn')
+    parser.add_argument('--backbone', default='cnn')
+    parser.add_argument('--bits', default='8,16,32,64,128')
+    parser.add_argument('--batch_size', type=int, default=64)
+    parser.add_argument('--rounds', type=int, default=7)
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--only', default=None,
+                        help='comma-separated weighting rules to time '
+                             '(default: all of objective.WEIGHTINGS)')
+    parser.add_argument('--smoke', action='store_true',
+                        help='CI: digits MLP, 8/16 bits, plain nested, '
+                             'paper and pcgrad, 1 round of 2 steps')
+    args = parser.parse_args()
+    if args.smoke:
+        args.backbone, args.bits, args.batch_size = 'mlp', '8,16', 32
+        args.rounds, args.steps, args.only = 1, 2, 'paper,pcgrad'
+    args.shape = (28, 28, 1) if args.backbone == 'cnn' else (8, 8, 1)
+    variants = _variants(tuple(int(b) for b in args.bits.split(',')),
+                         args.only)
+    runs = {name: list(_stepper(args, *v)) for name, v in variants.items()}
+    times = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            run[1], ms = _time(*run, args.steps)
+            times[name].append(ms)
+    print(f'{args.method}, {args.backbone}, batch {args.batch_size}, bits '
+          f'{args.bits}, {jax.devices()[0].device_kind}, median of '
+          f'{args.rounds} interleaved rounds x {args.steps} steps')
+    print('| variant | ms / step | overhead vs plain nested |')
+    print('|---|---|---|')
+    for name, values in times.items():
+        ratio = statistics.median(
+            v / p for v, p in zip(values, times[PLAIN]))
+        print(f'| {name} | {statistics.median(values):.1f} | '
+              f'{100 * (ratio - 1):+.1f} % |')
+
+
+if __name__ == '__main__':
+    main()

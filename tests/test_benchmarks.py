@@ -1,0 +1,56 @@
+"""The study's benchmark scripts run end to end (``--smoke``) and print
+their Markdown tables."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(script: str) -> str:
+    env = dict(os.environ, JAX_PLATFORMS='cpu',
+               # Compile fast: the smoke runs check the scripts, not speed.
+               XLA_FLAGS='--xla_backend_optimization_level=0')
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', script), '--smoke'],
+        check=False, capture_output=True, text=True, env=env, cwd=ROOT,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _rows(out: str, first: str) -> list[list[str]]:
+    """Cells of the Markdown rows whose first cell is ``first``."""
+    rows = [[c.strip() for c in line.strip().strip('|').split('|')]
+            for line in out.splitlines() if line.startswith('|')]
+    return [r for r in rows if r[0] == first]
+
+
+def test_nested_vs_single_prints_both_modes_and_the_ratio():
+    out = _smoke('nested_vs_single.py')
+    assert '| mode | 8 bits | 16 bits | mean mAP | train s |' in out
+    (nested,), (single,) = _rows(out, 'nested'), _rows(out, 'single')
+    assert nested[-1].endswith('x') and float(nested[-1][:-1]) > 0
+    for cell in nested[1:4] + single[1:4]:  # mAP mean ± std
+        mean, std = (float(v) for v in cell.split('±'))
+        assert 0 < mean <= 1 and std == 0  # one seed
+
+
+def test_step_overhead_prints_each_rule_against_plain_nested():
+    out = _smoke('step_overhead.py')
+    assert '| variant | ms / step | overhead vs plain nested |' in out
+    (plain,) = _rows(out, 'nested, plain')
+    assert plain[2] == '+0.0 %' and float(plain[1]) > 0
+    for rule in ('paper', 'pcgrad'):
+        (row,) = _rows(out, f'nested + weighting {rule}')
+        assert row[2].endswith('%') and float(row[1]) > 0
+
+
+def test_ablation_prints_per_length_rows():
+    out = _smoke('ablation.py')
+    assert '| variant | 8 bits | 16 bits | train s |' in out
+    for variant in ('none', 'full'):
+        (row,) = _rows(out, variant)
+        assert all(0 < float(v) <= 1 for v in row[1:3])
+
