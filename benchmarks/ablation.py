@@ -21,19 +21,11 @@ as Markdown. ``--weighting`` swaps the rule of the weighted variants (e.g.
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 
 import numpy as np
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import train
-
-SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,
-             'batch_size': 32}
+from study import SMOKE, ints, mean_std, train_run
 
 
 def _variants(rule):
@@ -42,23 +34,8 @@ def _variants(rule):
             'w/o distillation': (rule, 0.0), 'full': (rule, 0.1)}
 
 
-def _run(args, method, seed, weighting, distill_weight):
-    config = default.get_config()
-    config.update({'method': method, 'dataset': args.dataset, 'bits': args.bits,
-                       'seed': seed, 'weighting': weighting,
-                       'distill_weight': distill_weight})
-    if args.epochs:
-        config.epochs = args.epochs
-    if args.smoke:
-        config.update(SMOKE)
-    with tempfile.TemporaryDirectory() as workdir:
-        return train.train_and_evaluate(config, workdir)
 
 
-def _cell(values):
-    if len(values) == 1:
-        return f'{values[0]:.3f}'
-    return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
 
 
 def _table(method, runs, bits, seeds, rule):
@@ -70,7 +47,7 @@ def _table(method, runs, bits, seeds, rule):
              + ' | train s |',
              '|---' * (len(bits) + 2) + '|']
     for name, results in runs.items():
-        cells = [_cell([r['map'][str(b)] for r in results]) for b in bits]
+        cells = [mean_std([r['map'][str(b)] for r in results]) for b in bits]
         secs = np.mean([r['train_seconds'] for r in results])
         lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {secs:.1f} |')
     return '\n'.join(lines)
@@ -92,8 +69,8 @@ def main():
                              'variants none and full')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
-    args.bits = tuple(int(b) for b in args.bits.split(','))
-    seeds = tuple(int(s) for s in args.seeds.split(','))
+    args.bits = ints(args.bits)
+    seeds = ints(args.seeds)
     methods = ['dpn'] if args.smoke else args.methods.split(',')
     bits = SMOKE['bits'] if args.smoke else args.bits
     variants = _variants(args.weighting)
@@ -104,7 +81,9 @@ def main():
         runs = {name: [] for name in variants}
         for seed in seeds:  # variants interleaved: same machine load
             for name, (weighting, lam) in variants.items():
-                runs[name].append(_run(args, method, seed, weighting, lam))
+                runs[name].append(train_run(
+                    args, method=method, seed=seed, weighting=weighting,
+                    distill_weight=lam))
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds, args.weighting))
     print('\n'.join(tables))

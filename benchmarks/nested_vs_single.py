@@ -17,39 +17,17 @@ papers' protocol); the first run of a mode also pays its compilation.
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 
 import numpy as np
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import train
-
-SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,
-             'batch_size': 32}
+from study import SMOKE, ints, mean_std, train_run
 
 
-def _ints(text):
-    return tuple(int(v) for v in text.split(','))
 
 
-def _run(args, method, seed, single):
-    config = default.get_config()
-    config.update({'method': method, 'dataset': args.dataset, 'bits': args.bits,
-                       'seed': seed, 'single_length': single})
-    if args.epochs:
-        config.epochs = args.epochs
-    if args.smoke:
-        config.update(SMOKE)
-    with tempfile.TemporaryDirectory() as workdir:
-        return train.train_and_evaluate(config, workdir)
 
 
-def _stats(values):
-    return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
 
 
 def _table(method, runs, bits, seeds):
@@ -68,9 +46,9 @@ def _table(method, runs, bits, seeds):
                          for r in runs[mode]])
         ratio = np.sum(secs['single']) / np.sum(secs['nested'])
         lines.append(
-            f'| {mode} | ' + ' | '.join(_stats(maps[:, k])
+            f'| {mode} | ' + ' | '.join(mean_std(maps[:, k])
                                         for k in range(len(bits)))
-            + f' | {_stats(maps.mean(1))} | {np.mean(secs[mode]):.1f} | '
+            + f' | {mean_std(maps.mean(1))} | {np.mean(secs[mode]):.1f} | '
             + (f'{ratio:.2f}x |' if mode == 'nested' else ' |'))
     return '\n'.join(lines)
 
@@ -88,15 +66,17 @@ def main():
                         help='CI: 1 epoch on digits, 8/16 bits, one seed')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
-    args.bits = _ints(args.bits)
-    seeds = (0,) if args.smoke else _ints(args.seeds)
+    args.bits = ints(args.bits)
+    seeds = (0,) if args.smoke else ints(args.seeds)
     bits = SMOKE['bits'] if args.smoke else args.bits
     everything, tables = {}, []
     for method in args.methods.split(','):
         runs = {'nested': [], 'single': []}
         for seed in seeds:  # the two modes alternate: same machine load
-            runs['nested'].append(_run(args, method, seed, single=False))
-            runs['single'].append(_run(args, method, seed, single=True))
+            for mode in ('nested', 'single'):
+                runs[mode].append(train_run(
+                    args, method=method, seed=seed,
+                    single_length=mode == 'single'))
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds))
     print('\n'.join(tables))

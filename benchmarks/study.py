@@ -1,0 +1,48 @@
+"""What the study scripts share: one training run per cell, formatting.
+
+``nested_vs_single.py`` and ``ablation.py`` train with the default config
+(experiments/configs/default.py) plus a few fields, each run in a
+temporary workdir, and print Markdown tables of ``results.json`` values.
+"""
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.configs import default  # noqa: E402
+from nhl_jax import train  # noqa: E402
+
+# --smoke: seconds on digits, so CI checks the scripts, not the study.
+SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,
+         'batch_size': 32}
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """'8,16,32' -> (8, 16, 32)."""
+    return tuple(int(v) for v in text.split(','))
+
+
+def train_run(args, **fields) -> dict:
+    """results.json of one run: the default config with ``fields`` set.
+
+    ``args`` supplies ``dataset``, ``bits``, ``epochs`` (None: the
+    config's) and ``smoke`` (the SMOKE fields override everything).
+    """
+    config = default.get_config()
+    config.update({'dataset': args.dataset, 'bits': args.bits, **fields})
+    if args.epochs:
+        config.epochs = args.epochs
+    if args.smoke:
+        config.update(SMOKE)
+    with tempfile.TemporaryDirectory() as workdir:
+        return train.train_and_evaluate(config, workdir)
+
+
+def mean_std(values) -> str:
+    """'0.950' for one value, '0.950 ± 0.004' for several."""
+    if len(values) == 1:
+        return f'{values[0]:.3f}'
+    return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
