@@ -19,12 +19,12 @@ as Markdown. ``--weighting`` swaps the rule of the weighted variants (e.g.
 ``--weighting=gradnorm`` for a baseline's own ablation).
 """
 
-import argparse
 import json
 
 import numpy as np
 from absl import logging
 
+import study
 from study import SMOKE, ints, mean_std, train_run
 
 
@@ -54,19 +54,11 @@ def _table(method, runs, bits, seeds, rule):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--methods', default='dpn,csq')
-    parser.add_argument('--seeds', default='0')
-    parser.add_argument('--dataset', default='mnist5k')
-    parser.add_argument('--bits', default='8,16,32,64,128')
+    parser = study.parser(
+        __doc__, methods='dpn,csq', seeds='0',
+        smoke='1 epoch on digits, 8/16 bits, dpn, variants none and full')
     parser.add_argument('--weighting', default='paper',
                         help='rule of the weighted variants')
-    parser.add_argument('--epochs', type=int, default=None,
-                        help='override the config (40)')
-    parser.add_argument('--out', default=None, help='JSON of every run')
-    parser.add_argument('--smoke', action='store_true',
-                        help='CI: 1 epoch on digits, 8/16 bits, dpn, '
-                             'variants none and full')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     args.bits = ints(args.bits)

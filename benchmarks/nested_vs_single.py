@@ -15,12 +15,12 @@ Train seconds count the training loops only, not evaluation (the NHL
 papers' protocol); the first run of a mode also pays its compilation.
 """
 
-import argparse
 import json
 
 import numpy as np
 from absl import logging
 
+import study
 from study import SMOKE, ints, mean_std, train_run
 
 
@@ -54,16 +54,8 @@ def _table(method, runs, bits, seeds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--methods', default='dpn')
-    parser.add_argument('--seeds', default='0,1,2')
-    parser.add_argument('--dataset', default='mnist5k')
-    parser.add_argument('--bits', default='8,16,32,64,128')
-    parser.add_argument('--epochs', type=int, default=None,
-                        help='override the config (40)')
-    parser.add_argument('--out', default=None, help='JSON of every run')
-    parser.add_argument('--smoke', action='store_true',
-                        help='CI: 1 epoch on digits, 8/16 bits, one seed')
+    parser = study.parser(__doc__, methods='dpn', seeds='0,1,2',
+                          smoke='1 epoch on digits, 8/16 bits, one seed')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     args.bits = ints(args.bits)

@@ -5,6 +5,7 @@
 temporary workdir, and print Markdown tables of ``results.json`` values.
 """
 
+import argparse
 import os
 import sys
 import tempfile
@@ -18,6 +19,21 @@ from nhl_jax import train  # noqa: E402
 # --smoke: seconds on digits, so CI checks the scripts, not the study.
 SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,
          'batch_size': 32}
+
+
+def parser(doc: str, *, methods: str, seeds: str,
+           smoke: str) -> argparse.ArgumentParser:
+    """The flags every study script takes (``smoke``: what --smoke runs)."""
+    p = argparse.ArgumentParser(description=doc.split('\n')[0])
+    p.add_argument('--methods', default=methods)
+    p.add_argument('--seeds', default=seeds)
+    p.add_argument('--dataset', default='mnist5k')
+    p.add_argument('--bits', default='8,16,32,64,128')
+    p.add_argument('--epochs', type=int, default=None,
+                   help='override the config (40)')
+    p.add_argument('--out', default=None, help='JSON of every run')
+    p.add_argument('--smoke', action='store_true', help=f'CI: {smoke}')
+    return p
 
 
 def ints(text: str) -> tuple[int, ...]:
