@@ -24,6 +24,7 @@ shape (e.g. another CIFAR-10 protocol). The logic lives in
 ``nhl_jax.inference`` and ``nhl_jax.plots``.
 """
 
+import importlib.util
 import sys
 
 from absl import app, flags, logging
@@ -50,6 +51,9 @@ def main(argv):
     del argv
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore
+    if _PLOTS.value and importlib.util.find_spec('matplotlib') is None:
+        sys.exit('error: plots need matplotlib: pip install -e ".[plots]", '
+                 'or pass --noplots.')
     try:
         out = inference.export_codes(
             _WORKDIR.value, params=_PARAMS.value, dataset=_DATASET.value,
