@@ -90,5 +90,30 @@ def restore_latest(mngr: ocp.CheckpointManager, state, best):
     return restored.state, restored.best, restored.meta
 
 
+def restore_or_start(mngr: ocp.CheckpointManager, state, best, new_meta, *,
+                     resume: bool, workdir: str):
+    """``(state, best, meta)`` of a new run, or of the latest checkpoint.
+
+    Args:
+      mngr: from ``manager``.
+      state: the initial state (also the restore template).
+      best: the initial best-parameters pytree (also a template).
+      new_meta: ``() -> meta`` of a run that starts now.
+      resume: whether continuing a run is wanted.
+      workdir: the run directory (for the message).
+
+    Raises:
+      UsageError: a checkpoint exists but ``resume`` is False.
+    """
+    if mngr.latest_step() is None:
+        return state, best, new_meta()
+    if not resume:
+        raise UsageError(
+            f'{workdir} already holds a run; pass --resume to continue it or '
+            'choose another --workdir.'
+        )
+    return restore_latest(mngr, state, best)
+
+
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

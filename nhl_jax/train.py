@@ -189,17 +189,6 @@ def update_best(meta, best, maps, params, patience: int):
     return meta, best
 
 
-def _restore_or_start(mngr, state, best, bits, resume: bool, workdir: str):
-    if mngr.latest_step() is None:
-        return state, best, _new_meta(bits)
-    if not resume:
-        raise UsageError(
-            f'{workdir} already holds a run; pass --resume to continue it or '
-            'choose another --workdir.'
-        )
-    return checkpoint.restore_latest(mngr, state, best)
-
-
 def fit(config, workdir: str, splits, bits, *, top_k=None,
         resume: bool = False) -> dict:
     """Trains the lengths ``bits`` jointly in ``workdir``; returns a summary.
@@ -221,8 +210,9 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
     best = {str(b): state.params for b in setup.bits}
     log = os.path.join(workdir, 'metrics.jsonl')
     with checkpoint.manager(workdir) as mngr, _sigterm_flag() as stop:
-        state, best, meta = _restore_or_start(mngr, state, best, setup.bits,
-                                              resume, workdir)
+        state, best, meta = checkpoint.restore_or_start(
+            mngr, state, best, lambda: _new_meta(setup.bits), resume=resume,
+            workdir=workdir)
         state = parallel.replicate(state, mesh)
         if parallel.is_main_process():
             runlog.truncate_jsonl(log, max_epoch=meta['epoch'])

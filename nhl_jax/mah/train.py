@@ -41,7 +41,6 @@ import numpy as np
 from flax import nnx
 
 from nhl_jax import checkpoint, data, evaluate, models, runlog
-from nhl_jax.config import UsageError
 from nhl_jax.mah import config as mah_config
 from nhl_jax.mah import step as mah_step
 from nhl_jax.nested import check_bits
@@ -184,15 +183,9 @@ def fit(config, workdir: str, splits, *, top_k=None,
     _, state, fns = _build(config, vsplit, bits)
     log = os.path.join(workdir, 'metrics.jsonl')
     with checkpoint.manager(workdir) as mngr:
-        if mngr.latest_step() is None:
-            meta = _new_meta(bits)
-        elif not resume:
-            raise UsageError(
-                f'{workdir} already holds a run; pass --resume to continue '
-                'it or choose another --workdir.'
-            )
-        else:
-            state, _, meta = checkpoint.restore_latest(mngr, state, _NO_BEST)
+        state, _, meta = checkpoint.restore_or_start(
+            mngr, state, _NO_BEST, lambda: _new_meta(bits), resume=resume,
+            workdir=workdir)
         runlog.truncate_jsonl(log, max_epoch=meta['outer'] * config.mah.epochs)
         total = config.mah.outer_iterations
         while meta['outer'] < total:

@@ -280,13 +280,9 @@ def fit(config, workdir: str, splits, bits, *, top_k=None,
     best = {str(b): initial for b in bits}
     log = os.path.join(workdir, 'metrics.jsonl')
     with checkpoint.manager(workdir) as mngr:
-        if mngr.latest_step() is None:
-            meta = _new_meta(bits)
-        elif not resume:
-            raise UsageError(f'{workdir} already holds a run; pass --resume '
-                             'to continue it or choose another --workdir.')
-        else:
-            state, best, meta = checkpoint.restore_latest(mngr, state, best)
+        state, best, meta = checkpoint.restore_or_start(
+            mngr, state, best, lambda: _new_meta(bits), resume=resume,
+            workdir=workdir)
         state = parallel.replicate(state, mesh)
         if parallel.is_main_process():
             runlog.truncate_jsonl(log, max_epoch=meta['epoch'])
