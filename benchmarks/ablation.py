@@ -19,8 +19,6 @@ as Markdown. ``--weighting`` swaps the rule of the weighted variants (e.g.
 ``--weighting=gradnorm`` for a baseline's own ablation).
 """
 
-import json
-
 import numpy as np
 from absl import logging
 
@@ -78,10 +76,7 @@ def main():
                     distill_weight=lam))
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds, args.weighting))
-    print('\n'.join(tables))
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(everything, f, indent=1)
+    study.report(tables, everything, args.out)
 
 
 if __name__ == '__main__':

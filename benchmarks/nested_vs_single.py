@@ -15,8 +15,6 @@ Train seconds count the training loops only, not evaluation (the NHL
 papers' protocol); the first run of a mode also pays its compilation.
 """
 
-import json
-
 import numpy as np
 from absl import logging
 
@@ -71,10 +69,7 @@ def main():
                     single_length=mode == 'single'))
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds))
-    print('\n'.join(tables))
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(everything, f, indent=1)
+    study.report(tables, everything, args.out)
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ temporary workdir, and print Markdown tables of ``results.json`` values.
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -62,3 +63,11 @@ def mean_std(values) -> str:
     if len(values) == 1:
         return f'{values[0]:.3f}'
     return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
+
+
+def report(tables, runs, out=None) -> None:
+    """Prints the Markdown tables; ``out``: every run's results as JSON."""
+    print('\n'.join(tables))
+    if out:
+        with open(out, 'w') as f:
+            json.dump(runs, f, indent=1)
