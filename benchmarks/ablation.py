@@ -1,6 +1,7 @@
 """NHL ablation per length and per method (not averaged over either).
 
-    python benchmarks/ablation.py [--methods=dpn,csq] [--seeds=0] [--dataset=mnist5k]
+    python benchmarks/ablation.py [--methods=dpn,csq] [--seeds=0]
+                                  [--dataset=mnist5k]
     python benchmarks/ablation.py --smoke      # CI: seconds, digits
 
 Trains one nested run over 8/16/32/64/128 bits per method, seed and

@@ -30,10 +30,15 @@ def _child(num_devices: int, backbone: str, steps: int) -> None:
     config = default.get_config()
     config.backbone = backbone
     shape = (28, 28, 1) if backbone == 'cnn' else (8, 8, 1)
-    setup, state = train.create_train_state(
-        config, input_shape=shape, num_train=2000, num_classes=10)
+    info = train.DataInfo(shape, 10, {'train': 2000, 'query': 1,
+                                      'database': 1})
+    setup, state = train.create_train_state(train.resolve(config), info)
     mesh = parallel.make_mesh(num_devices)
-    step = train.compile_train_step(setup, mesh)
+    compiled = train.compile_step(setup.steps['train'], mesh)
+
+    def step(state, batch):
+        return compiled(state, batch, None)
+
     state = parallel.replicate(state, mesh)
     rng = np.random.default_rng(0)
     batch = parallel.global_batch({

@@ -26,8 +26,8 @@ import tempfile
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default  # noqa: E402
-from nhl_jax import train  # noqa: E402
+from experiments.configs import default
+from nhl_jax import train
 
 # Row label -> config fields ('mah': fields of config.mah).
 SYSTEMS = {
@@ -62,8 +62,8 @@ def run(name: str, *, dataset: str, bits, seed: int, smoke: bool) -> dict:
 def _cell(results, b) -> str:
     b = str(b)
     if results['method'] == 'mah':
-        return (f'{results["map_asymmetric"][b]:.3f} / '
-                f'{results["map_symmetric"][b]:.3f}')
+        return (f'{results["map_last"][b]:.3f} / '
+                f'{results["map_symmetric_last"][b]:.3f}')
     return f'– / {results["map_last"][b]:.3f} ({results["map"][b]:.3f})'
 
 

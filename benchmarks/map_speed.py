@@ -30,8 +30,7 @@ import time
 import numpy as np
 import threadpoolctl
 
-from nhl_jax import evaluate
-from nhl_jax import metrics
+from nhl_jax import evaluate, metrics
 
 SEVERAL_K = (None, 100, 1000, 5000)
 

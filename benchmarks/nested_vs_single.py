@@ -1,6 +1,7 @@
 """One nested run over all lengths vs one single-length run per length.
 
-    python benchmarks/nested_vs_single.py [--methods=dpn,csq,dsh] [--seeds=0,1,2]
+    python benchmarks/nested_vs_single.py [--methods=dpn,csq,dsh]
+                                          [--seeds=0,1,2]
     python benchmarks/nested_vs_single.py --smoke      # CI: seconds, digits
 
 For each method and seed, trains (a) ONE nested NHL run over
@@ -20,12 +21,6 @@ from absl import logging
 
 import study
 from study import SMOKE, ints, mean_std, train_run
-
-
-
-
-
-
 
 
 def _table(method, runs, bits, seeds):

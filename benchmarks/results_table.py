@@ -1,6 +1,7 @@
-"""Per-length mAP of several methods, one nested run each, as a markdown table.
+r"""Per-length mAP of several methods, one nested run each, as a markdown table.
 
-    python benchmarks/results_table.py --dataset=digits --methods=csq,dch,dpn,dsh,dtsh,lcdsh,mdsh
+    python benchmarks/results_table.py --dataset=digits \
+        --methods=csq,dch,dpn,dsh,dtsh,lcdsh,mdsh
 
 Each method is trained with the default config (full NHL: dominance weighting
 'paper' and distillation 0.1) in a temporary directory; extra ``--epochs`` /
@@ -15,8 +16,8 @@ import tempfile
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default  # noqa: E402
-from nhl_jax import train  # noqa: E402
+from experiments.configs import default
+from nhl_jax import train
 
 
 def main():

@@ -1,6 +1,7 @@
 """Milliseconds per train step and each rule's overhead over plain nested.
 
-    python benchmarks/step_overhead.py [--method=dpn] [--backbone=cnn] [--rounds=7]
+    python benchmarks/step_overhead.py [--method=dpn] [--backbone=cnn]
+                                       [--rounds=7]
     python benchmarks/step_overhead.py --smoke      # CI: seconds, digits MLP
 
 Times the jitted ``nhl_jax.train`` step of the small MNIST CNN
@@ -65,9 +66,14 @@ def _stepper(args, bits, weighting, distill_weight):
     config.method, config.backbone = args.method, args.backbone
     config.weighting, config.distill_weight = weighting, distill_weight
     config.bits = bits
-    setup, state = train.create_train_state(
-        config, input_shape=args.shape, num_train=2000, num_classes=10)
-    step = train.compile_train_step(setup)
+    info = train.DataInfo(tuple(args.shape), 10,
+                          {'train': 2000, 'query': 1, 'database': 1})
+    setup, state = train.create_train_state(train.resolve(config), info)
+    compiled = train.compile_step(setup.steps['train'])
+
+    def step(state, batch):
+        return compiled(state, batch, None)
+
     batch = _batch(args.shape, 10, args.batch_size)
     for _ in range(3):  # compile and warm up
         state, _ = step(state, batch)

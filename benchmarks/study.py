@@ -14,8 +14,8 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default  # noqa: E402
-from nhl_jax import train  # noqa: E402
+from experiments.configs import default
+from nhl_jax import train
 
 # --smoke: seconds on digits, so CI checks the scripts, not the study.
 SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,

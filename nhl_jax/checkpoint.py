@@ -10,7 +10,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from nhl_jax.config import UsageError
+from nhl_jax.errors import UsageError
 
 ITEMS = ('state', 'best', 'meta')
 

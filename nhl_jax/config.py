@@ -13,15 +13,11 @@ import os
 import jax
 from flax import nnx
 
-from nhl_jax import data, distill, losses, models, objective, systems
+from nhl_jax import data, distill, heads, losses, models, objective, systems
+from nhl_jax.errors import UsageError
 from nhl_jax.nested import check_bits
 
-
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-
-
-class UsageError(ValueError):
-    """A bad configuration, flag or workdir: the message says how to fix it."""
 
 
 def _choice(kind: str, value, valid) -> None:
@@ -70,13 +66,8 @@ def check_config(config) -> None:
 
 
 def _check_fields(config) -> None:
-    _choice('method', config.method, {**losses.LOSSES, **systems.SYSTEMS})
-    _choice('head', config.get('head', 'nested'), systems.HEADS)
-    if config.get('head', 'nested') != 'nested' and config.method != 'mah':
-        raise UsageError(
-            f'head {config.head!r} is only used by --method=mah; NHL trains '
-            'the nested head (leave --head unset or pass --head=nested).'
-        )
+    _choice('method', config.method, systems.methods())
+    _choice('head', config.get('head', 'nested'), heads.HEADS)
     _choice('dataset', config.dataset, data.DATASETS)
     data.get_spec(config.dataset, config.get('data_dir'))  # needs data_dir?
     if config.backbone is not None:
@@ -150,7 +141,8 @@ def _check_code_width(config) -> None:
             config.backbone or spec.backbone, shape,
             rngs=nnx.Rngs(0), **dict(config.get('backbone_kwargs', {}))))
     except TypeError as e:  # an unknown backbone keyword argument
-        raise UsageError(f'backbone_kwargs do not fit the backbone: {e}.') from None
+        raise UsageError(
+            f'backbone_kwargs do not fit the backbone: {e}.') from None
     if max(config.bits) > backbone.features:
         raise UsageError(
             f'longest code ({max(config.bits)} bits) is wider than the '

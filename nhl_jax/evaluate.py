@@ -1,8 +1,7 @@
 """Retrieval evaluation: Hamming ranking and mean average precision.
 
-Everything here runs in NumPy on the host: evaluation is a ranking problem,
-and XLA's CPU sort is an order of magnitude slower than NumPy's
-(ecosystem.md 12). JAX arrays are accepted and copied to the host.
+Everything runs in NumPy on the host (``nhl_jax.hamming`` says why); JAX
+arrays are accepted and copied to the host.
 
 mAP follows DeepHash-pytorch's ``CalcTopMap`` (papers.md 5.3), with its
 pitfalls settled explicitly:
@@ -23,42 +22,25 @@ pitfalls settled explicitly:
   queries count in the mean ('zero', DeepHash-pytorch/NHL) or are left out
   ('skip', thulab/DeepHash).
 
-How the ranking is computed: distances are popcounts of XORed 64-bit
-words (NumPy >= 2; a float32 matmul before), and each query's row of small
-integer distances is ranked by NumPy's stable sort, a radix sort for
-unsigned ints of up to 16 bits, so ties keep database order in O(N).
-Class ids ride along by a gather, so no [Q, N] keys are sorted. A
-``top_k`` much shorter than N is instead selected by a partition of the
-unique keys ``dist << s | index << 1 | rel``, which is exact for the same
-reason. AP then visits only the relevant ranks. Repeated (code, labels)
-query rows are ranked once. Queries go in chunks (bounded memory) over a
-thread pool, since NumPy releases the GIL in these loops.
-benchmarks/map_speed.py times it against the common per-query loop;
-``nhl_jax.metrics`` builds precision, recall and radius metrics on the same
-ranking.
+The ranking itself (packed words, popcount distances, the stable radix
+sort or key partition) is ``nhl_jax.hamming``'s. Here, relevance rides
+along the ranking (a gather of class ids, or a flag bit in the partition
+keys), so no [Q, N] keys are sorted; AP then visits only the relevant
+ranks. Repeated (code, labels) query rows are ranked once. Queries go in
+chunks (bounded memory) over a thread pool. benchmarks/map_speed.py times
+it against the common per-query loop; ``nhl_jax.metrics`` builds
+precision, recall and radius metrics on the same ranking.
 """
 
-import concurrent.futures
-import contextlib
 import numbers
-import os
 from typing import NamedTuple
 
 import numpy as np
 
-try:  # Optional; see _one_blas_thread_each.
-    import threadpoolctl
-except ImportError:  # pragma: no cover
-    threadpoolctl = None
+from nhl_jax import hamming
 
 ZERO_RELEVANT_POLICIES = ('zero', 'skip')
 DEFAULT_CHUNK_SIZE = 16
-
-# NumPy >= 2 only; see _Hamming.
-_bitwise_count = getattr(np, 'bitwise_count', None)
-
-# The ±1 matmuls are exact in float32 while 2 K < 2**24.
-_MAX_BITS = 2**23 - 1
 
 
 def sign_codes(h) -> np.ndarray:
@@ -78,7 +60,7 @@ def sign_codes(h) -> np.ndarray:
     """
     h = np.asarray(h)
     # h != h finds NaN in every float dtype, bfloat16 from JAX included.
-    if np.any(h != h):
+    if np.any(h != h):  # noqa: PLR0124
         raise ValueError('h contains NaN, so it has no sign; check the model '
                          'outputs (a diverged training run?) before binarising')
     return np.where(h >= 0, 1, -1).astype(np.int8)
@@ -87,9 +69,9 @@ def sign_codes(h) -> np.ndarray:
 def hamming_distances(q_codes, db_codes) -> np.ndarray:
     """All query-to-database Hamming distances, (K - q . b) / 2.
 
-    Computed exactly, by popcounts of packed bits (or a ±1 float32
-    matmul on NumPy < 2). The full [Q, N] matrix is materialised;
-    ``average_precisions`` works in query chunks and never does.
+    Computed exactly, by popcounts of packed bits (``nhl_jax.hamming``).
+    The full [Q, N] matrix is materialised; ``average_precisions`` works
+    in query chunks and never does.
 
     Args:
       q_codes: [Q, K] ±1 query codes.
@@ -102,7 +84,7 @@ def hamming_distances(q_codes, db_codes) -> np.ndarray:
     q = _as_codes(q_codes, 'q_codes')
     db = _as_codes(db_codes, 'db_codes')
     _check_same_bits(q, db)
-    return _Hamming(db)(q)
+    return hamming.distances(hamming.pack(q), hamming.pack(db), q.shape[1])
 
 
 def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
@@ -143,12 +125,8 @@ def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
     """mAP@top_k of Hamming ranking (module docstring).
 
     Args:
-      q_codes: [Q, K] ±1 query codes (e.g. from ``sign_codes``).
-      q_labels: [Q, C] 0/1 multi-hot query labels (bool or numeric).
-      db_codes: [N, K] ±1 database codes.
-      db_labels: [N, C] 0/1 multi-hot database labels.
-      top_k: number of top-ranked items to score; None scores all N.
-        Values above N are treated as N.
+      q_codes, q_labels, db_codes, db_labels, top_k: as in
+        ``average_precisions``.
       zero_relevant: queries with no relevant item in their top k count
         as AP 0 ('zero', DeepHash-pytorch and NHL) or are left out of the
         mean ('skip', thulab/DeepHash). With 'skip' and no query having
@@ -162,9 +140,7 @@ def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
     Raises:
       ValueError: for malformed inputs; the message names the fix.
     """
-    if zero_relevant not in ZERO_RELEVANT_POLICIES:
-        raise ValueError(f'zero_relevant must be one of '
-                         f'{ZERO_RELEVANT_POLICIES}, got {zero_relevant!r}')
+    _check_zero_relevant(zero_relevant)
     aps, hits = _average_precisions_and_hits(
         q_codes, q_labels, db_codes, db_labels, top_k=top_k,
         chunk_size=chunk_size, num_threads=num_threads)
@@ -197,8 +173,8 @@ def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
         sums, hits = _hit_sums(ranker.ranked(dist, rel, q_side), (width,))
         return sums[0] / np.maximum(hits[0], 1), hits[0]
 
-    aps, hits = zip(*_run_chunks(run, len(inputs.q_codes), chunk_size,
-                                 num_threads))
+    aps, hits = zip(*hamming.map_chunks(run, len(inputs.q_codes), chunk_size,
+                                        num_threads))
     return np.concatenate(aps)[inverse], np.concatenate(hits)[inverse]
 
 
@@ -237,8 +213,7 @@ def _unique_queries(inputs):
     """
     num_queries = len(inputs.q_codes)
     labels = np.ascontiguousarray(inputs.q_side.reshape(num_queries, -1))
-    rows = np.hstack([np.packbits(inputs.q_codes > 0, axis=1),
-                      labels.view(np.uint8)])
+    rows = np.hstack([hamming.pack(inputs.q_codes), labels.view(np.uint8)])
     _, first, inverse = np.unique(rows, axis=0, return_index=True,
                                   return_inverse=True)
     if len(first) == num_queries:  # nothing repeats: keep the order
@@ -251,41 +226,6 @@ def _check_run_options(chunk_size, num_threads):
     _check_positive_int(chunk_size, 'chunk_size')
     if num_threads is not None:
         _check_positive_int(num_threads, 'num_threads')
-
-
-def _run_chunks(run, num_queries, chunk_size, num_threads):
-    """``run(start, stop)`` over query chunks, on a thread pool.
-
-    NumPy releases the GIL in XOR, popcount, sort and gather, so chunks
-    run in parallel.
-
-    Returns:
-      The list of ``run`` results, in query order.
-    """
-    starts = range(0, num_queries, chunk_size)
-
-    def run_one(start):
-        return run(start, min(start + chunk_size, num_queries))
-
-    threads = min(num_threads or _cpu_count(), len(starts))
-    if threads == 1:
-        return [run_one(start) for start in starts]
-    with _one_blas_thread_each(), \
-            concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(run_one, starts))
-
-
-def _one_blas_thread_each():
-    """Limits BLAS to one thread per caller while the chunk threads run.
-
-    Concurrent multi-threaded OpenBLAS calls contend with each other and
-    with the sorting threads (on 2 cores, mAP@all took 0.6 s instead of
-    0.33 s). The limit is process-wide and is undone on exit; without the
-    optional ``threadpoolctl`` nothing is limited.
-    """
-    if threadpoolctl is None:
-        return contextlib.nullcontext()
-    return threadpoolctl.threadpool_limits(1, user_api='blas')
 
 
 def _relevance_operands(q_y, db_y):
@@ -314,80 +254,8 @@ def _relevance(q_side, db_side):
     return (q_side @ db_side) > 0
 
 
-def _key_layout(num_bits, num_items):
-    """Bit layout of the ranking key ``dist << shift | index << 1 | rel``.
-
-    Args:
-      num_bits: K, so distances take values 0..K.
-      num_items: N, so indices take values 0..N-1.
-
-    Returns:
-      (shift, unsigned key dtype).
-    """
-    shift = max(1, (num_items - 1).bit_length()) + 1
-    total = num_bits.bit_length() + shift
-    if total <= 32:
-        return shift, np.dtype(np.uint32)
-    if total <= 64:
-        return shift, np.dtype(np.uint64)
-    raise ValueError(f'K={num_bits} bits with N={num_items} items needs a '
-                     f'{total}-bit ranking key; split the database')
-
-
-class _Hamming:
-    """Hamming distances of query chunks to one database (read-only).
-
-    With NumPy >= 2 the codes are packed into 64-bit words and the
-    distance is popcount(q XOR b) summed over words, about four times
-    faster than a ±1 float32 matmul; older NumPy falls back to the matmul
-    (K - q . b) / 2, which is exact in float32 for K < 2**23.
-    """
-
-    def __init__(self, db):
-        """Packs the database.
-
-        Args:
-          db: [N, K] float32 ±1 codes.
-        """
-        self.num_bits = db.shape[1]
-        self.dtype = np.min_scalar_type(self.num_bits)
-        if _bitwise_count is None:  # NumPy < 2
-            self.db_t = np.ascontiguousarray(db.T)  # [K, N]
-        else:
-            self.db_words = _packed_words(db)  # [W, N]
-
-    def __call__(self, q):
-        """[B, N] distances, uint8 for K <= 255, of [B, K] ±1 codes."""
-        if _bitwise_count is None:  # NumPy < 2
-            dist = q @ self.db_t
-            np.subtract(self.num_bits, dist, out=dist)
-            dist *= 0.5
-            return dist.astype(self.dtype)
-        q_words = _packed_words(q)  # [W, B]
-        xor = np.empty((q.shape[0], self.db_words.shape[1]), np.uint64)
-        dist = np.empty(xor.shape, self.dtype)
-        for word, (q_word, db_word) in enumerate(zip(q_words,
-                                                     self.db_words)):
-            np.bitwise_xor(q_word[:, None], db_word[None, :], out=xor)
-            if word == 0:
-                _bitwise_count(xor, out=dist)
-            else:
-                dist += _bitwise_count(xor)
-        return dist
-
-
-def _packed_words(codes):
-    """[N, K] ±1 codes -> [W, N] uint64 words of bits, zero padded.
-
-    Both sides pad with the same zero bits, which XOR to 0.
-    """
-    packed = np.packbits(codes > 0, axis=1)  # [N, ceil(K / 8)]
-    packed = np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))
-    return np.ascontiguousarray(packed.view(np.uint64).T)
-
-
 class _Ranker:
-    """Stable Hamming ranking of query chunks against one database."""
+    """Hamming ranking and relevance of query chunks to one database."""
 
     def __init__(self, db, db_side, width):
         """Precomputes the database side.
@@ -399,15 +267,10 @@ class _Ranker:
             None when only distances and relevance are needed.
         """
         num_items, num_bits = db.shape
-        self.hamming = _Hamming(db)
+        self.hamming = hamming.Hamming(hamming.pack(db), num_bits)
         self.db_side = db_side
-        self.width = width
-        # A top-k much shorter than N is cheaper to select by partition,
-        # which needs unique keys; a full ranking is a radix sort.
-        self.partition = width is not None and 2 * width <= num_items
-        if self.partition:
-            self.shift, self.key_dtype = _key_layout(num_bits, num_items)
-            self.index_bits = np.arange(num_items, dtype=self.key_dtype) << 1
+        self.ranking = (None if width is None
+                        else hamming.Ranking(num_bits, num_items, width))
 
     def distances_and_relevance(self, q, q_side):
         """([B, N] distances, [B, N] bool relevance) of one chunk.
@@ -416,7 +279,8 @@ class _Ranker:
           q: [B, K] float32 ±1 query codes.
           q_side: [B] or [B, C] query operand from ``_relevance_operands``.
         """
-        return self.hamming(q), _relevance(q_side, self.db_side)
+        return (self.hamming(hamming.pack(q)),
+                _relevance(q_side, self.db_side))
 
     def ranked(self, dist, rel, q_side):
         """[B, k] bool relevance of the top k items, in ranked order.
@@ -428,31 +292,11 @@ class _Ranker:
           rel: [B, N] bool relevance from ``distances_and_relevance``.
           q_side: [B] or [B, C] query operand, as given there.
         """
-        if self.partition:
-            return self._ranked_by_partition(dist, rel)
-        # Distances are small unsigned ints, for which NumPy's stable sort
-        # is a radix sort: O(N) per row, ties in index order.
-        order = np.argsort(dist, axis=1, kind='stable')[:, :self.width]
-        if q_side.ndim == 1:  # class ids: gather ids, not the [B, N] rel
-            return self.db_side[order] == q_side[:, None]
-        return np.take_along_axis(rel, order, axis=1)
-
-    def _ranked_by_partition(self, dist, rel):
-        """Top k via unique keys ``dist << shift | index << 1 | rel``.
-
-        Keys are unique, so the partition's first k are exactly the first
-        k of the stable ranking, and the relevance bit travels with them.
-        """
-        keys = dist.astype(self.key_dtype)
-        keys <<= self.shift
-        keys |= self.index_bits
-        keys |= rel
-        top = np.partition(keys, self.width - 1, axis=1)[:, :self.width]
-        top.sort(axis=1)
-        # The relevance bit is bit 0, so it survives the cast to one byte.
-        relevant = top.astype(np.uint8)
-        relevant &= 1
-        return relevant.view(np.bool_)
+        if self.ranking.by_keys or q_side.ndim > 1:
+            return self.ranking.top_flags(dist, rel)
+        # Class ids after a full sort: gather the [N] ids, not the [B, N]
+        # relevance.
+        return self.db_side[self.ranking.order(dist)] == q_side[:, None]
 
 
 def _hit_sums(relevant, cutoffs):
@@ -501,9 +345,6 @@ def _as_codes(codes, name):
     if codes.shape[0] == 0 or codes.shape[1] == 0:
         raise ValueError(f'{name} is empty (shape {codes.shape}); pass at '
                          f'least one code of at least one bit')
-    if codes.shape[1] > _MAX_BITS:
-        raise ValueError(f'{name} has K={codes.shape[1]} bits; at most '
-                         f'{_MAX_BITS} are supported (float32 exactness)')
     if not _is_real(codes.dtype):
         raise ValueError(f'{name} must be real ±1 codes, got dtype '
                          f'{codes.dtype}; binarise outputs with sign_codes(h) '
@@ -559,13 +400,12 @@ def _check_top_k(top_k):
                          f'not -1')
 
 
+def _check_zero_relevant(zero_relevant):
+    if zero_relevant not in ZERO_RELEVANT_POLICIES:
+        raise ValueError(f'zero_relevant must be one of '
+                         f'{ZERO_RELEVANT_POLICIES}, got {zero_relevant!r}')
+
+
 def _check_positive_int(value, name):
     if not (_is_int(value) and value > 0):
         raise ValueError(f'{name} must be a positive int, got {value!r}')
-
-
-def _cpu_count():
-    """CPUs this process may use (the affinity mask where there is one)."""
-    if hasattr(os, 'sched_getaffinity'):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1

@@ -15,10 +15,11 @@ a plain byte slice, a view that copies nothing.
 ``HammingIndex`` with ``search(q_packed, k)`` (top-k, ties broken stably by
 database row) and ``range_search(q_packed, radius)`` (every item at
 Hamming distance <= radius, the DCH protocol's convention). The 'numpy'
-backend is exact: popcount of the XOR, in query chunks of bounded memory.
-The 'faiss' backend (the optional ``faiss`` extra) wraps
-``IndexBinaryFlat`` (exact), ``IndexBinaryHNSW`` or ``IndexBinaryMultiHash``
-(approximate, for large databases); see ``faiss_index``.
+backend is exact: popcount of the XOR (``nhl_jax.hamming``), in query
+chunks of bounded memory. The 'faiss' backend (the optional ``faiss``
+extra, ``nhl_jax.index_faiss``) wraps ``IndexBinaryFlat`` (exact),
+``IndexBinaryHNSW`` or ``IndexBinaryMultiHash`` (approximate, for large
+databases); see ``faiss_index``.
 
     packed = pack_codes(sign_codes(h))                # [N, ceil(K / 8)]
     index = build_index(prefix_codes(packed, 32), 32)
@@ -31,12 +32,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nhl_jax import runlog
+from nhl_jax import hamming, index_faiss, runlog
 
 PARAMS = ('last', 'best')
+FAISS_KINDS = index_faiss.FAISS_KINDS
 
-# Bytes of the [chunk, N, words] XOR a search chunk may hold.
+# Bytes the [chunk, N] working arrays of a search chunk may hold, and
+# bytes per (query, item) pair: the XOR word and distances, then the
+# ranking keys and their partition.
 _CHUNK_BYTES = 64 * 2**20
+_PAIR_BYTES = 24
 
 
 def _num_bytes(bits: int) -> int:
@@ -62,7 +67,7 @@ def pack_codes(codes) -> np.ndarray:
     if not np.all((codes == 1) | (codes == -1)):
         raise ValueError('codes must contain only -1 and +1; binarise '
                          'outputs with nhl_jax.evaluate.sign_codes(h) first')
-    return np.packbits(codes > 0, axis=1)
+    return hamming.pack(codes)
 
 
 def unpack_codes(packed, bits: int) -> np.ndarray:
@@ -288,99 +293,91 @@ class HammingIndex(NamedTuple):
     size: int
 
 
-def _popcount_table(x: np.ndarray) -> np.ndarray:
-    """Bits set per byte, via a 256-entry table (NumPy < 2.0)."""
-    return _BYTE_POPCOUNT[x.view(np.uint8)]
-
-
-_BYTE_POPCOUNT = np.array([i.bit_count() for i in range(256)], np.uint8)
-
-
-def _words(packed: np.ndarray) -> np.ndarray:
-    """Codes as uint64 words (zero-padded), so XOR and popcount go 8x wider.
-
-    Without ``np.bitwise_count`` the bytes stay bytes, for the table.
-    """
-    if not hasattr(np, 'bitwise_count'):
-        return np.ascontiguousarray(packed)
-    pad = -packed.shape[1] % 8
-    padded = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(padded).view(np.uint64)
-
-
-def _distances(q_words, db_words, popcount=None):
-    """[Q, N] int32 Hamming distances between word-packed codes (``_words``).
-
-    Materialises [Q, N, W]; ``numpy_index`` calls it on query chunks.
-    """
-    if popcount is None:
-        popcount = getattr(np, 'bitwise_count', _popcount_table)
-    xor = q_words[:, None, :] ^ db_words[None, :, :]
-    counts = popcount(xor)
-    return counts.reshape(len(q_words), len(db_words), -1).sum(
-        axis=-1, dtype=np.int32)
-
-
 def numpy_index(db_packed, bits: int, *,
                 chunk_size: int | None = None) -> HammingIndex:
-    """Exact Hamming search in NumPy: popcount of XOR, in query chunks.
+    """Exact Hamming search in NumPy (``nhl_jax.hamming``), in query chunks.
 
     Args:
       db_packed: [N, ceil(K / 8)] uint8 database codes (``pack_codes``).
       bits: K.
       chunk_size: queries compared at once; None keeps each chunk's
-        [chunk, N, words] XOR under 64 MiB.
+        [chunk, N] working arrays under 64 MiB.
 
     Returns:
       A ``HammingIndex``.
     """
-    db = _words(check_packed(db_packed, bits, 'db_packed'))
-    size = len(db)
-    if size == 0:
-        raise ValueError('db_packed is empty; index at least one code')
-    chunk = chunk_size or max(1, _CHUNK_BYTES // db.nbytes)
-    shift = max(1, (size - 1).bit_length())
+    engine = hamming.Hamming(_check_database(db_packed, bits), bits)
+    chunk = chunk_size or max(1, _CHUNK_BYTES // (_PAIR_BYTES * engine.size))
 
-    def distances(q_packed):
-        q = _words(_check_queries(q_packed, bits))
-        for start in range(0, len(q), chunk):
-            yield _distances(q[start:start + chunk], db)
+    def by_chunks(q, run):
+        """``run([B, N] distances)`` over chunks of q, concatenated."""
+        parts = hamming.map_chunks(
+            lambda start, stop: run(engine(q[start:stop])), len(q), chunk,
+            num_threads=1)
+        return [np.concatenate(part) for part in zip(*parts)]
+
+    def top_k(q, k):
+        return by_chunks(q, hamming.Ranking(bits, engine.size, k).top_k)
+
+    def within(q, radius):
+        counts, rows, dist = by_chunks(
+            q, lambda dist: hamming.within(dist, radius))
+        return np.concatenate([[0], np.cumsum(counts)]), rows, dist
+
+    return _hamming_index(top_k, within, bits, engine.size)
+
+
+def faiss_index(db_packed, bits: int, *, kind: str = 'flat',
+                neighbors: int = 32, tables: int = 3) -> HammingIndex:
+    """Hamming search with a faiss binary index (``pip install .[faiss]``).
+
+    Args:
+      db_packed: [N, ceil(K / 8)] uint8 database codes.
+      bits: K.
+      kind: a key of ``FAISS_KINDS``: 'flat' (exact), 'hnsw' (approximate,
+        top-k only) or 'multihash' (exact for radius < tables); how they
+        and faiss's ties and radii compare: ``nhl_jax.index_faiss``.
+      neighbors: HNSW's M, links per node.
+      tables: multi-hash tables.
+
+    Returns:
+      A ``HammingIndex``.
+    """
+    found = index_faiss.FaissSearch(_check_database(db_packed, bits), bits,
+                                    kind, neighbors=neighbors, tables=tables)
+    return _hamming_index(found.top_k, found.within, bits, found.size)
+
+
+def _hamming_index(top_k, within, bits, size) -> HammingIndex:
+    """A ``HammingIndex`` of one backend, with its arguments checked.
+
+    Args:
+      top_k: ``(q, k) -> ([Q, k] rows, [Q, k] distances)`` for checked
+        [Q, B] packed queries q and 1 <= k <= size.
+      within: ``(q, radius) -> (lims, rows, distances)`` (``RangeResult``).
+      bits: K.
+      size: N.
+    """
 
     def search(q_packed, k):
         _check_count(k, 'k')
-        k = min(k, size)
-        out = [_top_k(dist, k, shift) for dist in distances(q_packed)]
-        return SearchResult(*(np.concatenate(parts) for parts in zip(*out)))
+        rows, dist = top_k(_check_queries(q_packed, bits), min(k, size))
+        return SearchResult(rows.astype(np.int64), dist.astype(np.int32))
 
     def range_search(q_packed, radius):
         _check_count(radius, 'radius', minimum=0)
-        parts = [_within(dist, radius) for dist in distances(q_packed)]
-        counts = np.concatenate([c for c, _, _ in parts])
-        lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return RangeResult(lims, np.concatenate([i for _, i, _ in parts]),
-                           np.concatenate([d for _, _, d in parts]))
+        lims, rows, dist = within(_check_queries(q_packed, bits), radius)
+        return RangeResult(lims.astype(np.int64), rows.astype(np.int64),
+                           dist.astype(np.int32))
 
     return HammingIndex(search, range_search, bits, size)
 
 
-def _top_k(dist, k, shift):
-    """Stable top-k of [B, N] distances via unique keys dist << s | row."""
-    keys = dist.astype(np.int64) << shift
-    keys |= np.arange(dist.shape[1], dtype=np.int64)
-    if k < keys.shape[1]:
-        keys = np.partition(keys, k - 1, axis=1)[:, :k]
-    keys = np.sort(keys, axis=1)
-    mask = (1 << shift) - 1
-    return keys & mask, (keys >> shift).astype(np.int32)
-
-
-def _within(dist, radius):
-    """Per-row counts, rows and distances of entries <= radius, sorted."""
-    rows, cols = np.nonzero(dist <= radius)  # row-major: grouped by row
-    found = dist[rows, cols]
-    order = np.lexsort((cols, found, rows))
-    counts = np.bincount(rows, minlength=len(dist))
-    return counts, cols[order].astype(np.int64), found[order]
+def _check_database(db_packed, bits):
+    db = np.ascontiguousarray(check_packed(db_packed, bits, 'db_packed'))
+    if len(db) == 0:
+        raise ValueError('db_packed is empty; index at least one code')
+    return db
 
 
 def _check_queries(q_packed, bits):
@@ -394,97 +391,6 @@ def _check_count(value, name, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
             or value < minimum:
         raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}')
-
-
-# ------------------------------------------------------------------- faiss
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError("the faiss backend needs faiss: pip install "
-                          "'nhl_jax[faiss]' (faiss-cpu), or use "
-                          "backend='numpy'") from None
-    return faiss
-
-
-# kind -> (constructor(faiss, d, options), has range search)
-FAISS_KINDS = {
-    'flat': (lambda faiss, d, o: faiss.IndexBinaryFlat(d), True),
-    'hnsw': (lambda faiss, d, o: faiss.IndexBinaryHNSW(d, o['neighbors']),
-             False),
-    'multihash': (lambda faiss, d, o: faiss.IndexBinaryMultiHash(
-        d, o['tables'], min(64, d // o['tables'])), True),
-}
-
-
-def faiss_index(db_packed, bits: int, *, kind: str = 'flat',
-                neighbors: int = 32, tables: int = 3) -> HammingIndex:
-    """Hamming search with a faiss binary index (``pip install .[faiss]``).
-
-    faiss indexes whole bytes: a K-bit code with K % 8 != 0 is indexed as
-    8 ceil(K / 8) bits. The padding bits are 0 in every packed code
-    (``check_packed`` enforces it), so distances are unchanged. faiss's
-    ``range_search`` keeps distances strictly below its radius; the radius
-    passed here is inclusive (<=), so faiss gets radius + 1. Results are
-    re-sorted by (distance, row); the top-k set at a tied k-th distance
-    may still differ from the NumPy backend's lowest-row choice.
-
-    Args:
-      db_packed: [N, ceil(K / 8)] uint8 database codes.
-      bits: K.
-      kind: 'flat' (exact, ``IndexBinaryFlat``), 'hnsw' (approximate
-        graph, ``IndexBinaryHNSW``; top-k only) or 'multihash'
-        (``IndexBinaryMultiHash``: ``tables`` hash tables on disjoint
-        substrings; exact for radius < tables, approximate top-k).
-      neighbors: HNSW's M, links per node.
-      tables: multi-hash tables.
-
-    Returns:
-      A ``HammingIndex``.
-    """
-    if kind not in FAISS_KINDS:
-        raise ValueError(f'Unknown faiss index kind {kind!r}; choose one of '
-                         f'{sorted(FAISS_KINDS)}')
-    db = np.ascontiguousarray(check_packed(db_packed, bits, 'db_packed'))
-    if len(db) == 0:
-        raise ValueError('db_packed is empty; index at least one code')
-    if kind == 'multihash' and not 1 <= tables <= 8 * db.shape[1]:
-        raise ValueError(f'tables must be in 1..{8 * db.shape[1]} for '
-                         f'{bits}-bit codes, got {tables}')
-    faiss = _faiss()
-    make, ranged = FAISS_KINDS[kind]
-    index = make(faiss, 8 * db.shape[1],
-                 {'neighbors': neighbors, 'tables': tables})
-    index.add(db)
-
-    def search(q_packed, k):
-        _check_count(k, 'k')
-        q = _check_queries(q_packed, bits)
-        dist, ids = index.search(q, min(k, index.ntotal))
-        # Approximate kinds pad missing neighbours with id -1: keep them
-        # last, as the only way to say "not found" in a fixed shape.
-        dist = np.where(ids < 0, np.iinfo(np.int32).max, dist)
-        order = np.lexsort((np.where(ids < 0, index.ntotal, ids), dist))
-        take = lambda a: np.take_along_axis(a, order, axis=1)
-        return SearchResult(take(ids).astype(np.int64),
-                            take(dist).astype(np.int32))
-
-    def range_search(q_packed, radius):
-        _check_count(radius, 'radius', minimum=0)
-        if not ranged:
-            raise ValueError(f"faiss index kind {kind!r} has no range "
-                             "search; use kind='flat' or 'multihash'")
-        q = _check_queries(q_packed, bits)
-        lims, dist, ids = index.range_search(q, radius + 1)  # strict <
-        lims = lims.astype(np.int64)
-        dist, ids = dist.astype(np.int32), ids.astype(np.int64)
-        rows = np.repeat(np.arange(len(q)), np.diff(lims))
-        order = np.lexsort((ids, dist, rows))
-        return RangeResult(lims, ids[order], dist[order])
-
-    return HammingIndex(search, range_search, bits, index.ntotal)
 
 
 BACKENDS = {'numpy': numpy_index, 'faiss': faiss_index}

@@ -1,22 +1,28 @@
 """A trained run as an encoder: restore it, export codes, score retrieval.
 
-A run directory (``experiments/run.py``) holds ``config.json`` and orbax
-checkpoints; ``load_run`` rebuilds the model from the config and restores
-either the final parameters (``params='last'``: ONE model, so every length
-is a prefix of one code) or each length's best parameters (``'best'``, the
-ones results.json's ``map`` reports). ``export_codes`` then writes packed
-codes per split and a retrieval summary::
+A run directory (``experiments/run.py``, any system) holds ``config.json``
+and orbax checkpoints; ``load_run`` resolves the config into its
+``RunSpec``, rebuilds the system's model and restores either the final
+parameters (``params='last'``: ONE model; for a nested system every length
+is a prefix of one code) or each length's best model (``'best'``, the ones
+results.json's ``map`` reports, with their own batch statistics).
+``export_codes`` then writes packed codes per split and a retrieval
+summary::
 
     run = load_run('runs/mnist5k_dpn', params='last',
                    input_shape=(28, 28, 1))
     query = encode_dataset(run, splits.query)        # an index.CodeSet
     summary = retrieval_metrics(query, database, top_k=None)
 
-Only NHL runs (a base loss of ``nhl_jax.losses.LOSSES``) are supported.
+Per system: NHL and ODH codes come from their network (ODH's binary
+hasher); MAH's database is what its asymmetric protocol searches, the
+learned codes V of the rows that own them (``mah.v_split``), while queries
+are encoded by its network.
 """
 
 import json
 import os
+import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -29,22 +35,24 @@ from nhl_jax import (
     checkpoint,
     data,
     evaluate,
+    evaluation,
     index,
-    losses,
     metrics,
     runlog,
-    step,
+    systems,
+    train,
 )
-from nhl_jax.config import UsageError
+from nhl_jax.errors import UsageError
 
 
 class _Part(NamedTuple):
     """One restored training run: the joint run, or one ``len_<b>``."""
 
     bits: tuple[int, ...]
-    encode: Callable[..., Any]  # jitted (params, rest, images) -> h [B, K]
+    encode: Callable[..., Any]  # jitted (params, rest, images) -> [B, W]
     params: dict[int, Any]  # length -> nnx.State parameters
-    rest: Any  # nnx.State of the non-parameter variables (batch stats)
+    rest: dict[int, Any]  # length -> nnx.State of the other variables
+    directory: str  # where its checkpoints are
 
 
 class TrainedRun(NamedTuple):
@@ -52,21 +60,31 @@ class TrainedRun(NamedTuple):
 
     Attributes:
       config: the run's ConfigDict (from config.json).
+      spec: its resolved ``RunSpec``.
       bits: every trained length, sorted.
       params: 'last' or 'best'.
-      parts: the restored models: one for an NHL run, one per length for a
+      parts: the restored models: one for a joint run, one per length for a
         ``single_length`` run.
+      layout: where each length's code is in the encoder output.
     """
 
     config: ml_collections.ConfigDict
+    spec: systems.RunSpec
     bits: tuple[int, ...]
     params: str
     parts: tuple[_Part, ...]
+    layout: evaluation.CodeLayout
+
+    @property
+    def system(self) -> systems.System:
+        """The run's training system."""
+        return systems.SYSTEMS[self.spec.system]
 
     @property
     def nested(self) -> bool:
         """True when all lengths are prefixes of one model's code."""
-        return self.params == 'last' and len(self.parts) == 1
+        return (self.params == 'last' and len(self.parts) == 1
+                and self.layout.nested)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -85,22 +103,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     except (ValueError, TypeError) as e:
         raise UsageError(f'{path} is not a run config ({e}); was it '
                          'written by experiments/run.py?') from None
-    method = config.get('method')
-    if method not in losses.LOSSES:
+    if config.get('method') not in systems.methods():
         raise UsageError(
-            f'{workdir!r} is a {method!r} run; encoding supports NHL runs '
-            f'(method in {sorted(losses.LOSSES)}), not MAH or ODH yet.')
+            f'{path} names method {config.get("method")!r}, which this '
+            f'version does not know; choose a run of one of '
+            f'{sorted(systems.methods())}.')
     with config.unlocked():
         config.bits = tuple(int(b) for b in config.bits)
     return config
-
-
-def run_dirs(workdir: str, config) -> list[tuple[tuple[int, ...], str]]:
-    """(bits, directory) of each training run: one joint, or per length."""
-    if config.get('single_length'):
-        return [((b,), os.path.join(workdir, f'len_{b}'))
-                for b in config.bits]
-    return [(config.bits, workdir)]
 
 
 def load_data(config, *, dataset: str | None = None,
@@ -116,16 +126,15 @@ def load_data(config, *, dataset: str | None = None,
 
 
 def load_run(workdir: str, *, params: str = 'last', input_shape,
-             num_classes: int = 1) -> TrainedRun:
+             num_classes: int | None = None) -> TrainedRun:
     """Rebuilds a run's model and restores its latest checkpoint.
 
     Args:
       workdir: the run directory.
-      params: 'last' (final parameters) or 'best' (best per length). The
-        batch statistics are the final ones in both cases (the checkpoint
-        keeps only the best parameters).
+      params: 'last' (final parameters) or 'best' (best model per length).
       input_shape: (H, W, C) of the images to encode (the training ones).
-      num_classes: C; only shapes the unused loss states.
+      num_classes: C (default: the run's dataset's); shapes ODH's
+        classifier and centres.
 
     Returns:
       The ``TrainedRun``.
@@ -138,31 +147,38 @@ def load_run(workdir: str, *, params: str = 'last', input_shape,
                          f'{list(index.PARAMS)}.')
     config = read_config(workdir)
     with config.unlocked():
-        config.backbone = _backbone(workdir, config)
         config.pretrained = None  # restored below; never read the file
-    parts = tuple(
-        _restore(config, run_dir, bits, params, input_shape, num_classes)
-        for bits, run_dir in run_dirs(workdir, config))
-    return TrainedRun(config, config.bits, params, parts)
+        config.devices = None  # any device count can encode
+        if 'odh' in config:
+            config.odh.classifier_pretrained = None
+    spec = train.resolve(config)
+    if num_classes is None:
+        num_classes = data.get_spec(spec.dataset, spec.data_dir).num_classes
+    info = systems.DataInfo(tuple(input_shape), num_classes,
+                            dict.fromkeys(data.Splits._fields, 1))
+    parts = tuple(_restore(spec, run_dir, bits, params, info)
+                  for bits, run_dir in train.training_runs(spec, workdir))
+    return TrainedRun(config, spec, spec.bits, params, parts,
+                      systems.SYSTEMS[spec.system].layout(spec.bits))
 
 
-def _backbone(workdir, config) -> str:
-    """The backbone's name, without loading the training data if possible."""
-    if config.backbone:
-        return config.backbone
-    path = os.path.join(workdir, 'results.json')
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)['backbone']
-    return data.get_spec(config.dataset, config.get('data_dir')).backbone
-
-
-def _restore(config, run_dir, bits, params, input_shape, num_classes):
-    setup, model = _abstract_model(config, bits, input_shape, num_classes)
+def _restore(spec, run_dir, bits, params, info):
+    setup, model = _abstract_model(spec, bits, info)
     wanted = {'state': model}
     if params == 'best':
-        wanted = {'state': {'rest': model['rest']},
-                  'best': {str(b): model['params'] for b in bits}}
+        wanted = {'best': {str(b): model for b in bits}}
+    restored = _read(run_dir, wanted, tuple(info.image_shape))
+    if params == 'best':
+        per_length = {b: restored['best'][str(b)] for b in bits}
+    else:
+        per_length = dict.fromkeys(bits, restored['state'])
+    return _Part(bits, train.compile_encode(setup),
+                 {b: m['params'] for b, m in per_length.items()},
+                 {b: m['rest'] for b, m in per_length.items()}, run_dir)
+
+
+def _read(run_dir, wanted, input_shape=None):
+    """Restores the subtrees ``wanted`` of the latest checkpoint items."""
     with checkpoint.manager(run_dir) as mngr:
         latest = mngr.latest_step()
         if latest is None:
@@ -170,26 +186,60 @@ def _restore(config, run_dir, bits, params, input_shape, num_classes):
                              'first (experiments/run.py).')
         for name, tree in wanted.items():
             _check_shapes(mngr.directory / str(latest) / name, tree,
-                          tuple(input_shape))
+                          input_shape)
         try:
             restored = mngr.restore(latest, args=ocp.args.Composite(**{
                 name: _partial_restore(tree)
                 for name, tree in wanted.items()}))
-        except Exception as e:  # orbax/tensorstore raise many types
+        except Exception as e:  # noqa: BLE001 (orbax raises many types)
             reason = str(e).strip().splitlines()[0][:200] if str(e) else ''
             raise UsageError(
                 f'checkpoint {latest} of {run_dir!r} cannot be read '
                 f'({type(e).__name__}: {reason}); check the run or '
                 'retrain it.') from None
-    rest = restored.state['rest']
-    if params == 'best':
-        per_length = {b: restored.best[str(b)] for b in bits}
-    else:
-        per_length = {b: restored.state['params'] for b in bits}
-    return _Part(bits, step.compile_encode(setup), per_length, rest)
+    return {name: restored[name] for name in wanted}
 
 
-def _check_shapes(item_dir, tree, input_shape) -> None:
+def learned_codes(run: TrainedRun) -> dict[int, np.ndarray] | None:
+    """The learned database codes per length (MAH's V), or None.
+
+    With ``params='best'`` each length's V is the one saved with its best
+    model; with 'last' the final V.
+    """
+    if run.system.learned_split(run.spec) is None:
+        return None
+    codes = {}
+    for part in run.parts:
+        item = 'best' if run.params == 'best' else 'state'
+        saved = _saved_tree(pathlib.Path(part.directory), item)
+        if run.params == 'best':
+            wanted = {'best': {str(b): {'codes': _like(saved[str(b)]['codes'])}
+                               for b in part.bits}}
+            got = _read(part.directory, wanted)['best']
+            codes.update({b: got[str(b)]['codes'] for b in part.bits})
+        else:
+            wanted = {'state': {'extra': {'codes': [
+                _like(c) for c in saved['extra']['codes']]}}}
+            got = _read(part.directory, wanted)['state']['extra']['codes']
+            codes.update(dict(zip(part.bits, got)))
+    return {b: np.asarray(v) for b, v in codes.items()}
+
+
+def _saved_tree(run_dir: pathlib.Path, item: str):
+    with checkpoint.manager(str(run_dir)) as mngr:
+        directory = mngr.directory / str(mngr.latest_step()) / item
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return handler.metadata(directory).tree
+    finally:
+        handler.close()
+
+
+def _like(meta):
+    return jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype)
+
+
+def _check_shapes(item_dir, tree, input_shape=None) -> None:
     """Compares the model's shapes with the saved ones, before restoring.
 
     A failed orbax restore leaves pending reads behind, so a model built
@@ -205,7 +255,10 @@ def _check_shapes(item_dir, tree, input_shape) -> None:
         for key in path:
             name = str(getattr(key, 'key', getattr(key, 'name',
                                                    getattr(key, 'idx', key))))
-            node = node.get(name) if isinstance(node, dict) else None
+            if isinstance(node, (list, tuple)) and name.isdigit():
+                node = node[int(name)] if int(name) < len(node) else None
+            else:
+                node = node.get(name) if isinstance(node, dict) else None
         shape = getattr(node, 'shape', None)
         if shape is None or tuple(shape) != tuple(leaf.shape):
             raise UsageError(
@@ -217,8 +270,8 @@ def _check_shapes(item_dir, tree, input_shape) -> None:
                 'on, or one with the same image shape.')
 
 
-def _abstract_model(config, bits, input_shape, num_classes):
-    """``create_train_state``'s setup and the shapes of params and rest.
+def _abstract_model(spec, bits, info):
+    """The system's setup and the shapes of its params and rest.
 
     Traced by ``jax.eval_shape``, so nothing is initialised or compiled
     (the loss states alone took seconds to build on a CPU); the static
@@ -227,9 +280,7 @@ def _abstract_model(config, bits, input_shape, num_classes):
     setup = []
 
     def build():
-        s, state = step.create_train_state(
-            config, input_shape=tuple(input_shape), num_train=1,
-            num_classes=num_classes, bits=bits)
+        s, state = train.create_train_state(spec, info, bits)
         setup.append(s)
         return {'params': state.params, 'rest': state.rest}
 
@@ -262,31 +313,42 @@ def encode_dataset(run: TrainedRun, ds, *,
       An ``index.CodeSet``: for a nested run only the longest code is
       stored (``index.codes_of_length`` cuts the others).
     """
-    batch_size = batch_size or run.config.eval_batch_size
-    workers = run.config.get('data_workers', 0)
+    batch_size = batch_size or run.spec.eval_batch_size
     packed = {}
     for part in run.parts:
-        for lengths, params in _distinct(part.params):
-            h = step.encode_dataset(part.encode, params, part.rest, ds,
-                                    batch_size, workers=workers)
-            codes = evaluate.sign_codes(h)  # [N, K_max] ±1
+        for lengths, (params, rest) in _distinct(part):
+            h = evaluation.encode_dataset(part.encode, params, rest, ds,
+                                          batch_size,
+                                          workers=run.spec.data_workers)
+            codes = evaluate.sign_codes(h)  # [N, W] ±1
             kept = lengths[-1:] if run.nested else lengths
-            packed.update({b: index.pack_codes(codes[:, :b]) for b in kept})
+            packed.update({b: index.pack_codes(codes[:, run.layout.columns(b)])
+                           for b in kept})
     return index.CodeSet(packed, run.bits, np.asarray(ds.labels, np.float32),
                          np.asarray(ds.ids, np.int64), run.params, run.nested)
 
 
-def _distinct(params_by_length):
-    """Groups lengths with identical parameters: one forward pass each."""
+def learned_code_set(run: TrainedRun, ds) -> index.CodeSet:
+    """The learned database codes of ``ds``'s rows as a ``CodeSet`` (MAH)."""
+    codes = learned_codes(run)
+    packed = {b: index.pack_codes(evaluate.sign_codes(v))
+              for b, v in codes.items()}
+    return index.CodeSet(packed, run.bits, np.asarray(ds.labels, np.float32),
+                         np.asarray(ds.ids, np.int64), run.params, False)
+
+
+def _distinct(part: _Part):
+    """Groups lengths with identical models: one forward pass each."""
     groups = []
-    for b, params in sorted(params_by_length.items()):
+    for b in sorted(part.params):
+        model = (part.params[b], part.rest[b])
         for lengths, seen in groups:
-            if _same(seen, params):
+            if _same(seen, model):
                 lengths.append(b)
                 break
         else:
-            groups.append(([b], params))
-    return [(tuple(lengths), params) for lengths, params in groups]
+            groups.append(([b], model))
+    return [(tuple(lengths), model) for lengths, model in groups]
 
 
 def _same(a, b) -> bool:
@@ -345,6 +407,8 @@ def export_codes(workdir: str, *, params: str = 'last',
 
     Writes ``workdir/codes/<split>.npz`` (``index.save_codes``) and, when
     both query and database are encoded, ``workdir/codes/metrics.json``.
+    For a system with learned database codes (MAH) the 'database' export
+    of its own dataset is those codes, of the rows that own them.
 
     Returns:
       {'paths': {split: path}, 'metrics': summary or None, 'top_k': k}.
@@ -362,9 +426,15 @@ def export_codes(workdir: str, *, params: str = 'last',
     out = os.path.join(workdir, 'codes')
     os.makedirs(out, exist_ok=True)
     codes, paths = {}, {}
+    learned = run.system.learned_split(run.spec)
+    own_data = dataset in (None, config.dataset)
     for name in splits:
-        codes[name] = encode_dataset(run, getattr(sets, name),
-                                     batch_size=batch_size)
+        if name == 'database' and learned is not None and own_data:
+            # The asymmetric protocol searches the learned codes V.
+            codes[name] = learned_code_set(run, getattr(sets, learned))
+        else:
+            codes[name] = encode_dataset(run, getattr(sets, name),
+                                         batch_size=batch_size)
         paths[name] = os.path.join(out, f'{name}.npz')
         index.save_codes(paths[name], codes[name])
     top_k = _top_k(config, dataset, data_dir)

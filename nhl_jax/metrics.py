@@ -2,9 +2,10 @@
 
 ``retrieval_metrics`` computes, for ±1 codes and 0/1 multi-hot labels:
 mAP@k for several k, precision@k, recall@k, precision and recall within
-Hamming radius r, and the precision-recall curve over every radius. Relevance,
-ranking and AP are those of ``nhl_jax.evaluate`` (papers.md 5.3): rel(q, b) =
-1[y_q . y_b > 0]; the database is ranked by ascending Hamming distance;
+Hamming radius r, and the precision-recall curve over every radius.
+Relevance and AP are those of ``nhl_jax.evaluate`` (papers.md 5.3), the
+ranking that of ``nhl_jax.hamming``: rel(q, b) = 1[y_q . y_b > 0]; the
+database is ranked by ascending Hamming distance;
 AP@k = (1/h_k) sum_t t / r_t over the h_k hits at 1-based ranks r_t <= k.
 
 Per query, with R relevant items in the database, h_k hits in the top k
@@ -50,7 +51,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nhl_jax import evaluate
+from nhl_jax import evaluate, hamming
 
 ZERO_RELEVANT_POLICIES = evaluate.ZERO_RELEVANT_POLICIES
 DEFAULT_CHUNK_SIZE = evaluate.DEFAULT_CHUNK_SIZE
@@ -191,8 +192,8 @@ def _per_query_stats(inputs, options, pr_curve, chunk_size, num_threads):
                              _radius_counts(dist, rel, num_bits)))
         return stats
 
-    chunks = evaluate._run_chunks(run, len(inputs.q_codes), chunk_size,
-                                  num_threads)
+    chunks = hamming.map_chunks(run, len(inputs.q_codes), chunk_size,
+                                num_threads)
     return {name: np.concatenate([c[name] for c in chunks], axis=-1)[
         ..., inverse] for name in chunks[0]}
 
@@ -293,8 +294,6 @@ def _check_policies(ties, seed, zero_relevant, pr_curve):
                          f'{ties!r}')
     if not (evaluate._is_int(seed) and seed >= 0):
         raise ValueError(f'seed must be a non-negative int, got {seed!r}')
-    if zero_relevant not in ZERO_RELEVANT_POLICIES:
-        raise ValueError(f'zero_relevant must be one of '
-                         f'{ZERO_RELEVANT_POLICIES}, got {zero_relevant!r}')
+    evaluate._check_zero_relevant(zero_relevant)
     if not isinstance(pr_curve, (bool, np.bool_)):
         raise ValueError(f'pr_curve must be a bool, got {pr_curve!r}')

@@ -60,7 +60,7 @@ def split_codes(h: Array, bits: Sequence[int]) -> tuple[Array, ...]:
 
 
 class NestedHashLayer(nnx.Module):
-    """ONE linear layer of width max(bits); length b_k uses its first b_k outputs.
+    """ONE linear layer of width max(bits); length b_k uses its first b_k.
 
     The code of length b_k is h_k = x W[:, :b_k] + bias[:b_k], so every
     shorter code's parameters are a prefix of the longest code's. Kernel
@@ -74,7 +74,8 @@ class NestedHashLayer(nnx.Module):
       NHL, arXiv 2412.08922, Sec. 3 (nested hash layer); papers.md 2.1.
     """
 
-    def __init__(self, in_features: int, bits: Sequence[int], *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, bits: Sequence[int], *,
+                 rngs: nnx.Rngs):
         """Creates the layer.
 
         Args:

@@ -189,9 +189,9 @@ def plot_weighting_trace(records: Sequence[Mapping], path: str) -> str:
 def plot_workdir(workdir: str, *, out_dir: str | None = None) -> list[str]:
     """Every plot a run directory supports, as PNGs in ``workdir/plots``.
 
-    mAP vs length (results.json), training curves and the weighting trace
-    (metrics.jsonl) and P-R curves (codes/metrics.json, written by
-    experiments/encode.py).
+    mAP vs length (results.json), training curves and, where a weighting
+    rule was logged (NHL), its trace (metrics.jsonl), and P-R curves
+    (codes/metrics.json, written by experiments/encode.py).
 
     Returns:
       The paths written.
@@ -206,8 +206,9 @@ def plot_workdir(workdir: str, *, out_dir: str | None = None) -> list[str]:
     if records:
         written.append(plot_training_curves(
             records, os.path.join(out_dir, 'training_curves.png')))
-        written.append(plot_weighting_trace(
-            records, os.path.join(out_dir, 'weighting.png')))
+        if any('weights' in r for r in records):  # NHL's weighting rules
+            written.append(plot_weighting_trace(
+                records, os.path.join(out_dir, 'weighting.png')))
     summary = os.path.join(workdir, 'codes', 'metrics.json')
     if os.path.isfile(summary):
         lengths = _read_json(summary)['lengths']

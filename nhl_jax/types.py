@@ -1,6 +1,7 @@
 """Shared types: the `HashLoss` protocol every base loss follows."""
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 

@@ -178,7 +178,8 @@ def _released_raw(q: Array, beta: float = 1.0) -> Array:
         for k in range(j + 1, m):
             d = q[j, k, j]
             capped = (d < 0) & (-d > threshold[j])
-            a = jnp.where(capped, threshold[j] / jnp.where(capped, -d, 1.0), 1.0)
+            a = jnp.where(capped, threshold[j] / jnp.where(capped, -d, 1.0),
+                          1.0)
             alpha[j, k] = a if k == j + 1 else jnp.minimum(a, alpha[j, j + 1])
     weights = [jnp.ones((), q.dtype)]
     for k in range(1, m):
@@ -219,7 +220,8 @@ def analysis_from_products(q: Array, *, rule: str = 'paper') -> DominanceInfo:
         weights=m * raw / jnp.sum(raw),
         raw=raw,
         anti_domination=longer & (cross < 0),
-        cosine=jnp.where(norms > 0, cross / jnp.where(norms > 0, norms, 1.0), 0.0),
+        cosine=jnp.where(norms > 0, cross / jnp.where(norms > 0, norms, 1.0),
+                         0.0),
     )
 
 
@@ -340,7 +342,8 @@ def update_state(state: DominanceState, info: DominanceInfo) -> DominanceState:
     )
 
 
-def dominance_rule(bits: Sequence[int], *, rule: str = 'paper') -> WeightingRule:
+def dominance_rule(bits: Sequence[int], *,
+                   rule: str = 'paper') -> WeightingRule:
     """The dominance weighting as a ``WeightingRule`` (the fast path's).
 
     Args:

@@ -1,6 +1,24 @@
 """JAX configuration shared by every test (set once, before any jax use)."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import jax
 
 # Implicit rank promotion hides shape bugs ([B] + [B, 1] -> [B, B]).
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+# One persistent compilation cache for the session: the CLI subprocesses
+# (which inherit the environment) and the many tests that build the same
+# step anew compile identical programs, so all but the first load them
+# instead. A fresh directory per session keeps runs independent.
+_CACHE_DIR = tempfile.mkdtemp(prefix='nhl_jax_test_xla_cache_')
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+for _name, _value in (('jax_compilation_cache_dir', _CACHE_DIR),
+                      # Small CPU programs too: they are most of the compiles.
+                      ('jax_persistent_cache_min_compile_time_secs', 0),
+                      ('jax_persistent_cache_min_entry_size_bytes', -1)):
+    jax.config.update(_name, _value)
+    os.environ[_name.upper()] = str(_value)

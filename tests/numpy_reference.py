@@ -34,9 +34,11 @@ def _sigmoid(x):
 
 
 def dsh(u, y, index, bank_codes, bank_labels, *, alpha=0.1, margin=None):
-    """DSH with memory bank. u [B,K], y [B,C], index [B] ints, bank_codes [N,K], bank_labels [N,C].
+    """DSH with memory bank.
 
-    Returns (loss scalar, new_bank_codes [N,K], new_bank_labels [N,C]); the bank is written first.
+    u [B,K], y [B,C], index [B] ints, bank_codes [N,K], bank_labels [N,C].
+    Returns (loss scalar, new_bank_codes [N,K], new_bank_labels [N,C]); the
+    bank is written first.
     """
     u, y = _f64(u), _f64(y)
     bu, by = _f64(bank_codes).copy(), _f64(bank_labels).copy()
@@ -57,7 +59,7 @@ def dsh(u, y, index, bank_codes, bank_labels, *, alpha=0.1, margin=None):
 
 
 def dtsh(u, y, *, alpha=5.0, lam=1.0):
-    """DTSH triplet loss with Theta = u u^T (no 1/2). u [B,K], y [B,C] -> scalar."""
+    """DTSH triplet loss, Theta = u u^T (no 1/2). u [B,K], y [B,C] -> scalar."""
     u = _f64(u)
     s = _sim(y)
     b = u.shape[0]
@@ -72,7 +74,8 @@ def dtsh(u, y, *, alpha=5.0, lam=1.0):
         for p in pos:
             for n in neg:
                 t = np.clip(theta[i, p] - theta[i, n] - alpha, -100.0, 50.0)
-                acc += np.log1p(np.exp(-t))  # softplus(-t); -t <= 100 so exp is finite
+                # softplus(-t); -t <= 100 so exp is finite
+                acc += np.log1p(np.exp(-t))
         per_anchor.append(acc / (len(pos) * len(neg)))
     l1 = float(np.mean(per_anchor)) if per_anchor else 0.0
     l2 = lam * np.mean((u - np.sign(u)) ** 2)
@@ -103,7 +106,7 @@ def _dch_dist(a, c, k):
 
 
 def dch(u, y, *, gamma=20.0, lam=0.1):
-    """DCH Cauchy loss with class-balanced weights. u [B,K], y [B,C] -> scalar."""
+    """DCH Cauchy loss, class-balanced weights. u [B,K], y [B,C] -> scalar."""
     u = _f64(u)
     s = _sim(y)
     b, k = u.shape
@@ -124,10 +127,12 @@ def dch(u, y, *, gamma=20.0, lam=0.1):
 
 
 def center_targets(y, centers, fill):
-    """CSQ/DPN target rule. y [B,C], centers [C,K] (+-1), fill [K] (+-1) -> targets [B,K] (+-1).
+    """CSQ/DPN target rule.
 
-    A row with exactly one 1 takes centers[argmax]; any other row (multi-label, or all-zero)
-    takes sign(sum_c y_c centers_c) with zero entries replaced by fill.
+    y [B,C], centers [C,K] (+-1), fill [K] (+-1) -> targets [B,K] (+-1).
+    A row with exactly one 1 takes centers[argmax]; any other row (multi-label,
+    or all-zero) takes sign(sum_c y_c centers_c) with zero entries replaced by
+    fill.
     """
     y, centers, fill = _f64(y), _f64(centers), _f64(fill)
     t = np.zeros((y.shape[0], centers.shape[1]))
@@ -142,7 +147,10 @@ def center_targets(y, centers, fill):
 
 
 def csq(u, y, centers, fill, *, lam=1e-4):
-    """CSQ: BCE of (tanh(u)+1)/2 against (t+1)/2, log clamped at -100. u [B,K] -> scalar."""
+    """CSQ: BCE of (tanh(u)+1)/2 against (t+1)/2, log clamped at -100.
+
+    u [B,K] -> scalar.
+    """
     v = np.tanh(_f64(u))
     t = center_targets(y, centers, fill)
     b, k = v.shape
@@ -151,13 +159,17 @@ def csq(u, y, centers, fill, *, lam=1e-4):
         for i in range(b):
             for c in range(k):
                 p, q = 0.5 * (v[i, c] + 1.0), 0.5 * (t[i, c] + 1.0)
-                lc += -(q * max(np.log(p), -100.0) + (1.0 - q) * max(np.log(1.0 - p), -100.0))
+                lc += -(q * max(np.log(p), -100.0)
+                        + (1.0 - q) * max(np.log(1.0 - p), -100.0))
     lq = np.mean((np.abs(v) - 1.0) ** 2)
     return lc / (b * k) + lam * lq
 
 
 def dpn(u, y, centers, fill, *, margin=1.0):
-    """DPN polarization hinge on raw u. u [B,K], centers [C,K], fill [K] -> scalar."""
+    """DPN polarization hinge on raw u.
+
+    u [B,K], centers [C,K], fill [K] -> scalar.
+    """
     u = _f64(u)
     t = center_targets(y, centers, fill)
     total = 0.0
@@ -173,18 +185,24 @@ def _normalize(x):
 
 
 def mdsh(u, y, centers, *, lam=1e-4):
-    """MDSH centre term: BCE on softmax(sqrt(K) cos(u_i, z_c)). u [B,K], y [B,C], centers [C,K] -> scalar."""
+    """MDSH centre term: BCE on softmax(sqrt(K) cos(u_i, z_c)).
+
+    u [B,K], y [B,C], centers [C,K] -> scalar.
+    """
     u, y, z = _f64(u), _f64(y), _f64(centers)
     b, k = u.shape
     n_cls = z.shape[0]
     lc = 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         for i in range(b):
-            logits = np.array([np.sqrt(k) * np.dot(_normalize(u[i]), _normalize(z[c])) for c in range(n_cls)])
+            logits = np.array([
+                np.sqrt(k) * np.dot(_normalize(u[i]), _normalize(z[c]))
+                for c in range(n_cls)])
             e = np.exp(logits - logits.max())
             p = e / e.sum()
             for c in range(n_cls):
-                lc += y[i, c] * np.log(p[c]) + (1.0 - y[i, c]) * np.log(1.0 - p[c])
+                lc += (y[i, c] * np.log(p[c])
+                       + (1.0 - y[i, c]) * np.log(1.0 - p[c]))
     lq = np.mean((np.abs(u) - 1.0) ** 2)
     return -lc / (b * n_cls) + lam * lq
 
@@ -202,7 +220,7 @@ def sp_distill(short, long):
 
 
 def sylvester_hadamard(k):
-    """Sylvester Hadamard matrix [K,K] (same as scipy.linalg.hadamard), K a power of 2."""
+    """Sylvester Hadamard matrix [K,K] (as scipy.linalg.hadamard), K = 2^n."""
     if k < 1 or (k & (k - 1)) != 0:
         raise ValueError("k must be a power of 2")
     h = np.ones((1, 1))
@@ -212,13 +230,16 @@ def sylvester_hadamard(k):
 
 
 def _restricted_dot(head_grads, bits, i, k):
-    """<g_i^k, g_k^k>: gradients of lengths i and k restricted to the first bits[k] columns."""
+    """<g_i^k, g_k^k>: the gradients of lengths i and k on bits[k] columns."""
     g = _f64(head_grads)
     return float(np.sum(g[i][:, : bits[k]] * g[k][:, : bits[k]]))
 
 
 def dominance_weights_paper(head_grads, bits):
-    """Reconstructed paper rule (papers.md 2.3). head_grads [M,D,Kmax], bits M sorted ints -> [M] summing to M."""
+    """Reconstructed paper rule (papers.md 2.3).
+
+    head_grads [M,D,Kmax], bits M sorted ints -> [M] summing to M.
+    """
     m = len(bits)
     alpha = [1.0]
     for i in range(1, m):  # 0-based i; 1-based index i+1
@@ -234,12 +255,16 @@ def dominance_weights_paper(head_grads, bits):
 
 
 def dominance_guarantee(head_grads, bits, weights):
-    """For each k: <sum_{i>=k} w_i g_i^k, g_k^k>, shape [M] (>= 0 under the paper rule)."""
+    """For each k: <sum_{i>=k} w_i g_i^k, g_k^k>, shape [M].
+
+    Every entry is >= 0 under the paper rule.
+    """
     m = len(bits)
     out = np.zeros(m)
     for k in range(m):
         for i in range(k, m):
-            out[k] += float(weights[i]) * _restricted_dot(head_grads, bits, i, k)
+            out[k] += (float(weights[i])
+                       * _restricted_dot(head_grads, bits, i, k))
     return out
 
 
@@ -251,11 +276,13 @@ def dominance_weights_released(head_grads, bits):
         bits: sorted tuple of M ints, bits[-1] == Kmax.
 
     Returns:
-        (weights [M] summing to M, anti_flag bool = ws[1] != 1 before normalisation).
+        (weights [M] summing to M,
+         anti_flag bool = ws[1] != 1 before normalisation).
     """
     g = _f64(head_grads)
     m, dim = len(bits), g.shape[1]
-    # torch Linear weight is [Kmax, D] flattened row-major == our kernel transposed.
+    # torch Linear weight is [Kmax, D] flattened row-major: our kernel
+    # transposed.
     w_grad = [g[k].T.reshape(-1) for k in range(m)]
     grad_dots = [[] for _ in range(m - 1)]
     grad_norm = [[] for _ in range(m - 1)]
@@ -268,8 +295,9 @@ def dominance_weights_released(head_grads, bits):
     alpha = [[1.0] for _ in range(m - 1)]
     beta = 1.0
     for idx in range(m - 1):
-        short_norm = grad_norm[idx][0]  # slip S1: always the first (shortest) gradient
-        thr = beta * short_norm * short_norm / (m - 1)  # slip S2: constant (m - 1)
+        # slip S1: always the first (shortest) gradient
+        short_norm = grad_norm[idx][0]
+        thr = beta * short_norm * short_norm / (m - 1)  # slip S2: fixed (m - 1)
         for grad_d in grad_dots[idx]:
             if grad_d < 0 and (-grad_d) > thr:
                 alpha[idx].append(thr / (-grad_d))

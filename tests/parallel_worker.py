@@ -24,6 +24,7 @@ def _conflict():
     """A loss whose longer lengths oppose the 8-bit one on the shared prefix
     (registered only inside this subprocess), so the weighting caps them."""
     import jax.numpy as jnp
+
     from nhl_jax import losses
 
     def init(key, *, num_train, num_classes, bits):
@@ -40,7 +41,8 @@ def _conflict():
 
 def _setup(method='dsh'):
     from nhl_jax import losses
-    losses.LOSSES.setdefault('conflict', _conflict)
+    if method == 'conflict':  # the registry of this process only
+        losses.LOSSES.setdefault('conflict', _conflict)
     from experiments.configs import default
     from nhl_jax import data, train
     config = default.get_config()
@@ -48,10 +50,17 @@ def _setup(method='dsh'):
                        weighting='paper', distill_weight=0.1,
                        batch_size=BATCH))
     splits = data.load_splits('digits', seed=0)
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
+    setup, state = train.create_train_state(train.resolve(config),
+                                            train.DataInfo.of(splits))
     return splits, setup, state
+
+
+def _compiled(setup, mesh=None):
+    from nhl_jax import train
+    step = train.compile_step(setup.steps['train'], mesh)
+    step_fn = lambda state, batch: step(state, batch, None)
+    step_fn.compiled = step
+    return step_fn
 
 
 def _batches(splits, rows=slice(None)):
@@ -72,14 +81,14 @@ def _max_diff(a, b, relative=False):
 
 def sharded(num_devices, method, out):
     jax.config.update('jax_num_cpu_devices', num_devices)
-    from nhl_jax import parallel, train
+    from nhl_jax import parallel
     splits, setup, state = _setup(method)
     batches = _batches(splits)
-    single = train.compile_train_step(setup)
+    single = _compiled(setup)
     for batch in batches:
         state, metrics = single(state, batch)
     mesh = parallel.make_mesh()
-    step = train.compile_train_step(setup, mesh)
+    step = _compiled(setup, mesh)
     state4 = parallel.replicate(_setup(method)[2], mesh)
     for batch in batches:
         state4, metrics4 = step(state4, parallel.global_batch(batch, mesh,
@@ -88,12 +97,15 @@ def sharded(num_devices, method, out):
     result = {
         'devices': len(mesh.devices.flat),
         'params': _max_diff(state.params, host4.params),
-        'loss_states': _max_diff(state.loss_states, host4.loss_states),
-        'weights': _max_diff(state.weighting.weights, host4.weighting.weights),
+        'loss_states': _max_diff(state.extra.loss_states,
+                                 host4.extra.loss_states),
+        'weights': _max_diff(state.extra.weighting.weights,
+                             host4.extra.weighting.weights),
         # Losses reach ~100 (DSH): compare them relatively.
         'metrics': _max_diff(metrics, parallel.to_host(metrics4), True),
-        'weights_capped': bool(np.any(np.asarray(state.weighting.capped))),
-        'compiles': step._cache_size(),
+        'weights_capped': bool(np.any(
+            np.asarray(state.extra.weighting.capped))),
+        'compiles': step.compiled._cache_size(),
         'replicated': all(x.sharding.is_fully_replicated
                           for x in jax.tree.leaves(state4)),
     }
@@ -103,11 +115,11 @@ def sharded(num_devices, method, out):
 
 def process(process_id, port, out):
     jax.config.update('jax_num_cpu_devices', 1)
-    from nhl_jax import parallel, train
+    from nhl_jax import parallel
     parallel.initialize(f'localhost:{port}', 2, process_id)
     splits, setup, state = _setup()
     mesh = parallel.make_mesh()
-    step = train.compile_train_step(setup, mesh)
+    step = _compiled(setup, mesh)
     state = parallel.replicate(state, mesh)
     for local in _batches(splits, parallel.process_slice(BATCH)):
         state, _ = step(state, parallel.global_batch(local, mesh, BATCH))
@@ -119,9 +131,8 @@ def process(process_id, port, out):
 
 def single_process_params():
     """The reference: one process, one device, whole batches."""
-    from nhl_jax import train
     splits, setup, state = _setup()
-    step = train.compile_train_step(setup)
+    step = _compiled(setup)
     for batch in _batches(splits):
         state, _ = step(state, batch)
     return [np.asarray(x) for x in jax.tree.leaves(state.params)]

@@ -46,15 +46,15 @@ def _combined(tree, coeffs):
 # ------------------------------------------------ NumPy references ------
 
 
-def _ref_uncertainty(s, l, lr):
+def _ref_uncertainty(s, loss, lr):
     """Kendall et al.: d/ds [exp(-s) L + s] = 1 - exp(-s) L."""
-    return s - lr * (1.0 - np.exp(-s) * l)
+    return s - lr * (1.0 - np.exp(-s) * loss)
 
 
-def _ref_gradnorm(w, kernels, l, l0, alpha, lr):
+def _ref_gradnorm(w, kernels, loss, loss0, alpha, lr):
     """Chen et al. Algorithm 1, dL_grad/dw by central differences."""
     norms = np.sqrt(np.sum(kernels.reshape(len(w), -1) ** 2, axis=1))
-    ratio = (l / l0) / np.mean(l / l0)
+    ratio = (loss / loss0) / np.mean(loss / loss0)
     target = np.mean(w * norms) * ratio ** alpha  # held constant
 
     def l_grad(v):
@@ -105,13 +105,13 @@ def test_uncertainty_update_follows_the_log_variance_gradient():
     tx = baselines.uncertainty_weighting((4, 8, 16), learning_rate=0.1)
     state = tx.init(None)
     s = np.zeros(M)
-    for step, l in enumerate([[2.0, 0.5, 1.0], [1.5, 0.2, 3.0]]):
+    for step, loss in enumerate([[2.0, 0.5, 1.0], [1.5, 0.2, 3.0]]):
         grads = _stacked(step)
         updates, state = jax.jit(tx.update)(grads, state,
-                                            losses=jnp.asarray(l))
+                                            losses=jnp.asarray(loss))
         chex.assert_trees_all_close(updates, _combined(grads, np.exp(-s)),
                                     rtol=1e-5, atol=1e-6)
-        s = _ref_uncertainty(s, np.asarray(l), 0.1)
+        s = _ref_uncertainty(s, np.asarray(loss), 0.1)
         np.testing.assert_allclose(state.log_vars, s, rtol=1e-5)
     # s_k -> log L_k: a constant loss is a fixed point.
     fixed = baselines.uncertainty_step(jnp.log(jnp.asarray([2.0, 0.5])),
@@ -124,19 +124,19 @@ def test_gradnorm_weight_update_matches_the_paper():
     tx = baselines.gradnorm((4, 8, 16), lambda g: g['head']['kernel'],
                             alpha=1.5, learning_rate=0.05)
     state = tx.init(None)
-    w, l0 = np.ones(M), None
-    for step, l in enumerate([[2.0, 1.0, 3.0], [1.0, 0.9, 1.2],
-                              [0.5, 0.8, 1.0]]):
+    w, loss0 = np.ones(M), None
+    for step, loss in enumerate([[2.0, 1.0, 3.0], [1.0, 0.9, 1.2],
+                                 [0.5, 0.8, 1.0]]):
         grads = _stacked(step)
         updates, state = jax.jit(tx.update)(grads, state,
-                                            losses=jnp.asarray(l))
+                                            losses=jnp.asarray(loss))
         chex.assert_trees_all_close(updates, _combined(grads, w), rtol=1e-5,
                                     atol=1e-6)
-        l0 = np.asarray(l) if l0 is None else l0
+        loss0 = np.asarray(loss) if loss0 is None else loss0
         kernels = np.asarray(grads['head']['kernel'], np.float64)
-        w = _ref_gradnorm(w, kernels, np.asarray(l), l0, 1.5, 0.05)
+        w = _ref_gradnorm(w, kernels, np.asarray(loss), loss0, 1.5, 0.05)
         np.testing.assert_allclose(state.weights, w, rtol=1e-5)
-        np.testing.assert_allclose(state.initial_losses, l0)
+        np.testing.assert_allclose(state.initial_losses, loss0)
     assert not np.allclose(w, 1.0)  # the test really moved the weights
 
 
@@ -187,14 +187,14 @@ class JitTest(chex.TestCase):
                baselines.uncertainty_weighting(BITS),
                baselines.gradnorm(BITS, lambda g: g['head']['kernel']),
                baselines.pcgrad(BITS, jax.random.key(1))]
-        grads, l = _stacked(4), jnp.asarray([1.0, 2.0, 0.5])
+        grads, loss = _stacked(4), jnp.asarray([1.0, 2.0, 0.5])
         for tx in txs:
             update = self.variant(tx.update)
             state = tx.init(None)
             for _ in range(2):
-                out, state = update(grads, state, losses=l)
+                out, state = update(grads, state, losses=loss)
             ref, ref_state = tx.update(grads, tx.update(
-                grads, tx.init(None), losses=l)[1], losses=l)
+                grads, tx.init(None), losses=loss)[1], losses=loss)
             chex.assert_trees_all_close(out, ref, rtol=1e-5, atol=1e-6)
             chex.assert_trees_all_close(state, ref_state, rtol=1e-5,
                                         atol=1e-6)
@@ -271,15 +271,19 @@ def test_train_step_with_each_rule_is_finite(name):
     config.update({'dataset': 'digits', 'bits': (8, 16), 'batch_size': 32,
                        'weighting': name})
     splits = data.load_splits('digits', seed=0)
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
-    step = train.compile_train_step(setup)
-    first = jax.tree.map(np.asarray, state.weighting)
+    setup, state = train.create_train_state(train.resolve(config),
+                                            train.DataInfo.of(splits))
+    compiled = train.compile_step(setup.steps['train'])
+
+    def step(state, batch):
+        return compiled(state, batch, None)
+
+    first = jax.tree.map(np.asarray, state.extra.weighting)
     batches = data.train_batches(splits.train, 32, seed=0, epoch=1)
     for _, batch in zip(range(2), batches):
         state, metrics = step(state, batch)
     assert np.isfinite(metrics['loss']) and np.all(
         np.isfinite(metrics['weights']))
-    assert int(state.weighting.count) == 2
-    chex.assert_trees_all_equal_shapes_and_dtypes(first, state.weighting)
+    assert int(state.extra.weighting.count) == 2
+    chex.assert_trees_all_equal_shapes_and_dtypes(first,
+                                                  state.extra.weighting)

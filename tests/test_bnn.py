@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs import default
-from nhl_jax import bnn, data, models, step
+from nhl_jax import bnn, data, models, train
 from nhl_jax.bnn import packed
 
 # Points on both sides of every kink of the surrogate gradients.
@@ -169,14 +169,13 @@ def trained():
     config.update(dict(dataset='digits', backbone='bnn_cnn', bits=(8, 16),
                        batch_size=64, method='dpn'))
     splits = data.load_splits('digits', seed=0)
-    setup, state = step.create_train_state(
-        config, input_shape=_DIGITS, num_train=len(splits.train.labels),
-        num_classes=10)
+    setup, state = train.create_train_state(train.resolve(config),
+                                            train.DataInfo.of(splits))
     batch = next(iter(data.train_batches(splits.train, 64, seed=0, epoch=1)))
     initial = jax.tree.map(np.asarray, state.params)
 
     def step_fn(state, batch):
-        return step.train_step(state, batch, setup=setup)
+        return setup.steps['train'](state, batch, None)
 
     # One trace: no parameter changes dtype or weak type after a step.
     train_step = jax.jit(chex.assert_max_traces(step_fn, n=1))

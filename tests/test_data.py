@@ -183,8 +183,8 @@ BAD_DATASETS = {
         lambda ds: _replace(ds, ids=ds.ids.astype(np.int32)),
         'ids must be int64'),
     'length mismatch': (
-        lambda ds: _replace(ds, ids=ds.ids[:-1]), '23 images, 23 label rows '
-        'and 22 ids'),
+        lambda ds: _replace(ds, ids=ds.ids[:-1]),
+        '23 images, 23 label rows and 22 ids'),
     'empty': (lambda ds: data.ArrayDataset(*(x[:0] for x in ds)), 'empty'),
 }
 

@@ -45,8 +45,9 @@ def test_cascade_is_adjacent_long_to_short():
     terms = distill.cascade_distill(outs)
     assert terms.shape == (3,)
     for k in range(3):
-        np.testing.assert_allclose(terms[k], ref.sp_distill(outs[k], outs[k + 1]),
-                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            terms[k], ref.sp_distill(outs[k], outs[k + 1]), rtol=1e-5,
+            atol=1e-7)
     assert distill.cascade_distill(outs[:1]).shape == (0,)
 
 
@@ -58,13 +59,14 @@ def test_other_topologies():
                                rtol=1e-5)
     np.testing.assert_allclose(
         every[0],
-        (ref.sp_distill(outs[0], outs[1]) + ref.sp_distill(outs[0], outs[2])) / 2,
+        (ref.sp_distill(outs[0], outs[1])
+         + ref.sp_distill(outs[0], outs[2])) / 2,
         rtol=1e-5)
     np.testing.assert_allclose(every[1], longest[1], rtol=1e-6)
 
 
 def test_unknown_topology():
-    with pytest.raises(ValueError, match="topology 'ring'.*adjacent"):
+    with pytest.raises(ValueError, match=r"topology 'ring'.*adjacent"):
         distill.cascade_distill(_outputs(), topology='ring')
 
 

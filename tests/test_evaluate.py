@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import evaluate
+from nhl_jax import evaluate, hamming
 
 # 8-bit codes have only 9 distances, so almost every rank is a tie.
 NUM_QUERIES, NUM_ITEMS, NUM_BITS, NUM_CLASSES = 200, 500, 8, 5
@@ -178,24 +178,10 @@ def test_wide_key_layouts_agree(tied_data, monkeypatch, index_bits, dtype):
     # keys of the top-k partition (top_k <= N / 2) with the top bit set
     # (dist 8 << shift).
     expected = evaluate.average_precisions(*tied_data, top_k=100)
-    monkeypatch.setattr(evaluate, '_key_layout',
+    monkeypatch.setattr(hamming, 'key_layout',
                         lambda *_: (index_bits + 1, np.dtype(dtype)))
     aps = evaluate.average_precisions(*tied_data, top_k=100)
     np.testing.assert_array_equal(aps, expected)
-
-
-@pytest.mark.parametrize('top_k', [None, 10])
-def test_matmul_distances_without_popcount(tied_data, monkeypatch, top_k):
-    # NumPy < 2 has no bitwise_count; the float32 matmul path must agree.
-    q_codes, _, db_codes, _ = tied_data
-    expected = (evaluate.average_precisions(*tied_data, top_k=top_k),
-                evaluate.hamming_distances(q_codes, db_codes))
-    monkeypatch.setattr(evaluate, '_bitwise_count', None)
-    np.testing.assert_array_equal(
-        evaluate.average_precisions(*tied_data, top_k=top_k), expected[0])
-    dist = evaluate.hamming_distances(q_codes, db_codes)
-    assert dist.dtype == expected[1].dtype
-    np.testing.assert_array_equal(dist, expected[1])
 
 
 def test_repeated_queries_keep_their_order(tied_data):

@@ -105,13 +105,6 @@ class TestNumpySearch:
         if radius == 3:  # the boundary distance itself is included
             assert np.any(found.distances == radius)
 
-    def test_byte_table_popcount_equals_bitwise_count(self, tied):
-        q, db = (index._words(index.pack_codes(c)) for c in tied)
-        expected = brute_distances(*tied)
-        np.testing.assert_array_equal(
-            index._distances(q, db, popcount=index._popcount_table), expected)
-        np.testing.assert_array_equal(index._distances(q, db), expected)
-
     def test_bad_arguments(self, tied):
         searcher = index.build_index(index.pack_codes(tied[1]), 12)
         with pytest.raises(ValueError, match='k must be an int >= 1'):

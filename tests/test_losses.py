@@ -13,12 +13,12 @@ B, C, K, N = 6, 3, 8, 12
 
 
 def _labels(rng, kind):
-    """[B, C] float labels: one-hot, multi-hot, or a single class (no negatives)."""
+    """[B, C] float labels: one-hot, multi-hot, or one class (no negatives)."""
     if kind == 'onehot':
         return np.eye(C, dtype=np.float32)[rng.integers(0, C, B)]
     if kind == 'multihot':
         y = (rng.random((B, C)) < 0.4).astype(np.float32)
-        y[np.arange(B), rng.integers(0, C, B)] = 1.0  # at least one label per row
+        y[np.arange(B), rng.integers(0, C, B)] = 1.0  # >= 1 label per row
         return y
     return np.eye(C, dtype=np.float32)[np.zeros(B, int)]
 
@@ -106,7 +106,8 @@ def test_jit_equals_eager_and_state_is_stable(name):
 @pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('scale', [1.5, 0.0])
 def test_gradients_are_finite(name, scale):
-    codes, labels, index = _batch(seed=5, scale=scale)  # scale 0: all-zero codes
+    # scale 0: all-zero codes.
+    codes, labels, index = _batch(seed=5, scale=scale)
     loss = losses.get(name)
     state = _state(name)
     grad = jax.grad(lambda u: loss.apply(state, u, labels, index)[0])(codes)

@@ -13,8 +13,9 @@ from tests import numpy_reference as ref
 
 @pytest.mark.parametrize('k', [1, 2, 8, 64, 128])
 def test_hadamard_is_sylvester_like_scipy(k):
-    np.testing.assert_array_equal(_common.hadamard(k), scipy.linalg.hadamard(k))
-    np.testing.assert_array_equal(_common.hadamard(k), ref.sylvester_hadamard(k))
+    h = _common.hadamard(k)
+    np.testing.assert_array_equal(h, scipy.linalg.hadamard(k))
+    np.testing.assert_array_equal(h, ref.sylvester_hadamard(k))
 
 
 def test_hadamard_rejects_non_power_of_two():

@@ -13,12 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from nhl_jax import data, evaluate, models
+from nhl_jax import data, evaluate, evaluation, train
 from nhl_jax.mah import adsh
 from nhl_jax.mah import step as mah_step
-from nhl_jax.mah import train as mah_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, C, K, N, S = 6, 4, 8, 20, 10
@@ -201,32 +199,38 @@ def test_paper_cifar10_config():
 def _tiny_run(head='cascade', bits=(4, 8), num_samples=200):
     """A tiny MLP problem on digits; compiled once for the module."""
     splits = data.load_splits('digits', seed=0)
-    vsplit = splits.database
-    backbone = models.MLP((8, 8, 1), hidden=(32,), rngs=nnx.Rngs(0))
-    tx = mah_step.make_optimizer('adam', learning_rate=3e-3,
-                                 weight_decay=0.0, steps_per_outer=8)
-    setup, state = mah_step.create_state(
-        backbone=backbone, head=head, bits=bits, weights=(2.0, 1.0), tx=tx,
-        num_database=len(vsplit.labels), seed=0, gamma=200.0,
-        num_samples=num_samples)
-    return splits, vsplit, setup, state, mah_step.compile_fns(setup)
+    config = _config(learning_rate=3e-3, weight_decay=0.0, weights=(2.0, 1.0),
+                     num_samples=num_samples)
+    config.head, config.bits = head, bits
+    setup, state = train.create_train_state(train.resolve(config),
+                                            train.DataInfo.of(splits))
+    begin = train.compile_hook(setup.hooks['begin'])
+    end = train.compile_hook(setup.hooks['end'])
+    fns = types.SimpleNamespace(
+        start=lambda s, y: begin(s, y)[0],
+        step=train.compile_step(setup.steps['outer']),
+        finish=lambda s, y: (lambda out: (out[0], out[1]['objective']))(
+            end(s, y)),
+        encode=train.compile_encode(setup))
+    return splits, splits.database, setup, state, fns
 
 
 def _objective(fns, setup, state, vsplit, db_labels, codes):
     """J per head with U = tanh(network(Omega)) and the given V."""
-    omega = np.asarray(state.omega)
+    omega = np.asarray(state.extra.omega)
     h = np.tanh(np.asarray(fns.encode(state.params, state.rest,
                                       vsplit.images[omega])))
-    s_tilde = adsh.soft_similarity(db_labels[omega], db_labels, state.ratio)
+    s_tilde = adsh.soft_similarity(db_labels[omega], db_labels,
+                                   state.extra.ratio)
     ends = np.cumsum(setup.bits)
     return np.array([
         float(adsh.adsh_objective(v, h[:, e - b:e], s_tilde, omega,
-                                  gamma=setup.gamma))
+                                  gamma=setup.static.gamma))
         for b, e, v in zip(setup.bits, ends, codes)])
 
 
 def _train_on_omega(fns, state, vsplit, db_labels, epochs=4):
-    omega = np.asarray(state.omega)
+    omega = np.asarray(state.extra.omega)
     for _ in range(epochs):
         for batch in mah_step.omega_batches(vsplit, omega, 64):
             state, _ = fns.step(state, batch, db_labels)
@@ -241,15 +245,16 @@ def test_outer_iteration_decreases_the_objective():
     state = _train_on_omega(fns, state, vsplit, db_labels)
     state, _ = fns.finish(state, db_labels)
     state = fns.start(state, db_labels)  # the iteration under test
-    codes_before = jax.device_get(state.codes)
+    codes_before = jax.device_get(state.extra.codes)
     j_start = _objective(fns, setup, state, vsplit, db_labels, codes_before)
     state = _train_on_omega(fns, state, vsplit, db_labels)
     j_trained = _objective(fns, setup, state, vsplit, db_labels, codes_before)
-    s_tilde = adsh.soft_similarity(db_labels[state.omega], db_labels,
-                                   state.ratio)
+    s_tilde = adsh.soft_similarity(db_labels[state.extra.omega], db_labels,
+                                   state.extra.ratio)
     j_stored_old_v = np.array([
-        float(adsh.adsh_objective(v, u, s_tilde, state.omega, gamma=200.0))
-        for v, u in zip(codes_before, state.queries)])
+        float(adsh.adsh_objective(v, u, s_tilde, state.extra.omega,
+                                  gamma=200.0))
+        for v, u in zip(codes_before, state.extra.queries)])
     state, j_end = fns.finish(state, db_labels)
     assert np.all(j_trained < j_start), (j_start, j_trained)
     assert np.all(np.asarray(j_end) <= j_stored_old_v * (1 + 1e-6))
@@ -263,17 +268,18 @@ def test_start_outer_samples_distinct_rows_from_the_threaded_key():
     state = jax.tree.map(jnp.copy, state)
     db_labels = jnp.asarray(vsplit.labels)
     first = fns.start(state, db_labels)
-    omega1 = np.asarray(first.omega)
+    omega1 = np.asarray(first.extra.omega)
     second = fns.start(first, db_labels)
-    omega2 = np.asarray(second.omega)
+    omega2 = np.asarray(second.extra.omega)
     assert len(set(omega1.tolist())) == 200 and omega1.max() < len(db_labels)
     assert not np.array_equal(omega1, omega2)
     s = np.asarray(db_labels)[omega1] @ np.asarray(db_labels).T > 0
-    np.testing.assert_allclose(first.ratio, s.sum() / (~s).sum(), rtol=1e-6)
+    np.testing.assert_allclose(first.extra.ratio, s.sum() / (~s).sum(),
+                               rtol=1e-6)
 
 
 def test_asymmetric_and_symmetric_map_on_hand_built_codes():
-    """evaluate_both ranks queries against V, and against encoded rows."""
+    """The evaluators rank queries against V, and against encoded rows."""
     rng = np.random.default_rng(0)
     bits = (2, 4)
     nq, ndb = 5, 9
@@ -286,23 +292,27 @@ def test_asymmetric_and_symmetric_map_on_hand_built_codes():
                                  np.asarray(rows, np.int64))
 
     query, database = dataset(range(nq)), dataset(range(nq, nq + ndb))
-    train = dataset(range(nq, nq + 4))
-    splits = data.Splits(query, train, database)
+    train_split = dataset(range(nq, nq + 4))
+    splits = data.Splits(query, train_split, database)
     codes = tuple(np.where(rng.random((4, b)) < 0.5, -1.0, 1.0)
                   for b in bits)
-    fns = types.SimpleNamespace(
-        encode=lambda p, r, images: jnp.asarray(table)[images[:, 0, 0, 0]])
-    state = types.SimpleNamespace(params={}, rest={}, codes=codes)
-    asym, sym = mah_train.evaluate_both(fns, state, splits, train, bits,
-                                        batch_size=4)
+    def encode(params, rest, images):
+        del params, rest
+        return jnp.asarray(table)[images[:, 0, 0, 0]]
+
+    maps = evaluation.evaluate_lengths(
+        encode, {}, {}, splits, evaluation.CodeLayout(bits, nested=False),
+        evaluators=('asymmetric', 'symmetric'), batch_size=4, learned=codes,
+        learned_labels=train_split.labels)
+    asym, sym = maps['asymmetric'], maps['symmetric']
     signs = np.where(table >= 0, 1, -1)
     for b, end, v in zip(bits, np.cumsum(bits), codes):
         q = signs[:nq, end - b:end]
         db = signs[nq:, end - b:end]
         assert asym[str(b)] == pytest.approx(_brute_force_map(
-            q, query.labels, v, train.labels))
+            q, query.labels, v, train_split.labels))
         assert asym[str(b)] == pytest.approx(evaluate.mean_average_precision(
-            q, query.labels, v, train.labels))
+            q, query.labels, v, train_split.labels))
         assert sym[str(b)] == pytest.approx(_brute_force_map(
             q, query.labels, db, database.labels))
 
@@ -347,18 +357,20 @@ def test_cli_run_writes_both_evaluations(cli_run):
     assert 'asymmetric' in result.stdout and 'symmetric' in result.stdout
     results = json.loads((workdir / 'results.json').read_text())
     assert (results['method'], results['head']) == ('mah', 'flat')
-    for key in ('map_asymmetric', 'map_symmetric'):
+    assert results['evaluators'] == ['asymmetric', 'symmetric']
+    for key in ('map', 'map_last', 'map_symmetric', 'map_symmetric_last'):
         assert set(results[key]) == {'4', '8'}
         assert all(0.0 < v <= 1.0 for v in results[key].values())
     assert results['num_database_codes'] == 1497
-    assert results['outer_iterations'] == 2
+    assert results['epochs'] == {'4': 2, '8': 2}
     records = [json.loads(line) for line in
                (workdir / 'metrics.jsonl').read_text().splitlines()]
     assert [r['outer_iteration'] for r in records] == [1, 2]
-    assert 'map_asymmetric' in records[-1]
+    assert {'map', 'map_symmetric'} <= set(records[-1])
 
 
 def _config(**mah):
+    """A tiny MAH config on digits; ``mah`` overrides config.mah fields."""
     from experiments.configs import default
     config = default.get_config()
     config.method, config.head, config.dataset = 'mah', 'cascade', 'digits'
@@ -380,7 +392,7 @@ def _config(**mah):
 ])
 def test_bad_mah_config_fails_before_work(fields, message, tmp_path):
     from nhl_jax import train
-    from nhl_jax.config import UsageError
+    from nhl_jax.errors import UsageError
     workdir = tmp_path / 'run'
     with pytest.raises(UsageError) as info:
         train.train_and_evaluate(_config(**fields), str(workdir))
@@ -403,7 +415,7 @@ def test_resume_continues_at_an_outer_iteration_exactly(cli_run, tmp_path):
     config.mah.update(_CLI_MAH, eval_every=4)
     resumed = train.train_and_evaluate(config, str(cut), resume=True)
     assert resumed['params_sha256'] == whole['params_sha256']
-    assert resumed['map_asymmetric'] == whole['map_asymmetric']
+    assert resumed['map'] == whole['map']
     records = (cut / 'metrics.jsonl').read_text().splitlines()
     assert [json.loads(r)['outer_iteration'] for r in records] == [1, 2]
 

@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import evaluate
-from nhl_jax import metrics
+from nhl_jax import evaluate, metrics
 
 # 6-bit codes have 7 distances, so most ranks are ties; N is small enough
 # for a per-query Python loop and odd, so no chunk size divides Q.

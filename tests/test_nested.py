@@ -21,8 +21,9 @@ def test_prefix_property():
     kernel = np.asarray(layer.linear.kernel[...])
     bias = np.asarray(layer.linear.bias[...])
     for b, code in zip(BITS, codes):
-        np.testing.assert_allclose(code, np.asarray(x) @ kernel[:, :b] + bias[:b],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            code, np.asarray(x) @ kernel[:, :b] + bias[:b], rtol=1e-5,
+            atol=1e-6)
         np.testing.assert_array_equal(code, h[:, :b])
     for short, long in zip(codes, codes[1:]):
         np.testing.assert_array_equal(long[:, : short.shape[1]], short)

@@ -149,8 +149,8 @@ def test_weights_carry_no_gradient():
         dis = jnp.concatenate([distill.cascade_distill(codes), jnp.zeros(1)])
         return jnp.sum(metrics.weights * (base + 0.1 * dis))
 
-    grad = jax.grad(
-        lambda h_: obj.apply(states, h_, labels, index, features=features)[0])(h)
+    grad = jax.grad(lambda h_: obj.apply(states, h_, labels, index,
+                                         features=features)[0])(h)
     np.testing.assert_allclose(grad, jax.grad(frozen)(h), rtol=1e-5,
                                atol=1e-7)
 

@@ -196,8 +196,8 @@ class TestAugment:
         for u in np.random.default_rng(0).random((20, 4)):
             y0, x0, h, w = (float(v) for v in augment.crop_box(
                 jnp.asarray(u), 10, 7, (0.08, 1.0), (0.75, 4 / 3)))
-            assert 0 <= y0 and y0 + h <= 10 + 1e-5 and h >= 1
-            assert 0 <= x0 and x0 + w <= 7 + 1e-5 and w >= 1
+            assert y0 >= 0 and y0 + h <= 10 + 1e-5 and h >= 1
+            assert x0 >= 0 and x0 + w <= 7 + 1e-5 and w >= 1
 
     def test_crop_box_resamples_its_region(self):
         x = np.random.default_rng(0).random((8, 6, 2)).astype(np.float32)

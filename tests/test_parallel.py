@@ -57,7 +57,8 @@ def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
     from experiments.configs import default
     from nhl_jax import train
     port = _free_port()
-    args = ['--dataset=digits', '--bits=8,16', '--epochs=1', '--num_processes=2',
+    args = ['--dataset=digits', '--bits=8,16', '--epochs=1',
+            '--num_processes=2',
             f'--coordinator_address=localhost:{port}',
             f'--workdir={tmp_path / "multi"}']
     run = os.path.join(os.path.dirname(WORKER), '..', 'experiments', 'run.py')

@@ -96,5 +96,5 @@ def test_plot_workdir_merges_single_length_runs(tmp_path):
 
 
 def test_missing_results_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match='has no results.json'):
+    with pytest.raises(ValueError, match=r'has no results\.json'):
         plots.load_results(str(tmp_path))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import default
-from nhl_jax import data, losses, train
-from nhl_jax.config import UsageError
+from nhl_jax import data, evaluation, losses, train
+from nhl_jax.errors import UsageError
 
 
 def _config(**overrides):
@@ -26,6 +26,19 @@ def splits():
     return data.load_splits('digits', seed=0)
 
 
+def _create(config, splits=None, **info):
+    """``(setup, state)`` of an NHL config on digits-shaped data."""
+    info = train.DataInfo(info.get('image_shape', (8, 8, 1)), 10,
+                          {'train': info.get('num_train', 1000),
+                           'query': 100, 'database': 1497})
+    return train.create_train_state(train.resolve(config), info)
+
+
+def _compiled(setup):
+    step = train.compile_step(setup.steps['train'])
+    return lambda state, batch: step(state, batch, None)
+
+
 def _batches(splits, config, epoch=1):
     return list(data.train_batches(splits.train, config.batch_size,
                                    seed=config.seed, epoch=epoch))
@@ -33,30 +46,26 @@ def _batches(splits, config, epoch=1):
 
 def test_train_step_compiles_once_and_keeps_state_structure(splits):
     config = _config(weighting='paper', method='dsh')
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
+    setup, state = _create(config)
     def step_fn(state, batch):
-        return train.train_step(state, batch, setup=setup)
+        return setup.steps['train'](state, batch, None)
 
     step = jax.jit(chex.assert_max_traces(step_fn, n=1))
     first = jax.tree.map(np.asarray, state)
     for batch in _batches(splits, config)[:4]:
         state, metrics = step(state, batch)
     chex.assert_trees_all_equal_shapes_and_dtypes(first, state)
-    assert int(state.step) == 4 and int(state.weighting.count) == 4
+    assert int(state.step) == 4 and int(state.extra.weighting.count) == 4
     assert metrics['losses'].shape == (2,)
     assert np.isfinite(metrics['loss'])
 
 
 def test_step_updates_the_dsh_banks_with_training_rows_only(splits):
     config = _config(method='dsh')
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
+    setup, state = _create(config)
     batch = _batches(splits, config)[0]
-    state, _ = train.compile_train_step(setup)(state, batch)
-    bank = np.asarray(state.loss_states[0].labels)
+    state, _ = _compiled(setup)(state, batch)
+    bank = np.asarray(state.extra.loss_states[0].labels)
     written = np.flatnonzero(bank.sum(1))
     np.testing.assert_array_equal(np.sort(written), np.sort(batch['index']))
     np.testing.assert_array_equal(bank[batch['index']], batch['label'])
@@ -64,25 +73,23 @@ def test_step_updates_the_dsh_banks_with_training_rows_only(splits):
 
 def test_evaluation_does_not_touch_loss_states(splits):
     config = _config(method='dsh')
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
-    before = jax.tree.map(np.array, state.loss_states)
-    maps = train.evaluate_lengths(train.compile_encode(setup), state.params,
-                                  state.rest, splits, setup.bits,
-                                  batch_size=256)
+    setup, state = _create(config)
+    before = jax.tree.map(np.array, state.extra.loss_states)
+    maps = evaluation.evaluate_lengths(
+        train.compile_encode(setup), state.params, state.rest, splits,
+        setup.bits, batch_size=256)['symmetric']
     assert set(maps) == {'8', '16'} and all(0 < v <= 1 for v in maps.values())
-    chex.assert_trees_all_equal(before, state.loss_states)
+    chex.assert_trees_all_equal(before, state.extra.loss_states)
 
 
 def test_early_stopping_resets_when_any_length_improves():
-    meta = train._new_meta((8, 16))
+    meta = train.new_meta((8, 16), ('symmetric',))
     best = {'8': None, '16': None}
     history = [{'8': .5, '16': .5}, {'8': .6, '16': .4}, {'8': .6, '16': .5},
                {'8': .6, '16': .5}, {'8': .59, '16': .55}]
     counters = []
     for maps in history:
-        meta, best = train.update_best(meta, best, maps, {'w': 1.0}, 2)
+        meta, best = train.update_best(meta, best, maps, lambda b: b, 2)
         counters.append((meta['counter'], meta['stopped_early']))
     assert counters == [(0, False), (0, False), (1, False), (2, True),
                         (0, False)]
@@ -151,11 +158,9 @@ def test_single_length_mode_trains_each_length_alone(tmp_path):
 
 def _one_step(splits, **overrides):
     config = _config(**overrides)
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
+    setup, state = _create(config)
     before = jax.tree.map(np.array, state.params)
-    state, metrics = train.compile_train_step(setup)(
+    state, metrics = _compiled(setup)(
         state, _batches(splits, config)[0])
     delta = jax.tree.map(lambda a, b: np.abs(np.asarray(b) - a).max(),
                          before, state.params)
@@ -187,6 +192,7 @@ def test_bfloat16_compute_keeps_float32_weights(splits):
 
 def test_pretrained_resnet_weights_are_loaded(splits, tmp_path):
     from flax import nnx
+
     from nhl_jax import models
     from nhl_jax.models import pretrained
     abstract = nnx.eval_shape(lambda: models.get_backbone(
@@ -198,26 +204,22 @@ def test_pretrained_resnet_weights_are_loaded(splits, tmp_path):
     pretrained.save_torchvision_npz(weights, path)
     config = _config(backbone='resnet18', pretrained=path)
     config.backbone_kwargs.input_size = None
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=1000, num_classes=10)
+    _, state = _create(config)
     kernel = state.params['backbone']['conv1']['kernel'][...]
     np.testing.assert_array_equal(kernel,
                                   weights['conv1.weight'].transpose(2, 3, 1, 0))
     config.pretrained = str(tmp_path / 'missing.npz')
     with pytest.raises(UsageError, match='does not exist'):
-        from nhl_jax.config import check_config
-        check_config(config)
+        train.resolve(config)
 
 
 def test_batchnorm_backbone_trains_and_updates_statistics(splits):
     """ResNet-18: BatchNorm in the jitted step, gradients through max-pool."""
     config = _config(backbone='resnet18', weighting='paper')
     config.backbone_kwargs.input_size = None
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
+    setup, state = _create(config)
     before = jax.tree.map(np.array, state.rest)
-    step = train.compile_train_step(setup)
+    step = _compiled(setup)
     for batch in _batches(splits, config)[:2]:
         state, metrics = step(state, batch)
     assert np.all(np.isfinite(metrics['losses']))
@@ -229,9 +231,7 @@ def test_vit_backbone_trains_one_step(splits):
     config = _config(backbone='vit_b16', weighting='paper', bits=(8,))
     config.backbone_kwargs.update(dict(patch=4, width=16, depth=2, heads=2,
                                        mlp=32, input_size=8))
-    setup, state = train.create_train_state(
-        config, input_shape=(8, 8, 1), num_train=len(splits.train.labels),
-        num_classes=10)
-    state, metrics = train.compile_train_step(setup)(
+    setup, state = _create(config)
+    state, metrics = _compiled(setup)(
         state, _batches(splits, config)[0])
     assert np.all(np.isfinite(metrics['losses']))

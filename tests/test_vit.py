@@ -76,7 +76,7 @@ def _random_state_dict(seed=0, with_head=True):
     shapes = _torchvision_shapes(side=SIDE, with_head=with_head, **TINY)
     sd = {}
     for key, shape in shapes.items():
-        if key.endswith('ln_1.weight') or key.endswith('ln_2.weight') or \
+        if key.endswith(('ln_1.weight', 'ln_2.weight')) or \
                 key == 'encoder.ln.weight':
             sd[key] = 1.0 + 0.1 * rng.standard_normal(shape)
         else:
@@ -109,7 +109,7 @@ def _gelu(x):
 
 def _attention(x, sd, p, heads):
     """torch MultiheadAttention(x, x, x), one head at a time."""
-    n, d = x.shape
+    d = x.shape[1]
     dh = d // heads
     qkv = x @ sd[p + 'in_proj_weight'].T + sd[p + 'in_proj_bias']
     q, k, v = qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:]

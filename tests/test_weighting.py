@@ -1,5 +1,7 @@
 """Dominance-aware weighting: hand-made cases, references, optax transform."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -106,7 +108,7 @@ def test_jit_and_bad_rule():
     fn = jax.jit(weighting.dominance_weights, static_argnames=('bits', 'rule'))
     np.testing.assert_allclose(fn(g, bits=BITS, rule='paper'),
                                weighting.dominance_weights(g, BITS), rtol=1e-6)
-    with pytest.raises(ValueError, match="rule 'papers'.*'released'"):
+    with pytest.raises(ValueError, match=r"rule 'papers'.*'released'"):
         weighting.dominance_weights(g, BITS, rule='papers')
     with pytest.raises(AssertionError):
         weighting.dominance_weights(g[:2], BITS)
@@ -156,7 +158,8 @@ def test_chains_with_adam(combine):
         grads = _stacked(step)
         updates, state = jax.jit(tx.update)(grads, state, params)
         w = weighting.dominance_weights(grads['head']['kernel'], BITS)
-        summed = jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), grads)
+        summed = jax.tree.map(functools.partial(jnp.tensordot, w, axes=1),
+                              grads)
         expected, plain_state = plain.update(summed, plain_state, params)
         chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
         params = optax.apply_updates(params, updates)

@@ -25,7 +25,8 @@ def get_config():
     # CIFAR-10: the tfds data directory; list-file datasets: their root.
     config.data_dir = ml_collections.config_dict.placeholder(str)
     config.data_workers = 0  # processes decoding image files (0: inline)
-    config.backbone = ml_collections.config_dict.placeholder(str)  # None: the dataset's
+    # None: the dataset's default backbone.
+    config.backbone = ml_collections.config_dict.placeholder(str)
     config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. input_size
     # Local pretrained weights (torchvision .npz/.pth for resnet18/50).
     config.pretrained = ml_collections.config_dict.placeholder(str)
@@ -60,7 +61,8 @@ def get_config():
     config.eval_every = 5
     config.patience = 4
     config.eval_batch_size = 500
-    config.top_k = ml_collections.config_dict.placeholder(int)  # None: dataset's
+    # None: the dataset's default top_k.
+    config.top_k = ml_collections.config_dict.placeholder(int)
     # Settings of the other systems (used only with --method=mah / odh).
     config.mah = _mah()
     config.odh = _odh()

@@ -37,7 +37,8 @@ def get_config(arg: str = 'cifar10'):
     """Returns the paper's configuration for one dataset."""
     if arg not in _DATASETS:
         raise ValueError(
-            f'paper.py:{arg}: unknown dataset; choose one of {sorted(_DATASETS)}.'
+            f'paper.py:{arg}: unknown dataset; choose one of '
+            f'{sorted(_DATASETS)}.'
         )
     config = default.get_config()
     config.dataset = arg

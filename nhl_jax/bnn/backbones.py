@@ -16,8 +16,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nhl_jax.bnn.layers import BinaryConv3x3, BinaryDense, RPReLU, RSign
-from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
-from nhl_jax.models.resnet import max_pool_3x3_s2, torch_batch_norm, torch_conv
+from nhl_jax.layers import (
+    PatchConv3x3,
+    max_pool_2x2,
+    max_pool_3x3_s2,
+    torch_batch_norm,
+    torch_conv,
+)
 from nhl_jax.types import Array
 
 

@@ -23,10 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nhl_jax.layers import LECUN_NORMAL, im2col_3x3
 from nhl_jax.types import Array
-
-# PatchConv3x3's (nnx.Conv's) default init of the latent weights.
-_LECUN_NORMAL = nnx.initializers.lecun_normal()
 
 
 def _sign(x: Array) -> Array:
@@ -213,31 +211,10 @@ def _binary_matmul(x: Array, kernel: Array) -> Array:
     return out * _per_channel(weight_scale(kernel), out)
 
 
-def im2col_3x3(x: Array, stride: int = 1) -> Array:
-    """Zero-padded 3x3 patches, ordered like a [3, 3, C, O] kernel reshaped.
-
-    Args:
-      x: [B, H, W, C].
-      stride: 1 or 2.
-
-    Returns:
-      [B, H', W', 9 C] with H' = (H - 1) // stride + 1 (torch's
-      ``padding=1`` output size).
-    """
-    _, h, w, _ = x.shape
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return jnp.concatenate([
-        padded[:, i:i + stride * (ho - 1) + 1:stride,
-               j:j + stride * (wo - 1) + 1:stride]
-        for i in range(3) for j in range(3)
-    ], axis=-1)
-
-
 class BinaryConv3x3(nnx.Module):
     """Bias-free 3x3 conv (padding 1) with binary weights alpha * sign(W).
 
-    Computed as im2col + matmul (see ``nhl_jax.models.layers``). Its inputs
+    Computed as im2col + matmul (see ``nhl_jax.layers``). Its inputs
     are the +-1 output of an ``RSign``; the zero padding stays 0, as in
     ReActNet's ``F.conv2d(sign(x), W_b, padding=1)``.
 
@@ -247,7 +224,7 @@ class BinaryConv3x3(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *,
                  stride: int = 1,
-                 kernel_init=_LECUN_NORMAL,
+                 kernel_init=LECUN_NORMAL,
                  rngs: nnx.Rngs):
         """Creates the layer.
 
@@ -283,7 +260,7 @@ class BinaryDense(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *,
-                 kernel_init=_LECUN_NORMAL,
+                 kernel_init=LECUN_NORMAL,
                  rngs: nnx.Rngs):
         """Creates the layer.
 

@@ -26,12 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nhl_jax.bnn.layers import (
-    BinaryConv3x3,
-    BinaryDense,
-    im2col_3x3,
-    weight_scale,
-)
+from nhl_jax.bnn.layers import BinaryConv3x3, BinaryDense, weight_scale
+from nhl_jax.layers import im2col_3x3
 from nhl_jax.types import Array
 
 _WORD = 32

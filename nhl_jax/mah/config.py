@@ -23,8 +23,8 @@ experiments/configs/mah.py):
 
 import math
 
-from nhl_jax.config import UsageError
-from nhl_jax.mah.step import OPTIMIZERS
+from nhl_jax.errors import UsageError
+from nhl_jax.train.step import OPTIMIZERS
 
 V_SPLITS = ('database', 'train')
 
@@ -105,14 +105,19 @@ def _check_run_fields(config) -> None:
         )
 
 
-def check_splits(config, splits) -> None:
-    """Raises if Omega does not fit in the split that owns V."""
-    n = len(getattr(splits, config.mah.v_split).labels)
-    if config.mah.num_samples > n:
+def check_splits(spec, splits) -> None:
+    """Raises if Omega does not fit in the split that owns V.
+
+    Args:
+      spec: the resolved run (``nhl_jax.systems.RunSpec``).
+      splits: its loaded ``data.Splits``.
+    """
+    opts = spec.options
+    n = len(getattr(splits, opts.v_split).labels)
+    if opts.num_samples > n:
         raise UsageError(
-            f'mah.num_samples={config.mah.num_samples} exceeds the '
-            f'{n} rows of the {config.dataset} {config.mah.v_split} split; '
-            f'use at most {n}.'
+            f'mah.num_samples={opts.num_samples} exceeds the {n} rows of the '
+            f'{spec.dataset} {opts.v_split} split; use at most {n}.'
         )
 
 

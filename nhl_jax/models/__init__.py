@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nhl_jax.bnn.backbones import BinaryCNN, ReActNet18
-from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
+from nhl_jax.layers import PatchConv3x3, max_pool_2x2
 from nhl_jax.models.resnet import ResNet18, ResNet50
 from nhl_jax.models.small import MLP, SmallCNN
 from nhl_jax.models.vit import ViT_B16, load_torchvision_vit

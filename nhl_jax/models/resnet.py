@@ -17,32 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nhl_jax.layers import max_pool_3x3_s2, torch_batch_norm, torch_conv
 from nhl_jax.types import Array
-
-# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): an
-# untruncated normal with variance 2 / (out_channels * kh * kw).
-_KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
-def torch_conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
-               rngs: nnx.Rngs) -> nnx.Conv:
-    """A bias-free conv with torch's symmetric padding of ``size // 2``."""
-    # Explicit padding: flax 'SAME' pads asymmetrically at stride 2 and would
-    # shift every stride-2 output by one pixel relative to torch.
-    pad = size // 2
-    return nnx.Conv(in_ch, out_ch, (size, size), (stride, stride),
-                    padding=((pad, pad), (pad, pad)), use_bias=False,
-                    kernel_init=_KAIMING_FAN_OUT, dtype=dtype, rngs=rngs)
-
-
-def torch_batch_norm(channels: int, *, dtype,
-                     rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """BatchNorm with torch's defaults (eps 1e-5, torch momentum 0.1)."""
-    # Flax's momentum is the weight of the old running average, so torch's
-    # 0.1 is flax's 0.9. Two-pass variance like torch: the fast
-    # E[x^2] - E[x]^2 cancels badly on small batches / late 1x1 maps.
-    return nnx.BatchNorm(channels, epsilon=1e-5, momentum=0.9,
-                         use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def _downsample(in_ch: int, out_ch: int, stride: int, *, dtype,
@@ -130,16 +106,6 @@ class Bottleneck(nnx.Module):
         out = jax.nn.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return jax.nn.relu(out + _shortcut(self.downsample, x))
-
-
-def max_pool_3x3_s2(x: Array) -> Array:
-    """torch's MaxPool2d(3, stride=2, padding=1) on [B, H, W, C]."""
-    # Padding with -inf means padded cells never win, as in torch. The init
-    # must be a Python scalar: JAX only differentiates the max-pool form of
-    # reduce_window when its init is a literal.
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
-                                 (1, 2, 2, 1),
-                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
 class ResNet(nnx.Module):

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
+from nhl_jax.layers import PatchConv3x3, max_pool_2x2
 from nhl_jax.types import Array
 
 

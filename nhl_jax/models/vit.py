@@ -32,7 +32,12 @@ import numpy as np
 from flax import nnx
 
 from nhl_jax.models.pretrained import (  # noqa: F401 (re-exported errors)
-    WeightsNotFoundError, _identity, _Target, read_state_dict, write_checked)
+    WeightsNotFoundError,
+    _identity,
+    _Target,
+    read_state_dict,
+    write_checked,
+)
 from nhl_jax.types import Array
 
 _LN_EPS = 1e-6

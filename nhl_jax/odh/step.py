@@ -1,4 +1,4 @@
-"""ODH's train state, optimizers and the jitted step of each stage.
+"""ODH's optimizers and the pure loss of each stage.
 
 Three stages share one state and one step function (the stage is static):
 
@@ -17,31 +17,18 @@ centres. Augmentations run on the device with keys folded from the state's
 rng and step, so a resumed run draws the same views.
 """
 
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nhl_jax import parallel
 from nhl_jax.data import augment as augment_lib
 from nhl_jax.odh import losses
-from nhl_jax.types import Array
+from nhl_jax.train import step as step_lib
 
 STAGES = ('warmup', 'exploration', 'aggregation')
-
-
-class ODHState(NamedTuple):
-    """Everything a step reads and writes, as one pytree."""
-
-    step: Array  # [] int32, counts every step of every stage
-    params: nnx.State  # trainable parameters of the three networks
-    rest: nnx.State  # batch statistics, fixed centre tables
-    warm_opt: optax.OptState  # optimizer state of the warm-up
-    opt: optax.OptState  # optimizer state of stages 1 and 2
-    rng: Array  # [2] uint32 raw key, folded with the step
 
 
 class Hyper(NamedTuple):
@@ -55,17 +42,6 @@ class Hyper(NamedTuple):
     learn_centers: bool = True
     strong: augment_lib.AugmentParams = augment_lib.AugmentParams()
     weak_strength: float = 0.5
-
-
-class Setup(NamedTuple):
-    """The static parts of a run."""
-
-    graphdef: nnx.GraphDef
-    bits: tuple[int, ...]
-    warm_tx: optax.GradientTransformation
-    tx: optax.GradientTransformation
-    hyper: Hyper
-    max_norm: float = 5.0
 
 
 # Gradient groups clipped to norm max_norm as a whole (the ODH code clips
@@ -129,22 +105,11 @@ def make_optimizers(*, learning_rate: float, weight_decay: float,
                                   learn_centers=learn_centers)
             return jax.tree.map(lambda n: n != 'frozen', labels)
 
-        return optax.chain(
-            optax.add_decayed_weights(weight_decay, mask=trainable),
-            optax.adam(optax.cosine_onecycle_schedule(max(steps, 1),
-                                                      learning_rate)))
+        return step_lib.make_optimizer(
+            optax.cosine_onecycle_schedule(max(steps, 1), learning_rate),
+            weight_decay=weight_decay, groups=False, decay_mask=trainable)
 
     return adam(warmup_steps, True), adam(main_steps, False)
-
-
-def init_state(model: nnx.Module, setup_txs, key: Array) -> tuple[Any, ...]:
-    """(graphdef, ODHState) of a freshly built ``ODHModel``."""
-    warm_tx, tx = setup_txs
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = ODHState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                     warm_opt=warm_tx.init(params), opt=tx.init(params),
-                     rng=jax.random.key_data(key))
-    return graphdef, state
 
 
 def _view(key, images, hyper: Hyper, strength: float):
@@ -227,77 +192,56 @@ _LOSSES = {
 }
 
 
-def train_step(state: ODHState, batch, *, setup: Setup, stage: str):
-    """One optimisation step of ``stage`` on a batch ``{image, label, ...}``.
+def loss_fn(stage: str, bits, hyper: Hyper):
+    """The loss of ``stage`` for ``make_train_step``.
 
-    Args:
-      state: the current ``ODHState``.
-      batch: image [B, H, W, C] uint8, label [B, C] float; in stage 2 the
-        rows come in same-class groups of ``n_positive``.
-      setup: the static ``Setup``.
-      stage: one of ``STAGES``.
-
-    Returns:
-      ``(new_state, metrics)``: total loss, [M] hash-centre and L_asd terms,
-      the CE term and a non-finite flag.
+    Augmentation keys are folded from the state's rng and step, so a resumed
+    run draws the same views. Returns ``(total, terms)``: [M] hash-centre
+    and L_asd terms and the CE term.
     """
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
-    def loss_fn(params, rest):
-        rest = jax.tree.map(lambda v: v, rest)  # fresh Variables (step.py)
-        model = nnx.merge(setup.graphdef, params, rest)
-        total, terms = _LOSSES[stage](model, batch, key, setup.bits,
-                                      setup.hyper)
-        return total, (terms, nnx.state(model, nnx.Not(nnx.Param)))
+    def fn(model, state, batch, consts):
+        del consts
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
+                                 state.step)
+        return _LOSSES[stage](model, batch, key, bits, hyper)
 
-    (total, (terms, rest)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, state.rest)
-    warmup = stage == 'warmup'
-    grads = clip_and_freeze(grads, group_labels(
-        grads, warmup=warmup, learn_centers=setup.hyper.learn_centers),
-        setup.max_norm)
-    tx = setup.warm_tx if warmup else setup.tx
-    updates, opt = tx.update(grads, state.warm_opt if warmup else state.opt,
-                             state.params)
-    state = state._replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        rest=rest, **{'warm_opt' if warmup else 'opt': opt})
-    return state, dict(terms, loss=total,
-                       nonfinite=(~jnp.isfinite(total)).astype(jnp.int32))
+    return fn
 
 
-def compile_steps(setup: Setup, mesh=None) -> dict:
-    """``train_step`` jitted once per stage, state donated: {stage: fn}."""
-    steps = {}
-    for stage in STAGES:
-        fn = functools.partial(train_step, setup=setup, stage=stage)
-        if mesh is None:
-            steps[stage] = jax.jit(fn, donate_argnums=0)
-        else:
-            repl = parallel.replicated(mesh)
-            steps[stage] = jax.jit(
-                fn, in_shardings=(repl, parallel.batch_sharding(mesh)),
-                out_shardings=(repl, repl), donate_argnums=0)
-    return steps
+def grad_transform(stage: str, hyper: Hyper, max_norm: float):
+    """Zeroes the gradients frozen in ``stage`` and clips the groups."""
+
+    def fn(grads):
+        labels = group_labels(grads, warmup=stage == 'warmup',
+                              learn_centers=hyper.learn_centers)
+        return clip_and_freeze(grads, labels, max_norm)
+
+    return fn
 
 
-def compile_encode(graphdef: nnx.GraphDef):
-    """A jitted ``(params, rest, uint8 images) -> h [B, b_M]`` (eval mode)."""
+def step_metrics(new, old, batch, terms, total):
+    """The step's metrics (``update_extra``): terms, total, non-finite flag."""
+    del old, batch
+    return new, dict(terms, loss=total,
+                     nonfinite=(~jnp.isfinite(total)).astype(jnp.int32))
 
-    @jax.jit
-    def encode(params, rest, images):
+
+def encode(graphdef):
+    """``(params, rest, uint8 images) -> h [B, b_M]`` in eval mode."""
+
+    def fn(params, rest, images):
         model = nnx.merge(graphdef, params, rest)
         model.eval()
         return model.hasher(images.astype(jnp.float32) / 255.0)
 
-    return encode
+    return fn
 
 
-def compile_centers(graphdef: nnx.GraphDef):
-    """A jitted ``(params, rest) -> tuple of [C, b_k] centre tables``."""
+def center_tables(graphdef):
+    """``(params, rest) -> tuple of [C, b_k] centre tables``."""
 
-    @jax.jit
-    def tables(params, rest):
+    def fn(params, rest):
         return nnx.merge(graphdef, params, rest).center_tables()
 
-    return tables
+    return fn

@@ -1,0 +1,275 @@
+"""The Hamming engine: packed words, popcount distances, stable ranking.
+
+Every Hamming ranking of binary codes in nhl_jax is computed here: mAP in
+``nhl_jax.evaluate``, precision, recall and radius metrics in
+``nhl_jax.metrics``, top-k and radius search in ``nhl_jax.index``. It all
+runs in NumPy on the host: ranking is a sorting problem, and XLA's CPU sort
+is an order of magnitude slower than NumPy's (ecosystem.md 12).
+
+Codes: ±1 codes [N, K] become bits (+1 -> 1, -1 -> 0) packed eight to a
+byte by ``numpy.packbits`` (``pack``), then W = ceil(K / 64) zero-padded
+uint64 words per code (``words``); padding bits are 0 on both sides, so
+they XOR to 0.
+
+Distances: d(q, b) = sum over words of popcount(q XOR b), one word at a
+time over a chunk of B queries, into [B, N] distances of the smallest
+unsigned dtype that holds K (``Hamming``): about 9 bytes per (query, item)
+pair, whatever K.
+
+Ranking: ascending distance, ties broken STABLY by ascending database row,
+so results never depend on the sort algorithm (``Ranking``). A row of
+small unsigned distances is ranked by NumPy's stable sort, a radix sort
+for up to 16 bits: O(N), ties in row order. A top k much shorter than N
+is instead selected by a partition of the unique keys
+``dist << s | row << 1 | flag``, which is exact for the same reason, and
+carries one flag bit per item (``evaluate``'s relevance) along. ``within``
+lists the items within a radius in the same order.
+
+Chunks: ``map_chunks`` runs a function over query chunks (bounded memory)
+on a thread pool, since NumPy releases the GIL in XOR, popcount, sort and
+gather.
+"""
+
+import concurrent.futures
+import contextlib
+import os
+
+import numpy as np
+
+try:  # Optional; see _one_blas_thread_each.
+    import threadpoolctl
+except ImportError:  # pragma: no cover
+    threadpoolctl = None
+
+
+def pack(codes) -> np.ndarray:
+    """Packs ±1 codes into bits, +1 -> 1 (callers check the values).
+
+    Args:
+      codes: [N, K] codes of -1 and +1 (any real dtype).
+
+    Returns:
+      [N, ceil(K / 8)] uint8, big-endian within a byte (code bit 0 is the
+      high bit of byte 0); the bits past K are 0.
+    """
+    return np.packbits(np.asarray(codes) > 0, axis=1)
+
+
+def words(packed) -> np.ndarray:
+    """Packed codes as uint64 words, so XOR and popcount go 8x wider.
+
+    Args:
+      packed: [N, B] uint8 codes (``pack``).
+
+    Returns:
+      [W, N] uint64, W = ceil(B / 8), zero padded; word-major, so that
+      one word of every code is contiguous.
+    """
+    packed = np.asarray(packed)
+    padded = np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))
+    return np.ascontiguousarray(padded.view(np.uint64).T)
+
+
+class Hamming:
+    """Hamming distances of query chunks to one database.
+
+    Read-only after construction, so threads may share one.
+    """
+
+    def __init__(self, db_packed, num_bits: int):
+        """Converts the database to words.
+
+        Args:
+          db_packed: [N, ceil(K / 8)] uint8 codes (``pack``).
+          num_bits: K.
+        """
+        self.num_bits = num_bits
+        self.size = len(db_packed)
+        self.dtype = np.min_scalar_type(num_bits)
+        self.db_words = words(db_packed)  # [W, N]
+
+    def __call__(self, q_packed) -> np.ndarray:
+        """[B, N] distances of [B, ceil(K / 8)] packed query codes.
+
+        The dtype is the smallest unsigned one that holds K: uint8 for
+        K <= 255.
+        """
+        q_words = words(q_packed)  # [W, B]
+        # One word at a time: a [B, N] XOR buffer, not [B, N, W].
+        xor = np.empty((q_words.shape[1], self.size), np.uint64)
+        dist = np.empty(xor.shape, self.dtype)
+        for word, (q_word, db_word) in enumerate(zip(q_words,
+                                                     self.db_words)):
+            np.bitwise_xor(q_word[:, None], db_word[None, :], out=xor)
+            if word == 0:
+                np.bitwise_count(xor, out=dist)
+            else:
+                dist += np.bitwise_count(xor)
+        return dist
+
+
+def distances(q_packed, db_packed, num_bits: int) -> np.ndarray:
+    """All [Q, N] distances of packed codes, at once (``Hamming``)."""
+    return Hamming(db_packed, num_bits)(q_packed)
+
+
+def key_layout(num_bits: int, num_items: int):
+    """Bit layout of the ranking key ``dist << shift | row << 1 | flag``.
+
+    Args:
+      num_bits: K, so distances take values 0..K.
+      num_items: N, so rows take values 0..N-1.
+
+    Returns:
+      (shift, unsigned key dtype).
+
+    Raises:
+      ValueError: if the key needs more than 64 bits.
+    """
+    shift = max(1, (num_items - 1).bit_length()) + 1
+    total = num_bits.bit_length() + shift
+    if total <= 32:
+        return shift, np.dtype(np.uint32)
+    if total <= 64:
+        return shift, np.dtype(np.uint64)
+    raise ValueError(f'K={num_bits} bits with N={num_items} items needs a '
+                     f'{total}-bit ranking key; split the database')
+
+
+class Ranking:
+    """The top k of the stable ranking of [B, N] distance rows.
+
+    Ranked order is ascending distance, ties by ascending row.
+    """
+
+    def __init__(self, num_bits: int, num_items: int, k: int):
+        """Chooses how to rank.
+
+        Args:
+          num_bits: K, so distances take values 0..K.
+          num_items: N, the length of a distance row.
+          k: the number of top-ranked items needed, 1 <= k <= N.
+        """
+        self.k = k
+        # A top k much shorter than N is cheaper to select by partition,
+        # which needs unique keys; a full ranking is a radix sort.
+        self.by_keys = 2 * k <= num_items
+        if self.by_keys:
+            self.shift, dtype = key_layout(num_bits, num_items)
+            self.row_keys = np.arange(num_items, dtype=dtype) << 1
+
+    def order(self, dist) -> np.ndarray:
+        """[B, k] int64 rows of the top k by a full stable sort.
+
+        Right on either path, but cheaper than ``top_keys`` only when
+        ``by_keys`` is False.
+        """
+        # Small unsigned ints: NumPy's stable sort is a radix sort, O(N)
+        # per row, ties in row order.
+        return np.argsort(dist, axis=1, kind='stable')[:, :self.k]
+
+    def top_keys(self, dist, flags=None) -> np.ndarray:
+        """[B, k] keys ``dist << shift | row << 1 | flag``, sorted.
+
+        Only when ``by_keys``. Keys are unique, so the partition's first k
+        are exactly the first k of the stable ranking.
+
+        Args:
+          dist: [B, N] distances.
+          flags: optional [B, N] bool, carried in bit 0.
+        """
+        keys = dist.astype(self.row_keys.dtype)
+        keys <<= self.shift
+        keys |= self.row_keys
+        if flags is not None:
+            keys |= flags
+        top = np.partition(keys, self.k - 1, axis=1)[:, :self.k]
+        top.sort(axis=1)
+        return top
+
+    def top_flags(self, dist, flags) -> np.ndarray:
+        """[B, k] bool ``flags`` [B, N] of the top k, in ranked order."""
+        if not self.by_keys:
+            return np.take_along_axis(flags, self.order(dist), axis=1)
+        # The flag is bit 0, so it survives the cast to one byte.
+        flag = self.top_keys(dist, flags).astype(np.uint8)
+        flag &= 1
+        return flag.view(np.bool_)
+
+    def top_k(self, dist):
+        """([B, k] int64 rows, [B, k] distances) of the top k, in order.
+
+        The distances keep the dtype of ``dist``.
+        """
+        if not self.by_keys:
+            rows = self.order(dist)
+            return rows, np.take_along_axis(dist, rows, axis=1)
+        keys = self.top_keys(dist)
+        rows = (keys & ((1 << self.shift) - 1)) >> 1
+        return (rows.astype(np.int64),
+                (keys >> self.shift).astype(dist.dtype))
+
+
+def within(dist, radius: int):
+    """The items at distance <= radius of each row, in ranked order.
+
+    Args:
+      dist: [B, N] distances.
+      radius: r >= 0.
+
+    Returns:
+      ([B] int64 counts, [T] int64 rows, [T] distances): row b's items
+      follow those of rows 0..b-1, sorted by distance, then row.
+    """
+    rows, cols = np.nonzero(dist <= radius)  # row-major: grouped by row
+    found = dist[rows, cols]
+    order = np.lexsort((cols, found, rows))
+    counts = np.bincount(rows, minlength=len(dist))
+    return counts, cols[order].astype(np.int64), found[order]
+
+
+def map_chunks(run, num_queries: int, chunk_size: int,
+               num_threads: int | None):
+    """``run(start, stop)`` over query chunks, on a thread pool.
+
+    Args:
+      run: a function of a query range; chunks may run concurrently.
+      num_queries: Q.
+      chunk_size: queries per chunk.
+      num_threads: threads; None uses every CPU, 1 runs in this thread.
+
+    Returns:
+      The list of ``run`` results, in query order.
+    """
+    starts = range(0, num_queries, chunk_size)
+
+    def run_one(start):
+        return run(start, min(start + chunk_size, num_queries))
+
+    threads = min(num_threads or _cpu_count(), len(starts))
+    if threads <= 1:  # one chunk, or none
+        return [run_one(start) for start in starts]
+    with _one_blas_thread_each(), \
+            concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(run_one, starts))
+
+
+def _one_blas_thread_each():
+    """Limits BLAS to one thread per caller while the chunk threads run.
+
+    Concurrent multi-threaded OpenBLAS calls (``evaluate``'s relevance
+    matmul) contend with each other and with the sorting threads (on 2
+    cores, mAP@all took 0.6 s instead of 0.33 s). The limit is
+    process-wide and is undone on exit; without the optional
+    ``threadpoolctl`` nothing is limited.
+    """
+    if threadpoolctl is None:
+        return contextlib.nullcontext()
+    return threadpoolctl.threadpool_limits(1, user_api='blas')
+
+
+def _cpu_count():
+    """CPUs this process may use (the affinity mask where there is one)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

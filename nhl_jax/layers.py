@@ -1,0 +1,116 @@
+"""Layer primitives shared by the float (``models``) and binary (``bnn``) nets.
+
+Below both packages, so that ``nhl_jax.bnn`` needs nothing from
+``nhl_jax.models`` (whose registry lists the binary backbones too).
+
+CPU-friendly forms: on a CPU, XLA's backward passes of ``lax.conv`` and of
+``reduce_window`` max-pooling dominate a small CNN's step (ecosystem.md 12:
+73 ms vs 43 ms per step for the MNIST CNN). A 3x3 convolution as nine
+shifted slices and one matmul (``im2col_3x3``, ``PatchConv3x3``), and 2x2
+max-pooling as a reshape and a max (``max_pool_2x2``), compute the same
+functions with cheaper gradients.
+
+torch-compatible forms: ``torch_conv``, ``torch_batch_norm`` and
+``max_pool_3x3_s2`` pad, initialise and normalise as torchvision's ResNet
+does, so that its weights load by name.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nhl_jax.types import Array
+
+# nnx.Conv's default kernel init, the init of PatchConv3x3.
+LECUN_NORMAL = nnx.initializers.lecun_normal()
+
+# torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): an
+# untruncated normal with variance 2 / (out_channels * kh * kw).
+_KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def max_pool_2x2(x: Array) -> Array:
+    """2x2 max-pooling with stride 2 (floor mode, as torch's MaxPool2d(2)).
+
+    Args:
+      x: [B, H, W, C].
+
+    Returns:
+      [B, H // 2, W // 2, C].
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+    """torch's MaxPool2d(3, stride=2, padding=1) on [B, H, W, C]."""
+    # Padding with -inf means padded cells never win, as in torch. The init
+    # must be a Python scalar: JAX only differentiates the max-pool form of
+    # reduce_window when its init is a literal.
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
+                                 (1, 2, 2, 1),
+                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def im2col_3x3(x: Array, stride: int = 1) -> Array:
+    """Zero-padded 3x3 patches, ordered like a [3, 3, C, O] kernel reshaped.
+
+    Args:
+      x: [B, H, W, C].
+      stride: 1 or 2.
+
+    Returns:
+      [B, H', W', 9 C] with H' = (H - 1) // stride + 1 (torch's
+      ``padding=1`` output size).
+    """
+    _, h, w, _ = x.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([
+        padded[:, i:i + stride * (ho - 1) + 1:stride,
+               j:j + stride * (wo - 1) + 1:stride]
+        for i in range(3) for j in range(3)
+    ], axis=-1)
+
+
+class PatchConv3x3(nnx.Module):
+    """3x3 'SAME' convolution (stride 1, zero padding 1) as im2col + matmul.
+
+    The kernel has ``nnx.Conv``'s layout [3, 3, C_in, C_out] and init, so the
+    module computes exactly ``nnx.Conv(C_in, C_out, (3, 3), padding=1)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *,
+                 rngs: nnx.Rngs):
+        self.kernel = nnx.Param(
+            LECUN_NORMAL(rngs.params(), (3, 3, in_features, out_features))
+        )
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+
+    def __call__(self, x: Array) -> Array:
+        """Maps [B, H, W, C_in] to [B, H, W, C_out]."""
+        patches = im2col_3x3(x)  # [B, H, W, 9 C_in]
+        kernel = self.kernel[...].reshape(9 * x.shape[-1], -1)
+        return patches @ kernel + self.bias[...][None, None, None, :]
+
+
+def torch_conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
+               rngs: nnx.Rngs) -> nnx.Conv:
+    """A bias-free conv with torch's symmetric padding of ``size // 2``."""
+    # Explicit padding: flax 'SAME' pads asymmetrically at stride 2 and would
+    # shift every stride-2 output by one pixel relative to torch.
+    pad = size // 2
+    return nnx.Conv(in_ch, out_ch, (size, size), (stride, stride),
+                    padding=((pad, pad), (pad, pad)), use_bias=False,
+                    kernel_init=_KAIMING_FAN_OUT, dtype=dtype, rngs=rngs)
+
+
+def torch_batch_norm(channels: int, *, dtype,
+                     rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """BatchNorm with torch's defaults (eps 1e-5, torch momentum 0.1)."""
+    # Flax's momentum is the weight of the old running average, so torch's
+    # 0.1 is flax's 0.9. Two-pass variance like torch: the fast
+    # E[x^2] - E[x]^2 cancels badly on small batches / late 1x1 maps.
+    return nnx.BatchNorm(channels, epsilon=1e-5, momentum=0.9,
+                         use_fast_variance=False, dtype=dtype, rngs=rngs)

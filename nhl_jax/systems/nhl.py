@@ -1,0 +1,176 @@
+"""NHL: one nested hash layer, a base loss per length, weighting, distillation.
+
+``--method=<base loss>`` (dpn, csq, ...) trains this system. A round is one
+shuffled epoch of the training split; every step applies the NHL objective
+(``nhl_jax.objective``: per-length base losses, the dominance-aware
+weighting and the long-to-short distillation) to the nested layer's output.
+
+References:
+  NHL, arXiv 2412.08922 (papers.md 2).
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nhl_jax import losses, models, parallel
+from nhl_jax.nested import check_bits
+from nhl_jax.objective import nhl_objective
+from nhl_jax.systems import base
+from nhl_jax.train import step as step_lib
+
+
+class NHLOptions(NamedTuple):
+    """NHL's own fields of a run config."""
+
+    loss: str  # a key of nhl_jax.losses.LOSSES
+    loss_kwargs: dict
+    weighting: str  # a key of nhl_jax.objective.WEIGHTINGS
+    weighting_kwargs: dict
+    distill_weight: float
+    topology: str  # a key of nhl_jax.distill.TOPOLOGIES
+
+
+class NHLExtra(NamedTuple):
+    """NHL's fields of the train state."""
+
+    loss_states: tuple[Any, ...]  # one base-loss state per length
+    # The weighting rule's state (objective.WEIGHTINGS): counters of the
+    # dominance rules, learned weights of uncertainty / GradNorm, ...
+    weighting: Any
+
+
+def _loss_fn(objective, freeze_backbone: bool):
+    def loss_fn(model, state, batch, consts):
+        del consts
+        features = step_lib.hashnet_features(model, batch['image'],
+                                             frozen=freeze_backbone)
+        h = model.head(features)
+        # The losses, weighting and distillation always run in float32.
+        features, h = features.astype(jnp.float32), h.astype(jnp.float32)
+        return objective.apply(
+            state.extra.loss_states, h, batch['label'], batch['index'],
+            features=features, weighting_state=state.extra.weighting)
+    return loss_fn
+
+
+def _update_extra(objective):
+    def update(new, old, batch, aux, total):
+        del batch
+        loss_states, metrics = aux
+        new = new._replace(extra=NHLExtra(
+            loss_states,
+            objective.update_weighting(old.extra.weighting, metrics)))
+        return new, {
+            'loss': total,
+            'losses': metrics.losses,
+            'distill': metrics.distill,
+            'weights': metrics.weights,
+            # Counts of non-finite losses per length, so that the round can
+            # name the first bad step and length without a per-step sync.
+            'nonfinite': (~jnp.isfinite(metrics.losses)).astype(jnp.int32),
+        }
+    return update
+
+
+def _encode(graphdef):
+    def encode(params, rest, images):
+        model = nnx.merge(graphdef, params, rest)
+        model.eval()
+        return model(images)[1]
+    return encode
+
+
+def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
+    """Builds NHL's model, optimizer, objective, steps and initial state.
+
+    Args:
+      spec: the resolved run.
+      info: image shape, classes and split sizes (N = train rows sizes the
+        memory banks).
+      bits: lengths of this training run (default: ``spec.bits``).
+
+    Returns:
+      ``(setup, state)``.
+    """
+    bits = check_bits(tuple(spec.bits if bits is None else bits))
+    opts = spec.options
+    model_key, loss_key, rng = jax.random.split(jax.random.key(spec.seed), 3)
+    rngs = nnx.Rngs(params=model_key)
+    backbone = models.get_backbone(spec.backbone, info.image_shape, rngs=rngs,
+                                   **dict(spec.backbone_kwargs))
+    if spec.pretrained:
+        models.load_pretrained(spec.backbone, backbone, spec.pretrained)
+    model = models.HashNet(backbone, bits, rngs=rngs)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    objective = nhl_objective(
+        losses.get(opts.loss, **opts.loss_kwargs), bits,
+        distill_weight=opts.distill_weight, weighting=opts.weighting,
+        weighting_kwargs=opts.weighting_kwargs, topology=opts.topology)
+    tx = step_lib.make_optimizer(
+        spec.learning_rate, weight_decay=spec.weight_decay,
+        backbone_learning_rate=spec.backbone_learning_rate,
+        freeze_backbone=spec.freeze_backbone)
+    extra = NHLExtra(
+        objective.init(loss_key, num_train=info.sizes['train'],
+                       num_classes=info.num_classes),
+        # A stream apart from the loss states' split(loss_key, M) keys.
+        objective.init_weighting(jax.random.fold_in(loss_key, len(bits))))
+    state = step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+        opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=extra)
+    train_step = step_lib.make_train_step(
+        _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
+        update_extra=_update_extra(objective),
+        compute_dtype=jnp.dtype(spec.compute_dtype))
+    setup = step_lib.Setup(graphdef, tx, bits, {'train': train_step}, {},
+                           _encode(graphdef), static=objective)
+    return setup, state
+
+
+class NHL(base.System):
+    """The NHL system (module docstring)."""
+
+    name = 'nhl'
+
+    def options(self, config) -> NHLOptions:
+        return NHLOptions(
+            config.method, dict(config.loss_kwargs), config.weighting,
+            dict(config.get('weighting_kwargs') or {}),
+            float(config.distill_weight), config.topology)
+
+    def create(self, spec, info, bits):
+        return create_train_state(spec, info, bits)
+
+    def round_info(self, setup, state):
+        counters = getattr(state.extra.weighting, 'anti_domination', None)
+        if counters is None:
+            return None
+        return np.asarray(parallel.to_host(counters)).tolist()
+
+    def record(self, spec, bits, r, result):
+        del spec, r
+        record = {key: base.per_length(bits, result.means[key])
+                  for key in ('losses', 'distill', 'weights')}
+        if result.before is not None:
+            record['anti_domination_rate'] = base.per_length(bits, (
+                np.asarray(result.after) - np.asarray(result.before))
+                / result.steps)
+        return record
+
+    def results(self, spec, info):
+        del info
+        opts = spec.options
+        return {'loss': opts.loss, 'weighting': opts.weighting,
+                'distill_weight': opts.distill_weight}
+
+    def title(self, spec):
+        mode = 'single_length' if spec.single_length else 'nested'
+        return (f'{spec.method} on {spec.dataset} ({mode}, '
+                f'weighting={spec.options.weighting})')
+
+
+SYSTEM = NHL()

@@ -1,0 +1,337 @@
+"""The round loop every system trains with: ``fit``.
+
+A run is a sequence of rounds (``System.plan``: an NHL or ODH epoch, a MAH
+outer iteration). Each round runs its optional ``begin`` hook, its batches
+through the compiled step (data parallel over the mesh, metrics summed on
+the device so that steps stay asynchronous), its optional ``end`` hook,
+then maybe an evaluation (best parameters per length, patience) and a
+checkpoint, and appends one record to metrics.jsonl (process 0 only).
+
+On SIGTERM (preemption) the loop checkpoints mid-round, with the batches
+done, the running sums and what the round started with, and raises
+``Preempted``; ``resume=True`` continues bit-identically. A non-finite loss
+stops the run naming the first bad step and length, before anything of
+that round is saved.
+"""
+
+import contextlib
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nhl_jax import checkpoint, evaluation, parallel, runlog
+from nhl_jax.systems.base import DataInfo, RoundResult
+from nhl_jax.train import step as step_lib
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a resumable checkpoint."""
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemption); checked between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signals can only be handled on the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, flag)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_NO_STEP = np.iinfo(np.int32).max
+
+
+def params_digest(params) -> str:
+    """sha256 of the parameters' bytes: equal digests, identical runs."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def new_meta(bits, evaluators) -> dict:
+    """Loop state saved with each checkpoint (JSON).
+
+    ``epoch`` counts finished rounds; ``partial`` is the progress of the
+    next one when a checkpoint was taken mid-round (on SIGTERM), else None.
+    ``best_map`` / ``last_map`` are the first evaluator's; ``others`` holds
+    the best and last values of the other evaluators.
+    """
+    return {'epoch': 0, 'counter': 0, 'train_seconds': 0.0,
+            'stage_seconds': {},
+            'best_map': {str(b): -1.0 for b in bits}, 'last_map': {},
+            'others': {name: {'best': {str(b): -1.0 for b in bits},
+                              'last': {}} for name in evaluators[1:]},
+            'stopped_early': False, 'partial': None}
+
+
+def update_best(meta, best, maps, snapshot, patience: int):
+    """NHL early stopping: the counter resets whenever ANY length improves.
+
+    Args:
+      meta: the loop state (``new_meta``).
+      best: {str(bits): snapshot} of the best model per length.
+      maps: {str(bits): mAP} of this evaluation.
+      snapshot: ``str(bits) -> snapshot`` of the current model (host
+        copies: the device state is donated next step).
+      patience: evaluations without any improvement before stopping.
+
+    Returns:
+      ``(meta, best)``.
+    """
+    improved = [b for b, v in maps.items() if v > meta['best_map'][b]]
+    for b in improved:
+        meta['best_map'][b] = maps[b]
+        best[b] = snapshot(b)
+    meta['counter'] = 0 if improved else meta['counter'] + 1
+    meta['last_map'] = maps
+    meta['stopped_early'] = meta['counter'] >= patience
+    return meta, best
+
+
+def _update_others(meta, maps) -> dict:
+    for name, entry in meta['others'].items():
+        entry['last'] = maps[name]
+        entry['best'] = {b: max(entry['best'][b], v)
+                         for b, v in maps[name].items()}
+    return meta
+
+
+def _host_snapshots(system, setup, state):
+    """Host copies of the best-model snapshot of every length."""
+    params, rest, extra = parallel.to_host(
+        (state.params, state.rest, state.extra))
+    return {str(b): system.snapshot(params, rest, extra, k)
+            for k, b in enumerate(setup.bits)}
+
+
+def fit(system, spec, splits, bits, workdir: str, *,
+        resume: bool = False) -> dict:
+    """Trains the lengths ``bits`` of ``spec`` in ``workdir``; a summary.
+
+    Data-parallel over ``spec.devices`` devices (all of them by default, of
+    every process).
+
+    Args:
+      system: a ``nhl_jax.systems.System``.
+      spec: the resolved ``RunSpec``.
+      splits: the loaded ``data.Splits``.
+      bits: lengths of this training run.
+      workdir: its directory (checkpoints, metrics.jsonl).
+      resume: continue from the latest checkpoint in ``workdir``.
+
+    Returns:
+      The final loop state with ``bits`` and ``params_sha256``.
+
+    Raises:
+      Preempted: on SIGTERM, after saving a mid-round checkpoint.
+      FloatingPointError: on a non-finite loss.
+    """
+    mesh = parallel.make_mesh(spec.devices)
+    parallel.check_batch_size(spec.batch_size, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    setup, state = system.create(spec, DataInfo.of(splits), bits)
+    best = _host_snapshots(system, setup, state)
+    log = os.path.join(workdir, 'metrics.jsonl')
+    with checkpoint.manager(workdir) as mngr, _sigterm_flag() as stop:
+        state, best, meta = checkpoint.restore_or_start(
+            mngr, state, best,
+            lambda: new_meta(setup.bits, system.evaluators), resume=resume,
+            workdir=workdir)
+        state = parallel.replicate(state, mesh)
+        if parallel.is_main_process():
+            runlog.truncate_jsonl(log, max_epoch=meta['epoch'])
+        loop = _Loop(system, spec, setup, splits, mesh, mngr, log)
+        while (meta['epoch'] < loop.schedule.rounds
+               and not meta['stopped_early']):
+            state, meta, best = loop.round(state, meta, best, stop)
+    return dict(meta, bits=list(setup.bits),
+                params_sha256=params_digest(parallel.to_host(state.params)))
+
+
+class _Loop:
+    """One round of ``fit``: train, check, maybe evaluate, checkpoint, log."""
+
+    def __init__(self, system, spec, setup, splits, mesh, mngr, log):
+        self.system, self.spec, self.setup = system, spec, setup
+        self.splits, self.mesh, self.mngr, self.log = splits, mesh, mngr, log
+        self.schedule = system.schedule(spec)
+        consts = system.consts(spec, splits)
+        self.consts = (None if consts is None
+                       else parallel.replicate(consts, mesh))
+        self.steps = {name: step_lib.compile_step(fn, mesh)
+                      for name, fn in setup.steps.items()}
+        self.hooks = {name: step_lib.compile_hook(fn, mesh)
+                      for name, fn in setup.hooks.items()}
+        self.encode = step_lib.compile_encode(setup)
+
+    def _hook(self, name, state, metrics):
+        if name is None:
+            return state
+        state, out = self.hooks[name](state, self.consts)
+        metrics.update(jax.tree.map(lambda x: np.asarray(x).tolist(),
+                                    parallel.to_host(out)))
+        return state
+
+    def round(self, state, meta, best, stop):
+        r, partial = meta['epoch'] + 1, meta['partial']
+        plan = self.system.plan(self.spec, self.splits, r)
+        start = time.perf_counter()
+        if partial is None:
+            before, hooks = self.system.round_info(self.setup, state), {}
+            state = self._hook(plan.begin, state, hooks)
+        else:
+            before, hooks = partial['before'], partial['hooks']
+        bar = runlog.ProgressBar(plan.num_batches, self._desc(r, plan.stage),
+                                 quiet=not parallel.is_main_process())
+        state, progress = self._batches(state, plan, partial, stop, bar)
+        earlier = partial['seconds'] if partial else 0.0
+        self._check_finite(progress, r, plan.stage)
+        if stop.requested:
+            meta['partial'] = dict(
+                progress, before=before, hooks=hooks,
+                seconds=earlier + time.perf_counter() - start)
+            step = int(parallel.to_host(state.step))
+            checkpoint.save(self.mngr, step, state, best, meta)
+            raise Preempted(f'preempted: checkpoint of step {step} saved; '
+                            'continue with --resume.')
+        state = self._hook(plan.end, state, hooks)
+        jax.block_until_ready(state)
+        seconds = earlier + time.perf_counter() - start
+        self._check_hooks(hooks, r)
+        record = self._record(r, plan, progress, seconds, before, hooks,
+                              state)
+        bar.close(f'loss {record["loss"]:.4f} ({seconds:.2f} s)')
+        stages = meta['stage_seconds']
+        stages[plan.stage] = stages.get(plan.stage, 0.0) + seconds
+        meta.update(epoch=r, partial=None,
+                    train_seconds=meta['train_seconds'] + seconds)
+        if self.schedule.evaluates(r):
+            meta, best = self._evaluate(state, meta, best, record)
+        if self.schedule.checkpoints(r):
+            checkpoint.save(self.mngr, int(parallel.to_host(state.step)),
+                            state, best, meta)
+        if parallel.is_main_process():
+            runlog.append_jsonl(self.log, record)
+        return state, meta, best
+
+    def _batches(self, state, plan, partial, stop, bar):
+        """Runs (the rest of) the round's batches, stopping on SIGTERM."""
+        done = partial['batches'] if partial else 0
+        sums = ({k: jnp.asarray(v) for k, v in partial['sums'].items()}
+                if partial else None)
+        bad_step = jnp.asarray(_NO_STEP)
+        step_fn = self.steps[plan.stage]
+        for local in plan.batches(state, done):
+            if stop.requested:
+                break
+            state, metrics = step_fn(
+                state, parallel.global_batch(local, self.mesh,
+                                             self.spec.batch_size),
+                self.consts)
+            # Accumulate on device; read back rarely so steps stay async.
+            sums = metrics if sums is None else jax.tree.map(
+                jnp.add, sums, metrics)
+            failed = metrics['nonfinite'].any() | ~jnp.isfinite(metrics['loss'])
+            bad_step = jnp.minimum(bad_step,
+                                   jnp.where(failed, state.step, _NO_STEP))
+            done += 1
+            if done % 10 == 0:
+                bar.update(done, float(parallel.to_host(metrics['loss'])))
+        jax.block_until_ready(state)
+        bad = int(parallel.to_host(bad_step))
+        return state, {
+            'batches': done,
+            'sums': jax.tree.map(lambda x: np.asarray(x).tolist(),
+                                 parallel.to_host(sums)),
+            'first_bad_step': None if bad == _NO_STEP else bad}
+
+    def _where(self, r, stage):
+        where = f'{self.system.round_name} {r}'
+        return where if stage in ('train', 'outer') else f'{where}, {stage}'
+
+    def _desc(self, r, stage):
+        desc = f'{self.system.round_name} {r}/{self.schedule.rounds}'
+        return desc if stage in ('train', 'outer') else f'{desc} ({stage})'
+
+    def _check_finite(self, progress, r, stage) -> None:
+        if progress['first_bad_step'] is None:
+            return
+        bits = self.setup.bits
+        counts = np.atleast_1d(progress['sums']['nonfinite'])
+        bad = ([b for b, n in zip(bits, counts) if n]
+               if len(counts) == len(bits) else [])
+        raise FloatingPointError(
+            f'loss became non-finite at step {progress["first_bad_step"]} '
+            f'({self._where(r, stage)}) for length(s) '
+            f'{bad or list(bits)}; the last checkpoint (step '
+            f'{self.mngr.latest_step()}) is intact: lower the learning rate '
+            'or check the data, then --resume.'
+        )
+
+    def _check_hooks(self, hooks, r) -> None:
+        counts = np.atleast_1d(hooks.get('nonfinite', 0))
+        if not counts.any():
+            return
+        bad = [b for b, n in zip(self.setup.bits, counts) if n]
+        raise FloatingPointError(
+            f'the end of {self.system.round_name} {r} became non-finite for '
+            f'length(s) {bad or list(self.setup.bits)}; the last checkpoint '
+            f'(step {self.mngr.latest_step()}) is intact: lower the learning '
+            'rate, then --resume.'
+        )
+
+    def _record(self, r, plan, progress, seconds, before, hooks, state):
+        steps = progress['batches']
+        means = {k: np.asarray(v) / steps for k, v in progress['sums'].items()
+                 if k != 'nonfinite'}
+        result = RoundResult(means, steps, before,
+                             self.system.round_info(self.setup, state), hooks)
+        record = {'epoch': r, 'stage': plan.stage, 'train_seconds': seconds,
+                  'loss': float(means['loss'])}
+        record.update(self.system.record(self.spec, self.setup.bits, r,
+                                         result))
+        return record
+
+    def _evaluate(self, state, meta, best, record):
+        spec, system = self.spec, self.system
+        params, rest = parallel.to_host((state.params, state.rest))
+        learned = system.learned_codes(state, spec, self.splits)
+        maps = evaluation.evaluate_lengths(
+            self.encode, params, rest, self.splits,
+            system.layout(self.setup.bits), evaluators=system.evaluators,
+            batch_size=spec.eval_batch_size, top_k=spec.top_k,
+            workers=spec.data_workers,
+            learned=None if learned is None else learned[0],
+            learned_labels=None if learned is None else learned[1])
+        primary, *others = system.evaluators
+        record['map'] = maps[primary]
+        for name in others:
+            record[f'map_{name}'] = maps[name]
+        snapshots = _host_snapshots(system, self.setup, state)
+        meta, best = update_best(meta, best, maps[primary], snapshots.get,
+                                 spec.patience)
+        if parallel.is_main_process():
+            print('  mAP ' + ' '.join(
+                f'{b}:{v:.4f}' for b, v in maps[primary].items()), flush=True)
+        return _update_others(meta, maps), best
