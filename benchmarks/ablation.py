@@ -5,7 +5,7 @@
     python benchmarks/ablation.py --smoke      # CI: seconds, digits
 
 Trains one nested run over 8/16/32/64/128 bits per method, seed and
-variant (papers.md 2.5):
+variant:
 
 | variant | weighting | distill_weight |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Weighting baselines for the per-length objectives (papers.md 2.9).
+"""Weighting baselines for the per-length objectives.
 
 Static weights, uncertainty weighting (Kendall et al. 2018), GradNorm
 (Chen et al. 2018) and PCGrad (Yu et al. 2020), each in two forms sharing
@@ -130,7 +130,7 @@ def static_rule(bits: Sequence[int], *, weights=None) -> WeightingRule:
     """Constant weights (``static_weights``); reads no gradient.
 
     References:
-      MAH, arXiv 1809.09329 (4:2:1 joint loss, papers.md 3).
+      MAH, arXiv 1809.09329 (4:2:1 joint loss).
     """
     bits = check_bits(bits)
     w = jnp.asarray(static_weights(len(bits), weights))

@@ -31,7 +31,7 @@ def similarity_distill(short: Array, long: Array) -> Array:
 
     References:
       Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019,
-      Eq. (2)-(4); NHL cascade distillation (papers.md 2.4).
+      Eq. (2)-(4); NHL cascade distillation.
     """
     chex.assert_rank([short, long], 2)
     chex.assert_equal_shape_prefix([short, long], 1)

@@ -3,7 +3,7 @@
 Everything runs in NumPy on the host (``nhl_jax.hamming`` says why); JAX
 arrays are accepted and copied to the host.
 
-mAP follows DeepHash-pytorch's ``CalcTopMap`` (papers.md 5.3), with its
+mAP follows DeepHash-pytorch's ``CalcTopMap``, with its
 pitfalls settled explicitly:
 
 - relevance is rel(q, b) = 1[y_q . y_b > 0] for 0/1 multi-hot labels

@@ -4,7 +4,7 @@ Every Hamming ranking of binary codes in nhl_jax is computed here: mAP in
 ``nhl_jax.evaluate``, precision, recall and radius metrics in
 ``nhl_jax.metrics``, top-k and radius search in ``nhl_jax.index``. It all
 runs in NumPy on the host: ranking is a sorting problem, and XLA's CPU sort
-is an order of magnitude slower than NumPy's (ecosystem.md 12).
+is much slower than NumPy's.
 
 Codes: ±1 codes [N, K] become bits (+1 -> 1, -1 -> 0) packed eight to a
 byte by ``numpy.packbits`` (``pack``), then W = ceil(K / 64) zero-padded

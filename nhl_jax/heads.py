@@ -21,7 +21,7 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in))), as in the MAH code.
 
 References:
   MAH, arXiv 1809.09329, and Luoyadan/MAH-Pytorch ``utils/cnn_model.py``
-  (``multihead`` and ``cascade``); papers.md 3.
+  (``multihead`` and ``cascade``).
 """
 
 import math

@@ -4,7 +4,7 @@ Below both packages, so that ``nhl_jax.bnn`` needs nothing from
 ``nhl_jax.models`` (whose registry lists the binary backbones too).
 
 CPU-friendly forms: on a CPU, XLA's backward passes of ``lax.conv`` and of
-``reduce_window`` max-pooling dominate a small CNN's step (ecosystem.md 12:
+``reduce_window`` max-pooling dominate a small CNN's step (measured:
 73 ms vs 43 ms per step for the MNIST CNN). A 3x3 convolution as nine
 shifted slices and one matmul (``im2col_3x3``, ``PatchConv3x3``), and 2x2
 max-pooling as a reshape and a max (``max_pool_2x2``), compute the same

@@ -3,7 +3,7 @@
 ``retrieval_metrics`` computes, for ±1 codes and 0/1 multi-hot labels:
 mAP@k for several k, precision@k, recall@k, precision and recall within
 Hamming radius r, and the precision-recall curve over every radius.
-Relevance and AP are those of ``nhl_jax.evaluate`` (papers.md 5.3), the
+Relevance and AP are those of ``nhl_jax.evaluate``, the
 ranking that of ``nhl_jax.hamming``: rel(q, b) = 1[y_q . y_b > 0]; the
 database is ranked by ascending Hamming distance;
 AP@k = (1/h_k) sum_t t / r_t over the h_k hits at 1-based ranks r_t <= k.

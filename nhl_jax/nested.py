@@ -71,7 +71,7 @@ class NestedHashLayer(nnx.Module):
       linear: the ``nnx.Linear(in_features, bits[-1])`` layer.
 
     References:
-      NHL, arXiv 2412.08922, Sec. 3 (nested hash layer); papers.md 2.1.
+      NHL, arXiv 2412.08922, Sec. 3 (nested hash layer).
     """
 
     def __init__(self, in_features: int, bits: Sequence[int], *,

@@ -8,8 +8,8 @@ distillation of ``nhl_jax.distill`` and weights w from a weighting rule of
 ``nhl_jax.baselines``: static, uncertainty, GradNorm, PCGrad; all ones for
 ``weighting='none'``). One ``jax.grad`` of ``apply`` is one backward pass
 through the network: rules that read gradients get them from head-only
-per-length output gradients computed inside (the fast path of papers.md
-2.3), and the weights carry no gradient.
+per-length output gradients computed inside (the fast path of NHL,
+arXiv 2412.08922, Eq. (6)-(7)), and the weights carry no gradient.
 """
 
 import functools
@@ -122,7 +122,7 @@ def nhl_objective(
       An ``NHLObjective``.
 
     References:
-      NHL, arXiv 2412.08922, total objective (papers.md 2.5).
+      NHL, arXiv 2412.08922, total objective.
     """
     bits = check_bits(bits)
     rule = get_weighting(weighting, bits, **dict(weighting_kwargs or {}))

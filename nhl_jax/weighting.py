@@ -1,6 +1,6 @@
 """Dominance-aware dynamic weighting of the per-length NHL objectives.
 
-Notation (papers.md 2.3): g_i^k is the gradient of length i's objective
+Notation: g_i^k is the gradient of length i's objective
 restricted to the hash-layer kernel columns of length k, W[:, :b_k]; length
 i "anti-dominates" a shorter length k when <g_i^k, g_k^k> < 0. Only the
 kernel is used (not the bias, not the backbone), as in the released code.
@@ -160,7 +160,7 @@ def _paper_raw(q: Array) -> Array:
 
 
 def _released_raw(q: Array, beta: float = 1.0) -> Array:
-    """The released code's rule (model_grand_sd.py, S1-S4 of papers.md 2.3).
+    """The released code's rule (model_grand_sd.py, slips S1-S4).
 
     alpha_{j,k} = beta n_j^2 / ((m-1)(-d_jk)) if -d_jk > beta n_j^2/(m-1),
     else 1, with d_jk = <g_j^j, g_k^j>, n_j = ||g_1 restricted to b_j|| (the
@@ -240,7 +240,7 @@ def dominance_analysis(
       A ``DominanceInfo``.
 
     References:
-      NHL, arXiv 2412.08922 v2, Eq. (6)-(7) (reconstructed, papers.md 2.3).
+      NHL, arXiv 2412.08922 v2, Eq. (6)-(7) (reconstructed).
     """
     bits = check_bits(bits)
     _check_rule(rule)

@@ -1,10 +1,10 @@
 """Independent NumPy reference implementations used by the nhl_jax tests.
 
-Plain, loop-based float64 NumPy written from the formulas in
-``shared/docs/papers.md`` sections 2.2-2.4 and checked against the released
-PyTorch code (hly1998/NHL ``bit_length/*.py``). It deliberately does not import
-JAX or nhl_jax, and favours explicit Python loops over vectorisation so that
-it stays independent from the code under test. Speed is not a goal: use small
+Plain, loop-based float64 NumPy written from the formulas of the papers
+(NHL, arXiv 2412.08922, and each base loss's own) and checked against the
+released PyTorch code (hly1998/NHL ``bit_length/*.py``). It deliberately
+does not import JAX or nhl_jax, and favours explicit Python loops over
+vectorisation so that it stays independent from the code under test. Speed is not a goal: use small
 shapes only.
 
 Notation: ``u`` [B, K] continuous codes, ``y`` [B, C] multi-hot 0/1 labels,
@@ -236,7 +236,7 @@ def _restricted_dot(head_grads, bits, i, k):
 
 
 def dominance_weights_paper(head_grads, bits):
-    """Reconstructed paper rule (papers.md 2.3).
+    """Reconstructed paper rule.
 
     head_grads [M,D,Kmax], bits M sorted ints -> [M] summing to M.
     """

@@ -39,7 +39,7 @@ def _problem(seed=0):
     return u, v, db_labels, omega
 
 
-# --- NumPy references, written from papers.md 3 ---------------------------
+# --- NumPy references, written from arXiv 1809.09329---------------------------
 
 def ref_soft_similarity(ya, yb):
     s = (ya.astype(np.float64) @ yb.T.astype(np.float64) > 0).astype(float)

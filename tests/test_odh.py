@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, C, K, G = 8, 3, 8, 4  # batch, classes, bits, groups of n_positive = 2
 
 
-# --- NumPy references, written from papers.md 4 and hly1998/OSH -------------
+# --- NumPy references, from ODH (ACM MM'24) and hly1998/OSH -------------
 
 
 def _np_log_softmax(z):

@@ -70,7 +70,7 @@ def get_config():
 
 
 def _odh():
-    """ODH (``--method=odh``, papers.md 4; nhl_jax/odh): offline defaults.
+    """ODH (``--method=odh``, ACM MM 2024; nhl_jax/odh): offline defaults.
 
     Paper values except where marked: they train mnist5k in ~1-2 min.
     ``--epochs`` counts the main epochs (after the warm-up).

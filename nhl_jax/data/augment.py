@@ -1,6 +1,6 @@
 """Random image augmentations in JAX, run inside the jitted train step.
 
-ODH's views (papers.md 4; kornia in hly1998/OSH): RandomResizedCrop,
+ODH's views (kornia in hly1998/OSH): RandomResizedCrop,
 horizontal flip 0.5, ColorJitter(0.4, 0.8, 0.8, 0.2) with p = 0.8,
 greyscale 0.2 and Gaussian blur 0.5, every probability multiplied by a
 ``strength`` (1 for the strong view, 0.5 for the weak one)::

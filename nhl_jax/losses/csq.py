@@ -36,7 +36,7 @@ def csq(lam: float = 1e-4, *, centers=None, retries: int = 20) -> HashLoss:
 
     References:
       Yuan et al., "Central Similarity Quantization for Efficient Image and
-      Video Retrieval", CVPR 2020, Algorithm 1; papers.md 2.2.5.
+      Video Retrieval", CVPR 2020, Algorithm 1.
     """
     build = functools.partial(_common.hadamard_centers, retries=retries)
 

@@ -29,7 +29,7 @@ def dch(gamma: float = 20.0, lam: float = 0.1) -> HashLoss:
 
     References:
       Cao et al., "Deep Cauchy Hashing for Hamming Space Retrieval", CVPR
-      2018, Eq. (2), (6)-(9); papers.md 2.2.4.
+      2018, Eq. (2), (6)-(9).
     """
 
     def apply_fn(state, codes, labels, index):

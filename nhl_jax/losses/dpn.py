@@ -30,7 +30,7 @@ def dpn(margin: float = 1.0, p: float = 0.5, *, centers=None) -> HashLoss:
 
     References:
       Fan et al., "Deep Polarized Network for Supervised Learning of Accurate
-      Binary Hashing Codes", IJCAI 2020; papers.md 2.2.6.
+      Binary Hashing Codes", IJCAI 2020.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f'dpn: p must lie in [0, 1], got {p}.')

@@ -41,7 +41,7 @@ def dsh(alpha: float = 0.1, margin: float | None = None) -> HashLoss:
 
     References:
       Liu et al., "Deep Supervised Hashing for Fast Image Retrieval", CVPR
-      2016; the DeepHash-pytorch port used by NHL (papers.md 2.2.1).
+      2016; the DeepHash-pytorch port used by NHL.
     """
 
     def init_fn(key, *, num_train, num_classes, bits):

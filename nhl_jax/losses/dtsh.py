@@ -29,8 +29,7 @@ def dtsh(alpha: float = 5.0, lam: float = 1.0) -> HashLoss:
       A ``HashLoss`` with ``EmptyState``.
 
     References:
-      Wang et al., "Deep Supervised Hashing with Triplet Labels", ACCV 2016;
-      papers.md 2.2.2.
+      Wang et al., "Deep Supervised Hashing with Triplet Labels", ACCV 2016.
     """
 
     def apply_fn(state, codes, labels, index):

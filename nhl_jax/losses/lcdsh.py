@@ -24,7 +24,7 @@ def lcdsh(lam: float = 3.0) -> HashLoss:
 
     References:
       Zhu & Gao, "Locality Constrained Deep Supervised Hashing for Image
-      Retrieval", IJCAI 2017; papers.md 2.2.3.
+      Retrieval", IJCAI 2017.
     """
 
     def apply_fn(state, codes, labels, index):

@@ -37,8 +37,7 @@ def mdsh(lam: float = 1e-4, *, centers=None) -> HashLoss:
 
     References:
       Wang et al., "Deep Hashing with Minimal-Distance-Separated Hash
-      Centers", CVPR 2023, and ``bit_length/MDSH.py`` of hly1998/NHL;
-      papers.md 2.2.7.
+      Centers", CVPR 2023, and ``bit_length/MDSH.py`` of hly1998/NHL.
     """
 
     def init_fn(key, *, num_train, num_classes, bits):

@@ -17,8 +17,7 @@ All functions are pure and jit-compatible; V is state, never a parameter.
 References:
   Jiang and Li, "Asymmetric Deep Supervised Hashing", AAAI 2018;
   MAH, arXiv 1809.09329, and Luoyadan/MAH-Pytorch ``utils/adsh_loss.py`` and
-  ``cascade_CIFAR_10.py`` (``calc_sim``, ``calc_loss``, the V update);
-  papers.md 3.
+  ``cascade_CIFAR_10.py`` (``calc_sim``, ``calc_loss``, the V update).
 """
 
 from collections.abc import Sequence

@@ -1,6 +1,6 @@
 """MAH's state fields and its pure pieces: draw Omega, loss, V update.
 
-One outer iteration of MAH (papers.md 3), as the trainer runs it::
+One outer iteration of MAH, as the trainer runs it::
 
     state = begin(state, db_labels)          # sample Omega, r; U = 0
     for epoch in range(epochs):

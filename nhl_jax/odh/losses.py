@@ -5,7 +5,7 @@
                                 + 0.0001 CE(classifier(I_s))
 
 with h = tanh(network output), I_t a weak and I_s a strong view
-(papers.md 4; hly1998/OSH ``model_hash/Ours_BNN.py``).
+(hly1998/OSH ``model_hash/Ours_BNN.py``).
 """
 
 import chex
@@ -35,7 +35,7 @@ def hash_center_loss(h: Array, centers: Array, labels: Array, *,
 
     References:
       ODH (ACM MM 2024, DOI 10.1145/3664647.3681496), hash-centre loss;
-      ``HashProxy`` in hly1998/OSH; papers.md 4.
+      ``HashProxy`` in hly1998/OSH.
     """
     chex.assert_rank([h, centers, labels], 2)
     chex.assert_equal_shape_prefix([h, labels], 1)
@@ -101,7 +101,7 @@ def aggregation_distill_loss(strong: Array, weak: Array, push: Array, *,
 
     References:
       ODH, aggregation-stage distillation; ``HashDistill`` in hly1998/OSH
-      (there divided by the number of anchors, which is G); papers.md 4.
+      (there divided by the number of anchors, which is G).
     """
     chex.assert_rank([strong, weak, push], 2)
     chex.assert_equal_shape([strong, weak])

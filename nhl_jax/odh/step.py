@@ -32,7 +32,7 @@ STAGES = ('warmup', 'exploration', 'aggregation')
 
 
 class Hyper(NamedTuple):
-    """The static hyperparameters of the steps (papers.md 4 defaults)."""
+    """The static hyperparameters of the steps (the papers' defaults)."""
 
     temperature: float = 0.2
     ce_weight_explore: float = 1e-3

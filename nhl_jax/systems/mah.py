@@ -5,7 +5,7 @@ iteration: draw Omega (the ``begin`` hook), train ``mah.epochs`` epochs on
 it in Omega's order with V fixed, then update every head's V by one DCC
 sweep (the ``end`` hook).
 
-**Protocol** (ADSH's, papers.md 3). The items that own a code V are the rows
+**Protocol** (ADSH's, AAAI 2018). The items that own a code V are the rows
 of one split, ``mah.v_split``: ``'database'`` (default, the ADSH/MAH
 protocol: V covers the database split and Omega is drawn from it; the
 ``train`` split is not used; cifar10-1 gives exactly the MAH CIFAR-10 setup)

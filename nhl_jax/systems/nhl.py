@@ -6,7 +6,7 @@ shuffled epoch of the training split; every step applies the NHL objective
 weighting and the long-to-short distillation) to the nested layer's output.
 
 References:
-  NHL, arXiv 2412.08922 (papers.md 2).
+  NHL, arXiv 2412.08922.
 """
 
 from typing import Any, NamedTuple

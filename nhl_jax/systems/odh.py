@@ -10,7 +10,7 @@ transition_epoch`` with its 0-based epochs. Evaluation counts main epochs
 end of the warm-up. Codes come from the (binary) hasher network.
 
 References:
-  ODH, ACM MM 2024 (papers.md 4).
+  ODH, ACM MM 2024.
 """
 
 from typing import NamedTuple
