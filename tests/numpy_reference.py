@@ -4,8 +4,8 @@ Plain, loop-based float64 NumPy written from the formulas of the papers
 (NHL, arXiv 2412.08922, and each base loss's own) and checked against the
 released PyTorch code (hly1998/NHL ``bit_length/*.py``). It deliberately
 does not import JAX or nhl_jax, and favours explicit Python loops over
-vectorisation so that it stays independent from the code under test. Speed is not a goal: use small
-shapes only.
+vectorisation so that it stays independent from the code under test. Speed
+is not a goal: use small shapes only.
 
 Notation: ``u`` [B, K] continuous codes, ``y`` [B, C] multi-hot 0/1 labels,
 ``s_ij = 1`` iff ``y_i . y_j > 0``. ``np.sign`` maps 0 to 0, as torch does.
