@@ -81,21 +81,29 @@ class NHLObjective(NamedTuple):
     Attributes:
       init: ``init(key, *, num_train, num_classes) -> states``, a tuple of one
         base-loss state per length.
-      apply: ``apply(states, h, labels, index, *, features=None) ->
-        (total, (new_states, NHLMetrics))``, ready for
-        ``jax.value_and_grad(..., has_aux=True)``. ``h`` is the [B, K_max]
-        nested-layer output; ``features`` [B, D] (its input) is required by
-        the rules that read gradients; ``weighting_state`` is the rule's
-        state (None: its initial state).
+      apply: ``apply(states, h, labels, index, *, features=None,
+        weighting_state=None, loss_params=None) -> (total, (new_states,
+        NHLMetrics))``, ready for ``jax.value_and_grad(..., has_aux=True)``.
+        ``h`` is the [B, K_max] nested-layer output; ``features`` [B, D]
+        (its input) is required by the rules that read gradients;
+        ``weighting_state`` is the rule's state (None: its initial state);
+        ``loss_params`` the tuple of per-length loss parameters (losses with
+        ``init_params``), differentiable like the network's.
       init_weighting: ``init_weighting(key) -> state`` of the rule.
       update_weighting: ``update_weighting(state, metrics) -> state``, the
         rule's state after the step of ``metrics``.
+      init_params: ``init_params(key, *, num_classes) -> tuple`` of one
+        parameter pytree per length, or None if the loss has none.
+      epoch_update: ``epoch_update(states, loss_params) -> states``, the
+        loss's closed-form update after every epoch, or None.
     """
 
     init: Callable[..., tuple[Any, ...]]
     apply: Callable[..., tuple[Array, tuple[tuple[Any, ...], NHLMetrics]]]
     init_weighting: Callable[[Any], Any]
     update_weighting: Callable[[Any, NHLMetrics], Any]
+    init_params: Callable[..., tuple[Any, ...]] | None = None
+    epoch_update: Callable[..., tuple[Any, ...]] | None = None
 
 
 def nhl_objective(
@@ -140,11 +148,17 @@ def nhl_objective(
             for k, b in zip(keys, bits)
         )
 
-    def per_length(h, states, labels, index):
+    def one_loss(state, codes, labels, index, params):
+        if loss.init_params is None:
+            return loss.apply(state, codes, labels, index)
+        return loss.apply(state, codes, labels, index, params=params)
+
+    def per_length(h, states, labels, index, loss_params):
         codes = split_codes(h, bits)
-        values, new_states = zip(
-            *(loss.apply(s, c, labels, index) for s, c in zip(states, codes))
-        )
+        params = loss_params if loss_params is not None else (None,) * m
+        values, new_states = zip(*(
+            one_loss(s, c, labels, index, p)
+            for s, c, p in zip(states, codes, params)))
         base = jnp.stack(values)  # [M]
         dis = jnp.concatenate(
             [distill.cascade_distill(codes, topology=topology), jnp.zeros(1)]
@@ -152,15 +166,15 @@ def nhl_objective(
         return base + distill_weight * dis, (tuple(new_states), base, dis)
 
     def apply_fn(states, h, labels, index, *, features=None,
-                 weighting_state=None):
+                 weighting_state=None, loss_params=None):
         if weighting_state is None:
             weighting_state = rule.init(jax.random.key(0))
+        fn = functools.partial(per_length, loss_params=loss_params)
         if rule.uses_products:
             objs, products, (new_states, base, dis) = _with_products(
-                per_length, h, states, labels, index, features)
+                fn, h, states, labels, index, features)
         else:
-            objs, (new_states, base, dis) = per_length(h, states, labels,
-                                                       index)
+            objs, (new_states, base, dis) = fn(h, states, labels, index)
             products = None
         info = rule.weigh(weighting_state, products=products,
                           losses=jax.lax.stop_gradient(objs))
@@ -186,5 +200,17 @@ def nhl_objective(
     def update_weighting(state, metrics):
         return rule.update(state, metrics.info)
 
-    return NHLObjective(init_fn, apply_fn, rule.init, update_weighting)
+    def init_params(key, *, num_classes):
+        keys = jax.random.split(key, m)
+        return tuple(loss.init_params(k, num_classes=num_classes, bits=b)
+                     for k, b in zip(keys, bits))
+
+    def epoch_update(states, loss_params):
+        params = loss_params if loss_params is not None else (None,) * m
+        return tuple(loss.epoch_update(s, p) for s, p in zip(states, params))
+
+    return NHLObjective(
+        init_fn, apply_fn, rule.init, update_weighting,
+        init_params if loss.init_params is not None else None,
+        epoch_update if loss.epoch_update is not None else None)
 

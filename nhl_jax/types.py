@@ -25,8 +25,28 @@ class HashLoss(NamedTuple):
         ``codes`` [B, K] float (continuous, pre-sign), ``labels`` [B, C]
         multi-hot float, ``index`` [B] int (row of each sample in the training
         set) and ``loss`` a float32 scalar. ``apply`` is jit-compatible and
-        never changes the shapes or dtypes of ``state``.
+        never changes the shapes or dtypes of ``state``. A loss with
+        trainable parameters receives them as ``apply(..., params=params)``.
+      init_params: optional ``init_params(key, *, num_classes, bits) ->
+        params``, a pytree of float32 arrays the optimizer trains with the
+        network (a classifier, a projection W); None for a loss without.
+      epoch_update: optional ``epoch_update(state, params) -> state``, a
+        closed-form update run once after every epoch (DSDH's discrete
+        codes B); None for a loss without.
+
+    Example, a loss that owns a linear classifier ``W`` [K, C]::
+
+        def init_params(key, *, num_classes, bits):
+            return {'w': 0.01 * jax.random.normal(key, (bits, num_classes))}
+
+        def apply(state, codes, labels, index, *, params):
+            logits = jnp.tanh(codes) @ params['w']
+            return optax.softmax_cross_entropy(logits, labels).mean(), state
+
+        loss = HashLoss(stateless_init, apply, init_params)
     """
 
     init: Callable[..., LossState]
-    apply: Callable[[LossState, Array, Array, Array], tuple[Array, LossState]]
+    apply: Callable[..., tuple[Array, LossState]]
+    init_params: Callable[..., Any] | None = None
+    epoch_update: Callable[[LossState, Any], LossState] | None = None

@@ -43,6 +43,9 @@ def _setup(method='dsh'):
     from nhl_jax import losses
     if method == 'conflict':  # the registry of this process only
         losses.LOSSES.setdefault('conflict', _conflict)
+    if method == 'classifier':  # a loss with its own parameters
+        from tests import toy_losses
+        losses.LOSSES.setdefault('classifier', toy_losses.classifier)
     from experiments.configs import default
     from nhl_jax import data, train
     config = default.get_config()

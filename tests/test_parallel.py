@@ -20,16 +20,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize('method', ['dsh', 'conflict'])
+@pytest.mark.parametrize('method', ['dsh', 'conflict', 'classifier'])
 def test_sharded_step_equals_single_device_step(method, tmp_path):
-    """DSH: the memory-bank scatter; 'conflict': weights that cap."""
+    """DSH: the memory-bank scatter; 'conflict': weights that cap;
+    'classifier': a loss with its own parameters (tests/toy_losses.py)."""
     out = tmp_path / 'diff.json'
     subprocess.run([sys.executable, WORKER, 'sharded', '4', method, str(out)],
                    check=True, timeout=300, capture_output=True)
     result = json.loads(out.read_text())
     assert result['devices'] == 4
-    for key in ('params', 'loss_states', 'weights', 'metrics'):
+    for key in ('loss_states', 'weights', 'metrics'):
         assert result[key] <= 1e-6, (key, result)
+    # Adam divides by sqrt(v): the rounding of a near-zero gradient (the batch
+    # sum runs in another order on 4 devices) can move a weight by a few
+    # 1e-6 after 3 steps; measured 2.1e-6 for 'classifier', < 1e-6 else.
+    assert result['params'] <= (1e-5 if method == 'classifier' else 1e-6)
     assert result['compiles'] == 1
     assert result['replicated']  # state (banks included) on every device
     if method == 'conflict':

@@ -43,6 +43,31 @@ class NHLExtra(NamedTuple):
     weighting: Any
 
 
+class LossParams(nnx.Module):
+    """The trainable parameters of a base loss, one pytree per length.
+
+    Attached to the ``HashNet`` as ``model.loss`` only for a loss with
+    ``init_params`` (GreedyHash's classifier, DSDH's W, ...), so that the
+    optimizer, the checkpoints, resume and data parallelism carry them like
+    any network weight.
+    """
+
+    def __init__(self, per_length):
+        self.per_length = nnx.List([nnx.data(jax.tree.map(nnx.Param, p))
+                                    for p in per_length])
+
+    def values(self) -> tuple:
+        """The per-length parameters as float32 arrays."""
+        return tuple(jax.tree.map(
+            lambda v: v[...].astype(jnp.float32), p,
+            is_leaf=lambda x: isinstance(x, nnx.Variable))
+            for p in self.per_length)
+
+
+def _loss_params(model):
+    return model.loss.values() if hasattr(model, 'loss') else None
+
+
 def _loss_fn(objective, freeze_backbone: bool):
     def loss_fn(model, state, batch, consts):
         del consts
@@ -53,8 +78,21 @@ def _loss_fn(objective, freeze_backbone: bool):
         features, h = features.astype(jnp.float32), h.astype(jnp.float32)
         return objective.apply(
             state.extra.loss_states, h, batch['label'], batch['index'],
-            features=features, weighting_state=state.extra.weighting)
+            features=features, weighting_state=state.extra.weighting,
+            loss_params=_loss_params(model))
     return loss_fn
+
+
+def _epoch_hook(objective, graphdef):
+    """The loss's closed-form update after an epoch (``Round.end``)."""
+    def hook(state, consts):
+        del consts
+        model = nnx.merge(graphdef, state.params, state.rest)
+        states = objective.epoch_update(state.extra.loss_states,
+                                        _loss_params(model))
+        return state._replace(extra=state.extra._replace(
+            loss_states=states)), {}
+    return hook
 
 
 def _update_extra(objective):
@@ -105,11 +143,16 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
     if spec.pretrained:
         models.load_pretrained(spec.backbone, backbone, spec.pretrained)
     model = models.HashNet(backbone, bits, rngs=rngs)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     objective = nhl_objective(
         losses.get(opts.loss, **opts.loss_kwargs), bits,
         distill_weight=opts.distill_weight, weighting=opts.weighting,
         weighting_kwargs=opts.weighting_kwargs, topology=opts.topology)
+    if objective.init_params is not None:
+        # A stream apart from the loss states' and the weighting's keys.
+        model.loss = LossParams(objective.init_params(
+            jax.random.fold_in(loss_key, len(bits) + 1),
+            num_classes=info.num_classes))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = step_lib.make_optimizer(
         spec.learning_rate, weight_decay=spec.weight_decay,
         backbone_learning_rate=spec.backbone_learning_rate,
@@ -126,7 +169,9 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
         _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
         update_extra=_update_extra(objective),
         compute_dtype=jnp.dtype(spec.compute_dtype))
-    setup = step_lib.Setup(graphdef, tx, bits, {'train': train_step}, {},
+    hooks = ({} if objective.epoch_update is None
+             else {'epoch': _epoch_hook(objective, graphdef)})
+    setup = step_lib.Setup(graphdef, tx, bits, {'train': train_step}, hooks,
                            _encode(graphdef), static=objective)
     return setup, state
 
@@ -144,6 +189,12 @@ class NHL(base.System):
 
     def create(self, spec, info, bits):
         return create_train_state(spec, info, bits)
+
+    def plan(self, spec, splits, r):
+        plan = super().plan(spec, splits, r)
+        if losses.get(spec.options.loss).epoch_update is None:
+            return plan
+        return plan._replace(end='epoch')
 
     def round_info(self, setup, state):
         counters = getattr(state.extra.weighting, 'anti_domination', None)

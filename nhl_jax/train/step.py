@@ -65,9 +65,14 @@ OPTIMIZERS = {
 
 
 def part_labels(params):
-    """'backbone' or 'head' for every leaf, from its top-level module."""
+    """'backbone' or 'head' for every leaf, from its top-level module.
+
+    Everything outside the backbone (the hash head, a loss's own
+    parameters) trains at the head's rate.
+    """
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: str(path[0].key), params)
+        lambda path, _: ('backbone' if str(path[0].key) == 'backbone'
+                         else 'head'), params)
 
 
 def make_optimizer(learning_rate, *, weight_decay: float = 0.0,
