@@ -5,6 +5,7 @@ complete, so a run killed while saving leaves no checkpoint that
 ``latest_step`` would pick up.
 """
 
+import json
 import os
 
 import jax
@@ -37,23 +38,34 @@ def manager(workdir: str, *, keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, best, meta) -> None:
-    """Saves one checkpoint and waits until it is complete on disk.
+    """Starts saving one checkpoint and returns once the arrays are copied.
+
+    Orbax writes asynchronously: the device arrays are copied to the host
+    before this returns (so the next step may donate them), and the files
+    are written in the background. The manager waits for a pending save
+    before it starts the next one, on ``wait``, before a restore and when
+    it is closed; a save that never completes leaves no checkpoint.
 
     Args:
       mngr: from ``manager``.
       step: the global train step (the checkpoint's name).
       state: the ``TrainState`` pytree.
-      best: pytree of the best parameters per length.
+      best: pytree of the best model per length.
       meta: JSON-serialisable dict (epoch, best mAP, early-stop counter).
     """
     mngr.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            best=ocp.args.StandardSave(best),
-            meta=ocp.args.JsonSave(meta),
+            # Copies: the loop goes on changing both while orbax writes.
+            best=ocp.args.StandardSave(dict(best)),
+            meta=ocp.args.JsonSave(json.loads(json.dumps(meta))),
         ),
     )
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+    """Blocks until every pending save is complete on disk."""
     mngr.wait_until_finished()
 
 
@@ -68,6 +80,7 @@ def restore_latest(mngr: ocp.CheckpointManager, state, best):
     Returns:
       ``(state, best, meta)``, or None when there is no checkpoint.
     """
+    wait(mngr)  # a save of this process may still be in flight
     step = mngr.latest_step()
     if step is None:
         return None

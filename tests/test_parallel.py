@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -82,3 +84,47 @@ def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
     np.testing.assert_allclose([multi['map'][b] for b in ('8', '16')],
                                [single['map'][b] for b in ('8', '16')],
                                atol=1e-6)
+
+
+def _two_processes(*args):
+    """Starts experiments/run.py as process 0 and 1 of a gloo run."""
+    port = _free_port()
+    run = os.path.join(os.path.dirname(WORKER), '..', 'experiments', 'run.py')
+    return [subprocess.Popen(
+        [sys.executable, run, *args, '--num_processes=2',
+         f'--coordinator_address=localhost:{port}', f'--process_id={i}'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+
+
+def _finish(procs):
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+def test_sigterm_to_one_process_stops_both_and_resume_is_exact(tmp_path):
+    """Preemption is decided for all processes: only process 1 is told."""
+    args = ['--dataset=mnist5k', '--backbone=mlp', '--bits=8,16',
+            '--epochs=8', '--config.eval_every=2']
+    codes, outs = _finish(_two_processes(
+        *args, f'--workdir={tmp_path / "straight"}'))
+    assert codes == [0, 0], outs[0][1][-3000:]
+    cut = tmp_path / 'cut'
+    procs = _two_processes(*args, f'--workdir={cut}')
+    log = cut / 'metrics.jsonl'
+    deadline = time.time() + 240
+    while not (log.exists() and log.read_text().strip()):
+        assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    codes, outs = _finish(procs)
+    assert codes == [143, 143], (codes, outs[0][1][-2000:], outs[1][1][-2000:])
+    assert not (cut / 'results.json').exists()
+    codes, outs = _finish(_two_processes(*args, f'--workdir={cut}',
+                                         '--resume'))
+    assert codes == [0, 0], outs[0][1][-3000:]
+    straight = json.loads((tmp_path / 'straight' / 'results.json').read_text())
+    resumed = json.loads((cut / 'results.json').read_text())
+    assert resumed['params_sha256'] == straight['params_sha256']
+    assert resumed['map'] == straight['map']

@@ -24,6 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from nhl_jax import checkpoint, evaluation, parallel, runlog
 from nhl_jax.systems.base import DataInfo, RoundResult
@@ -34,8 +35,16 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after saving a resumable checkpoint."""
 
 
-class _StopFlag:
-    """Set by SIGTERM (preemption); checked between steps."""
+class _Preemption:
+    """Whether to stop for preemption before the next step; one answer for
+    every process.
+
+    One process: SIGTERM sets a flag. Several: JAX's preemption service
+    (``parallel.initialize`` enables it) catches SIGTERM on any process and
+    agrees on a step at which ALL processes stop, so none of them waits
+    alone in a collective; ``should_stop`` must then be asked at every
+    step, with the same step numbers on every process.
+    """
 
     def __init__(self):
         self.requested = False
@@ -44,12 +53,20 @@ class _StopFlag:
         del signum, frame
         self.requested = True
 
+    def should_stop(self, step: int) -> bool:
+        """Asked before running global step ``step`` (0-based)."""
+        if jax.process_count() > 1 and not self.requested:
+            self.requested = multihost_utils.reached_preemption_sync_point(
+                step)
+        return self.requested
+
 
 @contextlib.contextmanager
-def _sigterm_flag():
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signals can only be handled on the main thread
+def _preemption():
+    flag = _Preemption()
+    if (jax.process_count() > 1
+            or threading.current_thread() is not threading.main_thread()):
+        yield flag  # the service's own handler; or no signals off main
         return
     previous = signal.signal(signal.SIGTERM, flag)
     try:
@@ -153,7 +170,7 @@ def fit(system, spec, splits, bits, workdir: str, *,
     setup, state = system.create(spec, DataInfo.of(splits), bits)
     best = _host_snapshots(system, setup, state)
     log = os.path.join(workdir, 'metrics.jsonl')
-    with checkpoint.manager(workdir) as mngr, _sigterm_flag() as stop:
+    with checkpoint.manager(workdir) as mngr, _preemption() as stop:
         state, best, meta = checkpoint.restore_or_start(
             mngr, state, best,
             lambda: new_meta(setup.bits, system.evaluators), resume=resume,
@@ -213,6 +230,7 @@ class _Loop:
                 seconds=earlier + time.perf_counter() - start)
             step = int(parallel.to_host(state.step))
             checkpoint.save(self.mngr, step, state, best, meta)
+            checkpoint.wait(self.mngr)  # the process exits next
             raise Preempted(f'preempted: checkpoint of step {step} saved; '
                             'continue with --resume.')
         state = self._hook(plan.end, state, hooks)
@@ -242,9 +260,12 @@ class _Loop:
                 if partial else None)
         bad_step = jnp.asarray(_NO_STEP)
         step_fn = self.steps[plan.stage]
+        # The host's count of global steps, for the preemption sync point.
+        step = int(parallel.to_host(state.step))
         for local in plan.batches(state, done):
-            if stop.requested:
+            if stop.should_stop(step):
                 break
+            step += 1
             state, metrics = step_fn(
                 state, parallel.global_batch(local, self.mesh,
                                              self.spec.batch_size),
