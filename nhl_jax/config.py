@@ -89,14 +89,28 @@ def _check_fields(config) -> None:
     workers = config.get('data_workers', 0)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f'data_workers must be an int >= 0, got {workers!r}.')
-    for name in ('top_k', 'devices'):
+    for name in ('top_k', 'devices', 'log_every'):
         if config.get(name) is not None:
             _positive(config, (name,), int)
+    _check_profile_steps(config.get('profile_steps'))
     _check_devices(config)
     _check_code_width(config)
     _check_pretrained(config)
     objective.get_weighting(config.weighting, tuple(config.bits),
                             **dict(config.get('weighting_kwargs') or {}))
+
+
+def _check_profile_steps(steps) -> None:
+    if steps is None:
+        return
+    ok = (isinstance(steps, (tuple, list)) and len(steps) == 2
+          and all(isinstance(s, int) and not isinstance(s, bool)
+                  for s in steps) and 1 <= steps[0] <= steps[1])
+    if not ok:
+        raise UsageError(
+            f'profile_steps must be two global steps start,stop with 1 <= '
+            f'start <= stop (e.g. --config.profile_steps=10,20), got '
+            f'{steps!r}.')
 
 
 def _check_pretrained(config) -> None:

@@ -8,6 +8,9 @@ through the same interface::
 
 ``codes`` returns the raw linear outputs, sorted like ``bits`` (shortest
 first); MAH applies ``tanh`` itself, NHL's base losses use them as they are.
+Every head takes the flax ``dtype`` of its matmuls (e.g. ``jnp.bfloat16``)
+and returns its codes in it; the parameters are float32, and the systems
+cast the codes to float32 before any loss.
 
 - ``nested``: NHL's ``NestedHashLayer``, ONE Linear(D, b_M) whose prefixes are
   the shorter codes (``nhl_jax.nested``).
@@ -30,11 +33,12 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+from nhl_jax.layers import PARAM_DTYPE
 from nhl_jax.nested import NestedHashLayer, check_bits
 from nhl_jax.types import Array
 
 
-def _torch_linear(in_features: int, out_features: int, *,
+def _torch_linear(in_features: int, out_features: int, *, dtype,
                   rngs: nnx.Rngs) -> nnx.Linear:
     """A Linear initialised as torch's default (kaiming-uniform, a = sqrt 5)."""
     bound = 1.0 / math.sqrt(in_features)
@@ -46,7 +50,8 @@ def _torch_linear(in_features: int, out_features: int, *,
         in_features, out_features,
         kernel_init=nnx.initializers.variance_scaling(
             1.0 / 3.0, 'fan_in', 'uniform'),
-        bias_init=bias_init, rngs=rngs)
+        bias_init=bias_init, dtype=dtype, param_dtype=PARAM_DTYPE,
+        rngs=rngs)
 
 
 def _check_width(in_features: int, bits: Sequence[int]) -> tuple[int, ...]:
@@ -68,20 +73,22 @@ class FlatHeads(nnx.Module):
     """
 
     def __init__(self, in_features: int, bits: Sequence[int], *,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, dtype=None):
         """Creates the heads.
 
         Args:
           in_features: feature width D.
           bits: sorted code lengths; D * sum(bits) + sum(bits) parameters.
           rngs: NNX random streams.
+          dtype: computation dtype (None: that of the features / float32).
 
         Raises:
           ValueError: for invalid ``bits`` or b_M > D.
         """
         self.bits = _check_width(in_features, bits)
         self.linears = nnx.List([
-            _torch_linear(in_features, b, rngs=rngs) for b in self.bits
+            _torch_linear(in_features, b, dtype=dtype, rngs=rngs)
+            for b in self.bits
         ])
 
     def codes(self, x: Array) -> tuple[Array, ...]:
@@ -107,13 +114,14 @@ class CascadeHeads(nnx.Module):
     """
 
     def __init__(self, in_features: int, bits: Sequence[int], *,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, dtype=None):
         """Creates the chain.
 
         Args:
           in_features: feature width D.
           bits: sorted code lengths.
           rngs: NNX random streams.
+          dtype: computation dtype (None: that of the features / float32).
 
         Raises:
           ValueError: for invalid ``bits`` or b_M > D.
@@ -121,7 +129,8 @@ class CascadeHeads(nnx.Module):
         self.bits = _check_width(in_features, bits)
         inputs = (*self.bits[1:], in_features)  # each head's input width
         self.linears = nnx.List([
-            _torch_linear(a, b, rngs=rngs) for a, b in zip(inputs, self.bits)
+            _torch_linear(a, b, dtype=dtype, rngs=rngs)
+            for a, b in zip(inputs, self.bits)
         ])
 
     def codes(self, x: Array) -> tuple[Array, ...]:
@@ -137,7 +146,7 @@ class CascadeHeads(nnx.Module):
         return self.codes(x)
 
 
-# Head name -> class built as cls(in_features, bits, *, rngs); each has
+# Head name -> class built as cls(in_features, bits, *, rngs, dtype); each has
 # ``codes(features [B, D]) -> tuple of M [B, b_k]`` pre-tanh outputs.
 HEADS = {
     'nested': NestedHashLayer,

@@ -13,13 +13,23 @@ functions with cheaper gradients.
 torch-compatible forms: ``torch_conv``, ``torch_batch_norm`` and
 ``max_pool_3x3_s2`` pad, initialise and normalise as torchvision's ResNet
 does, so that its weights load by name.
+
+Mixed precision, the flax way: every layer takes ``dtype``, the dtype its
+matmuls and convolutions compute in (None: inferred from the inputs and
+parameters, float32 here), while its parameters are created in
+``PARAM_DTYPE``. Under ``dtype=bfloat16`` the float32 weights are cast per
+op, so the optimizer only ever sees float32 master weights.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from nhl_jax.types import Array
+
+# The dtype of every parameter (master weights) under any compute dtype.
+PARAM_DTYPE = jnp.float32
 
 # nnx.Conv's default kernel init, the init of PatchConv3x3.
 LECUN_NORMAL = nnx.initializers.lecun_normal()
@@ -33,10 +43,10 @@ def max_pool_2x2(x: Array) -> Array:
     """2x2 max-pooling with stride 2 (floor mode, as torch's MaxPool2d(2)).
 
     Args:
-      x: [B, H, W, C].
+      x: [B, H, W, C], any float dtype (kept).
 
     Returns:
-      [B, H // 2, W // 2, C].
+      [B, H // 2, W // 2, C] in x's dtype.
     """
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
@@ -44,7 +54,7 @@ def max_pool_2x2(x: Array) -> Array:
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
-    """torch's MaxPool2d(3, stride=2, padding=1) on [B, H, W, C]."""
+    """torch's MaxPool2d(3, stride=2, padding=1) on [B, H, W, C] (x's dtype)."""
     # Padding with -inf means padded cells never win, as in torch. The init
     # must be a Python scalar: JAX only differentiates the max-pool form of
     # reduce_window when its init is a literal.
@@ -78,21 +88,34 @@ class PatchConv3x3(nnx.Module):
     """3x3 'SAME' convolution (stride 1, zero padding 1) as im2col + matmul.
 
     The kernel has ``nnx.Conv``'s layout [3, 3, C_in, C_out] and init, so the
-    module computes exactly ``nnx.Conv(C_in, C_out, (3, 3), padding=1)``.
+    module computes exactly ``nnx.Conv(C_in, C_out, (3, 3), padding=1)``,
+    ``dtype`` included.
     """
 
     def __init__(self, in_features: int, out_features: int, *,
-                 rngs: nnx.Rngs):
-        self.kernel = nnx.Param(
-            LECUN_NORMAL(rngs.params(), (3, 3, in_features, out_features))
-        )
-        self.bias = nnx.Param(jnp.zeros((out_features,)))
+                 dtype=None, rngs: nnx.Rngs):
+        """Creates the layer.
+
+        Args:
+          in_features: C_in.
+          out_features: C_out.
+          dtype: computation dtype (None: that of the inputs / float32);
+            the parameters are float32.
+          rngs: NNX random streams.
+        """
+        self.dtype = dtype
+        self.kernel = nnx.Param(LECUN_NORMAL(
+            rngs.params(), (3, 3, in_features, out_features), PARAM_DTYPE))
+        self.bias = nnx.Param(jnp.zeros((out_features,), PARAM_DTYPE))
 
     def __call__(self, x: Array) -> Array:
-        """Maps [B, H, W, C_in] to [B, H, W, C_out]."""
+        """Maps [B, H, W, C_in] to [B, H, W, C_out] (in ``dtype``)."""
+        # Cast before im2col, so that the nine shifted copies are in dtype.
+        x, kernel, bias = dtypes.promote_dtype(
+            (x, self.kernel[...], self.bias[...]), dtype=self.dtype)
         patches = im2col_3x3(x)  # [B, H, W, 9 C_in]
-        kernel = self.kernel[...].reshape(9 * x.shape[-1], -1)
-        return patches @ kernel + self.bias[...][None, None, None, :]
+        kernel = kernel.reshape(9 * x.shape[-1], -1)
+        return patches @ kernel + bias[None, None, None, :]
 
 
 def torch_conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
@@ -103,14 +126,20 @@ def torch_conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
     pad = size // 2
     return nnx.Conv(in_ch, out_ch, (size, size), (stride, stride),
                     padding=((pad, pad), (pad, pad)), use_bias=False,
-                    kernel_init=_KAIMING_FAN_OUT, dtype=dtype, rngs=rngs)
+                    kernel_init=_KAIMING_FAN_OUT, dtype=dtype,
+                    param_dtype=PARAM_DTYPE, rngs=rngs)
 
 
 def torch_batch_norm(channels: int, *, dtype,
                      rngs: nnx.Rngs) -> nnx.BatchNorm:
-    """BatchNorm with torch's defaults (eps 1e-5, torch momentum 0.1)."""
+    """BatchNorm with torch's defaults (eps 1e-5, torch momentum 0.1).
+
+    Under a bfloat16 ``dtype``, flax still computes the batch statistics
+    and the normalisation in float32 and only casts the output.
+    """
     # Flax's momentum is the weight of the old running average, so torch's
     # 0.1 is flax's 0.9. Two-pass variance like torch: the fast
     # E[x^2] - E[x]^2 cancels badly on small batches / late 1x1 maps.
     return nnx.BatchNorm(channels, epsilon=1e-5, momentum=0.9,
-                         use_fast_variance=False, dtype=dtype, rngs=rngs)
+                         use_fast_variance=False, dtype=dtype,
+                         param_dtype=PARAM_DTYPE, rngs=rngs)

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import chex
 from flax import nnx
 
+from nhl_jax.layers import PARAM_DTYPE
 from nhl_jax.types import Array, Bits
 
 
@@ -75,13 +76,15 @@ class NestedHashLayer(nnx.Module):
     """
 
     def __init__(self, in_features: int, bits: Sequence[int], *,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, dtype=None):
         """Creates the layer.
 
         Args:
           in_features: feature width D.
           bits: sorted code lengths; the layer has D * b_M + b_M parameters.
           rngs: Flax NNX random streams (``params`` is used).
+          dtype: computation dtype, e.g. ``jnp.bfloat16`` (None: that of the
+            features / float32); the parameters are float32.
 
         Raises:
           ValueError: for invalid ``bits`` or b_M > D (a code wider than the
@@ -99,11 +102,13 @@ class NestedHashLayer(nnx.Module):
             self.bits[-1],
             kernel_init=nnx.initializers.normal(stddev=0.01),
             bias_init=nnx.initializers.zeros_init(),
+            dtype=dtype,
+            param_dtype=PARAM_DTYPE,
             rngs=rngs,
         )
 
     def __call__(self, x: Array) -> Array:
-        """Maps features [B, D] to nested outputs [B, K_max]."""
+        """Maps features [B, D] to nested outputs [B, K_max] (in dtype)."""
         return self.linear(x)
 
     def codes(self, x: Array) -> tuple[Array, ...]:

@@ -135,7 +135,8 @@ def read_records(workdir: str) -> list[dict]:
     for path in paths:
         with open(path) as f:
             records.extend(json.loads(line) for line in f if line.strip())
-    return records
+    # The per-round records; step scalars (kind 'step') have no epoch means.
+    return [r for r in records if r.get('kind', 'round') == 'round']
 
 
 def per_length(records: Sequence[Mapping], key: str):

@@ -41,13 +41,39 @@ def append_jsonl(path: str, record) -> None:
         f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def truncate_jsonl(path: str, *, max_epoch: int) -> None:
-    """Keeps the records with ``epoch <= max_epoch`` (used on resume)."""
-    if not os.path.exists(path):
-        return
+def read_jsonl(path: str, *, kind: str | None = 'round') -> list[dict]:
+    """The records of a metrics.jsonl.
+
+    Args:
+      path: the file.
+      kind: 'round' (one record per finished epoch / outer iteration),
+        'step' (the step scalars logged every ``log_every`` steps), or None
+        for both.
+    """
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    kept = [r for r in records if r.get('epoch', 0) <= max_epoch]
+    if kind is None:
+        return records
+    return [r for r in records if r.get('kind', 'round') == kind]
+
+
+def truncate_jsonl(path: str, *, max_epoch: int,
+                   max_step: int | None = None) -> None:
+    """Keeps what a resumed run has not done again (used on resume).
+
+    Round records with ``epoch <= max_epoch`` and step records with
+    ``step <= max_step`` (all of them if None) stay.
+    """
+    if not os.path.exists(path):
+        return
+    records = read_jsonl(path, kind=None)
+
+    def kept_record(r):
+        if r.get('kind') == 'step':
+            return max_step is None or r['step'] <= max_step
+        return r.get('epoch', 0) <= max_epoch
+
+    kept = [r for r in records if kept_record(r)]
     text = ''.join(json.dumps(r, sort_keys=True) + '\n' for r in kept)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')

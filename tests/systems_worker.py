@@ -23,8 +23,8 @@ _TERMS = ('losses', 'distill', 'weights', 'objective', 'hash_center', 'asd')
 
 def _losses(workdir):
     """Per round: the total loss and every per-length term."""
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        records = [json.loads(line) for line in f]
+    from nhl_jax import runlog
+    records = runlog.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
     return [[r['loss'], *(v for key in _TERMS
                           for v in r.get(key, {}).values())]
             for r in records]

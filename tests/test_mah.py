@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import data, evaluate, evaluation, train
+from nhl_jax import data, evaluate, evaluation, runlog, train
 from nhl_jax.mah import adsh
 from nhl_jax.mah import step as mah_step
 
@@ -363,8 +363,7 @@ def test_cli_run_writes_both_evaluations(cli_run):
         assert all(0.0 < v <= 1.0 for v in results[key].values())
     assert results['num_database_codes'] == 1497
     assert results['epochs'] == {'4': 2, '8': 2}
-    records = [json.loads(line) for line in
-               (workdir / 'metrics.jsonl').read_text().splitlines()]
+    records = runlog.read_jsonl(str(workdir / 'metrics.jsonl'))
     assert [r['outer_iteration'] for r in records] == [1, 2]
     assert {'map', 'map_symmetric'} <= set(records[-1])
 
@@ -416,8 +415,8 @@ def test_resume_continues_at_an_outer_iteration_exactly(cli_run, tmp_path):
     resumed = train.train_and_evaluate(config, str(cut), resume=True)
     assert resumed['params_sha256'] == whole['params_sha256']
     assert resumed['map'] == whole['map']
-    records = (cut / 'metrics.jsonl').read_text().splitlines()
-    assert [json.loads(r)['outer_iteration'] for r in records] == [1, 2]
+    records = runlog.read_jsonl(str(cut / 'metrics.jsonl'))
+    assert [r['outer_iteration'] for r in records] == [1, 2]
 
 
 def test_an_existing_run_is_refused_untouched(cli_run):

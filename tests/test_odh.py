@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from experiments.configs import default
-from nhl_jax import train
+from nhl_jax import runlog, train
 from nhl_jax.config import UsageError
 from nhl_jax.data import augment
 from nhl_jax.odh import centers, losses
@@ -295,8 +295,7 @@ def cli_run(tmp_path_factory):
 def test_cli_run_switches_stage_at_the_configured_epoch(cli_run):
     first, workdir = cli_run
     assert first.returncode == 0, first.stderr
-    with open(workdir / 'metrics.jsonl') as f:
-        records = [json.loads(line) for line in f]
+    records = runlog.read_jsonl(str(workdir / 'metrics.jsonl'))
     assert [r['stage'] for r in records] == [
         'warmup', 'exploration', 'aggregation']
     # The switch: main epoch transition_epoch + 1 is the first of stage 2.
@@ -317,8 +316,8 @@ def test_cli_resume_continues_the_run(cli_run):
     assert first.returncode == 0, first.stderr
     again = _run('--epochs=3', '--resume', f'--workdir={workdir}')
     assert again.returncode == 0, again.stderr
-    with open(workdir / 'metrics.jsonl') as f:
-        stages = [json.loads(line)['stage'] for line in f]
+    stages = [r['stage'] for r in
+              runlog.read_jsonl(str(workdir / 'metrics.jsonl'))]
     assert stages == ['warmup', 'exploration', 'aggregation', 'aggregation']
 
 

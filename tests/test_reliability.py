@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import default
-from nhl_jax import losses, train
+from nhl_jax import losses, runlog, train
 from nhl_jax.config import UsageError, check_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,8 +84,8 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     proc.communicate()
     assert not os.path.exists(os.path.join(workdir, 'results.json'))
     _assert_same_run(_resume(workdir), uninterrupted)
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        epochs = [json.loads(line)['epoch'] for line in f]
+    epochs = [r['epoch'] for r in
+              runlog.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))]
     assert epochs == [1, 2, 3, 4]
 
 

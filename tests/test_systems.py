@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import index, inference, parallel, plots, train
+from nhl_jax import index, inference, parallel, plots, runlog, train
 from nhl_jax.train import step as step_lib
 from tests import systems
 
@@ -188,8 +188,8 @@ def test_sigterm_then_kill_then_resume_is_bit_identical(runs, name, tmp_path,
     assert resumed['params_sha256'] == reference['params_sha256']
     assert resumed['map'] == reference['map']
     assert resumed['map_last'] == reference['map_last']
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-        rounds = [json.loads(line)['epoch'] for line in f]
+    rounds = [r['epoch'] for r in
+              runlog.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))]
     assert rounds == list(range(1, len(rounds) + 1))
 
 

@@ -63,6 +63,13 @@ def get_config():
     config.eval_batch_size = 500
     # None: the dataset's default top_k.
     config.top_k = ml_collections.config_dict.placeholder(int)
+    # Means of the step metrics every log_every steps (metrics.jsonl records
+    # of kind 'step', and TensorBoard with the tensorboard extra); None: off.
+    config.log_every = ml_collections.config_dict.placeholder(int)
+    config.log_every = 50
+    # A jax.profiler trace of global steps (start, stop) into workdir/profile,
+    # e.g. --config.profile_steps=10,20; None: no trace.
+    config.profile_steps = ml_collections.config_dict.placeholder(tuple)
     # Settings of the other systems (used only with --method=mah / odh).
     config.mah = _mah()
     config.odh = _odh()

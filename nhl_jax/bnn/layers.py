@@ -11,6 +11,11 @@ Sign convention: sign(0) = +1 everywhere (weights, activations, codes), so
 that every value is one bit; zero never occurs in a trained float network
 except in the zero padding of a convolution, which ``packed`` handles.
 
+Mixed precision: every layer takes the flax ``dtype`` its arithmetic runs
+in (None: inferred, float32). The latent weights, their signs and alpha
+come from the float32 parameters; the +-1 signs are exact in any dtype, so
+only the product (and alpha) are rounded under bfloat16.
+
 References:
   Rastegari et al., XNOR-Net, arXiv 1603.05279.
   Liu et al., Bi-Real Net, arXiv 1808.00278 (ApproxSign).
@@ -22,8 +27,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
-from nhl_jax.layers import LECUN_NORMAL, im2col_3x3
+from nhl_jax.layers import LECUN_NORMAL, PARAM_DTYPE, im2col_3x3
 from nhl_jax.types import Array
 
 
@@ -154,20 +160,24 @@ class RSign(nnx.Module):
     ``sign='ste'``).
     """
 
-    def __init__(self, channels: int, *, sign: str = 'approx'):
+    def __init__(self, channels: int, *, sign: str = 'approx',
+                 dtype=None):
         """Creates the module.
 
         Args:
           channels: C, the size of the input's last axis.
           sign: the backward rule, a key of ``SIGNS``.
+          dtype: computation dtype (None: that of the inputs / float32).
         """
         get_sign(sign)  # an unknown name fails here, before any work
         self.sign = sign  # the name, a static attribute
-        self.beta = nnx.Param(jnp.zeros((channels,)))
+        self.dtype = dtype
+        self.beta = nnx.Param(jnp.zeros((channels,), PARAM_DTYPE))
 
     def __call__(self, x: Array) -> Array:
-        """Maps [..., C] to +-1 of the same shape."""
-        return SIGNS[self.sign](x - _per_channel(self.beta[...], x))
+        """Maps [..., C] to +-1 of the same shape (in ``dtype``)."""
+        x, beta = dtypes.promote_dtype((x, self.beta[...]), dtype=self.dtype)
+        return SIGNS[self.sign](x - _per_channel(beta, x))
 
 
 class RPReLU(nnx.Module):
@@ -177,38 +187,49 @@ class RPReLU(nnx.Module):
     ``LearnableBias`` -> ``PReLU`` -> ``LearnableBias``.
     """
 
-    def __init__(self, channels: int, *, slope: float = 0.25):
+    def __init__(self, channels: int, *, slope: float = 0.25, dtype=None):
         """Creates the module.
 
         Args:
           channels: C, the size of the input's last axis.
           slope: initial negative slope.
+          dtype: computation dtype (None: that of the inputs / float32).
         """
-        self.gamma = nnx.Param(jnp.zeros((channels,)))
-        self.slope = nnx.Param(jnp.full((channels,), slope, jnp.float32))
-        self.zeta = nnx.Param(jnp.zeros((channels,)))
+        self.dtype = dtype
+        self.gamma = nnx.Param(jnp.zeros((channels,), PARAM_DTYPE))
+        self.slope = nnx.Param(jnp.full((channels,), slope, PARAM_DTYPE))
+        self.zeta = nnx.Param(jnp.zeros((channels,), PARAM_DTYPE))
 
     def __call__(self, x: Array) -> Array:
-        """Maps [..., C] to [..., C]."""
-        y = x - _per_channel(self.gamma[...], x)
-        y = jnp.where(y >= 0, y, _per_channel(self.slope[...], x) * y)
-        return y + _per_channel(self.zeta[...], x)
+        """Maps [..., C] to [..., C] (in ``dtype``)."""
+        x, gamma, slope, zeta = dtypes.promote_dtype(
+            (x, self.gamma[...], self.slope[...], self.zeta[...]),
+            dtype=self.dtype)
+        y = x - _per_channel(gamma, x)
+        y = jnp.where(y >= 0, y, _per_channel(slope, x) * y)
+        return y + _per_channel(zeta, x)
 
 
-def _binary_matmul(x: Array, kernel: Array) -> Array:
-    """x @ (alpha * sign(W)) as (x @ sign(W)) * alpha.
+def _binary_matmul(x: Array, kernel: Array, dtype=None) -> Array:
+    """x @ (alpha * sign(W)) as (x @ sign(W)) * alpha, computed in ``dtype``.
 
     Args:
       x: +-1 (or 0 for padding) inputs [..., N].
-      kernel: latent weights [..., C_out] with N = prod(kernel.shape[:-1]).
+      kernel: float32 latent weights [..., C_out] with
+        N = prod(kernel.shape[:-1]).
+      dtype: computation dtype (None: that of x and kernel).
 
     Returns:
-      [..., C_out]; the +-1 product is an exact integer in float32 (N < 2^24),
-      so the result equals the packed XNOR-popcount one bit for bit.
+      [..., C_out] in ``dtype``; in float32 the +-1 product is an exact
+      integer (N < 2^24), so the result equals the packed XNOR-popcount one
+      bit for bit. bfloat16 rounds products beyond 2^8, as any bf16 conv.
     """
+    dtype = dtypes.canonicalize_dtype(x, kernel, dtype=dtype)
+    # Signs and alpha from the float32 latent weights, then cast: the signs
+    # are exact in any dtype, and the STE gradient reaches W in float32.
     signs = ste_sign(kernel).reshape(-1, kernel.shape[-1])  # [N, C_out]
-    out = x @ signs
-    return out * _per_channel(weight_scale(kernel), out)
+    out = x.astype(dtype) @ signs.astype(dtype)
+    return out * _per_channel(weight_scale(kernel).astype(dtype), out)
 
 
 class BinaryConv3x3(nnx.Module):
@@ -225,6 +246,7 @@ class BinaryConv3x3(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *,
                  stride: int = 1,
                  kernel_init=LECUN_NORMAL,
+                 dtype=None,
                  rngs: nnx.Rngs):
         """Creates the layer.
 
@@ -234,13 +256,16 @@ class BinaryConv3x3(nnx.Module):
           stride: 1 or 2.
           kernel_init: init of the latent weights (ReActNet uses
             uniform [0, 0.001); a zero-mean init lets signs differ at start).
+          dtype: computation dtype (None: that of the inputs / float32);
+            the latent weights are float32.
           rngs: NNX random streams.
         """
         if stride not in (1, 2):
             raise ValueError(f'stride must be 1 or 2, got {stride}.')
         self.stride = stride
-        self.kernel = nnx.Param(
-            kernel_init(rngs.params(), (3, 3, in_features, out_features)))
+        self.dtype = dtype
+        self.kernel = nnx.Param(kernel_init(
+            rngs.params(), (3, 3, in_features, out_features), PARAM_DTYPE))
 
     def binary_kernel(self) -> Array:
         """The forward weights [3, 3, C_in, C_out] in {-alpha, +alpha}."""
@@ -248,8 +273,10 @@ class BinaryConv3x3(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """Maps +-1 inputs [B, H, W, C_in] to [B, H', W', C_out]."""
+        if self.dtype is not None:
+            x = x.astype(self.dtype)  # im2col's nine copies in dtype
         patches = im2col_3x3(x, self.stride)  # [B, H', W', 9 C_in]
-        return _binary_matmul(patches, self.kernel[...])
+        return _binary_matmul(patches, self.kernel[...], self.dtype)
 
 
 class BinaryDense(nnx.Module):
@@ -261,6 +288,7 @@ class BinaryDense(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, *,
                  kernel_init=LECUN_NORMAL,
+                 dtype=None,
                  rngs: nnx.Rngs):
         """Creates the layer.
 
@@ -268,10 +296,13 @@ class BinaryDense(nnx.Module):
           in_features: D_in.
           out_features: D_out.
           kernel_init: init of the latent weights.
+          dtype: computation dtype (None: that of the inputs / float32);
+            the latent weights are float32.
           rngs: NNX random streams.
         """
-        self.kernel = nnx.Param(
-            kernel_init(rngs.params(), (in_features, out_features)))
+        self.dtype = dtype
+        self.kernel = nnx.Param(kernel_init(
+            rngs.params(), (in_features, out_features), PARAM_DTYPE))
 
     def binary_kernel(self) -> Array:
         """The forward weights [D_in, D_out] in {-alpha, +alpha}."""
@@ -279,4 +310,4 @@ class BinaryDense(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """Maps +-1 inputs [B, D_in] to [B, D_out]."""
-        return _binary_matmul(x, self.kernel[...])
+        return _binary_matmul(x, self.kernel[...], self.dtype)

@@ -98,11 +98,6 @@ def _check_run_fields(config) -> None:
             'single_length is not supported by --method=mah (its heads are '
             'trained jointly); drop --single_length.'
         )
-    if config.compute_dtype != 'float32':
-        raise UsageError(
-            f'MAH runs in float32, got compute_dtype={config.compute_dtype!r}'
-            '; leave compute_dtype at float32.'
-        )
 
 
 def check_splits(spec, splits) -> None:

@@ -1,4 +1,12 @@
-"""Backbones by name, and the hashing model = backbone + nested hash layer."""
+"""Backbones by name, and the hashing model = backbone + nested hash layer.
+
+Mixed precision, the flax way: ``get_backbone(..., dtype=)`` and
+``HashNet(..., dtype=)`` build every layer with ``dtype`` as its compute
+dtype and float32 parameters, and ``preprocess`` casts the normalised
+images to ``dtype``, so under ``jnp.bfloat16`` every matmul and convolution
+runs in bfloat16 while the optimizer keeps float32 master weights.
+Backbones return float32 features; the heads return codes in ``dtype``.
+"""
 
 from collections.abc import Sequence
 
@@ -48,13 +56,15 @@ def load_pretrained(name: str, backbone: nnx.Module, path: str) -> None:
 
 
 def get_backbone(name: str, input_shape: Sequence[int], *, rngs: nnx.Rngs,
-                 **kwargs) -> nnx.Module:
+                 dtype=jnp.float32, **kwargs) -> nnx.Module:
     """Builds the backbone registered as ``name``.
 
     Args:
       name: a key of ``BACKBONES``.
       input_shape: (H, W, C) of one image.
       rngs: NNX random streams.
+      dtype: computation dtype of every layer (e.g. ``jnp.bfloat16``); the
+        parameters and the returned features are float32.
       **kwargs: the backbone's own keyword arguments.
 
     Returns:
@@ -67,28 +77,33 @@ def get_backbone(name: str, input_shape: Sequence[int], *, rngs: nnx.Rngs,
         raise ValueError(
             f'Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}.'
         )
-    return BACKBONES[name](tuple(input_shape), rngs=rngs, **kwargs)
+    return BACKBONES[name](tuple(input_shape), rngs=rngs, dtype=dtype,
+                           **kwargs)
 
 
-def preprocess(images: Array, mean=None, std=None) -> Array:
-    """uint8 images [B, H, W, C] -> float32 in [0, 1], then (x - mean) / std.
+def preprocess(images: Array, mean=None, std=None,
+               dtype=jnp.float32) -> Array:
+    """uint8 images [B, H, W, C] -> [0, 1], then (x - mean) / std, in dtype.
 
     Args:
-      images: [B, H, W, C] uint8.
+      images: [B, H, W, C] uint8 (or float in [0, 255]).
       mean: optional per-channel mean [C] of the backbone's training data
         (e.g. ImageNet's for a pretrained ResNet); RGB statistics are
         averaged when the images have another number of channels.
       std: optional per-channel std [C].
+      dtype: dtype of the result, the backbone's compute dtype.
 
     Returns:
-      [B, H, W, C] float32.
+      [B, H, W, C] in ``dtype``.
     """
+    # Normalised in float32 and cast once: the first layer then computes in
+    # dtype, and (x - mean) / std is not rounded twice.
     x = jnp.asarray(images, jnp.float32) / 255.0
     if mean is not None:
         x = x - _per_channel(mean, x.shape[-1])
     if std is not None:
         x = x / _per_channel(std, x.shape[-1])
-    return x
+    return x.astype(dtype)
 
 
 def _per_channel(values, channels: int) -> Array:
@@ -103,34 +118,40 @@ class HashNet(nnx.Module):
     """Backbone features -> a hash head for every code length (nested)."""
 
     def __init__(self, backbone: nnx.Module, bits: Sequence[int], *,
-                 rngs: nnx.Rngs, head: str = 'nested'):
+                 rngs: nnx.Rngs, head: str = 'nested', dtype=jnp.float32):
         """Creates the model.
 
         Args:
-          backbone: a module with a ``features`` width attribute.
+          backbone: a module with a ``features`` width attribute, built with
+            the same ``dtype`` (``get_backbone(..., dtype=dtype)``).
           bits: sorted code lengths.
           rngs: NNX random streams.
           head: a key of ``nhl_jax.heads.HEADS``; NHL uses 'nested', MAH
             also 'flat' and 'cascade' (read through ``head.codes``).
+          dtype: computation dtype of the input normalisation and the head
+            (e.g. ``jnp.bfloat16``); the parameters are float32.
         """
+        self.dtype = dtype
         self.backbone = backbone
-        self.head = heads.get_head(head)(backbone.features, bits, rngs=rngs)
+        self.head = heads.get_head(head)(backbone.features, bits, rngs=rngs,
+                                         dtype=dtype)
 
     def features(self, images: Array) -> Array:
-        """Backbone features [B, D] of uint8 images [B, H, W, C].
+        """Backbone features [B, D] (float32) of uint8 images [B, H, W, C].
 
         Inputs are normalised with the backbone's ``input_mean`` and
-        ``input_std`` when it declares them (pretrained backbones do).
+        ``input_std`` when it declares them (pretrained backbones do), and
+        enter the backbone in ``dtype``.
         """
         return self.backbone(preprocess(
             images, getattr(self.backbone, 'input_mean', None),
-            getattr(self.backbone, 'input_std', None)))
+            getattr(self.backbone, 'input_std', None), self.dtype))
 
     def __call__(self, images: Array) -> tuple[Array, Array]:
         """Maps uint8 images [B, H, W, C] to (features [B, D], h [B, K_max]).
 
-        ``h`` is the nested layer's output; the flat and cascade heads give a
-        tuple of M codes [B, b_k] instead.
+        ``h`` is the nested layer's output, in ``dtype``; the flat and
+        cascade heads give a tuple of M codes [B, b_k] instead.
         """
         features = self.features(images)
         return features, self.head(features)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nhl_jax.layers import PARAM_DTYPE
 from nhl_jax.models.pretrained import (  # noqa: F401 (re-exported errors)
     WeightsNotFoundError,
     _identity,
@@ -49,15 +50,19 @@ _POS_NORMAL = nnx.initializers.normal(0.02)
 
 
 def _layer_norm(width: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """torch's LayerNorm(width, eps=1e-6), with two-pass variance."""
+    """torch's LayerNorm(width, eps=1e-6), with two-pass variance.
+
+    Under a bfloat16 ``dtype``, flax computes the statistics and the
+    normalisation in float32 and casts only the output.
+    """
     return nnx.LayerNorm(width, epsilon=_LN_EPS, use_fast_variance=False,
-                         dtype=dtype, rngs=rngs)
+                         dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs)
 
 
 def _linear(in_f: int, out_f: int, *, bias_init=nnx.initializers.zeros,
             dtype, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(in_f, out_f, kernel_init=_XAVIER, bias_init=bias_init,
-                      dtype=dtype, rngs=rngs)
+                      dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
@@ -147,7 +152,7 @@ class Encoder(nnx.Module):
         """Creates the encoder for ``tokens`` tokens (patches + class)."""
         kw = {'dtype': dtype, 'rngs': rngs}
         self.pos_embedding = nnx.Param(
-            _POS_NORMAL(rngs.params(), (1, tokens, width), jnp.float32))
+            _POS_NORMAL(rngs.params(), (1, tokens, width), PARAM_DTYPE))
         self.layers = nnx.List([EncoderBlock(width, heads, mlp, **kw)
                                 for _ in range(depth)])
         self.ln = _layer_norm(width, **kw)
@@ -212,8 +217,8 @@ class VisionTransformer(nnx.Module):
         self.conv_proj = nnx.Conv(
             c, width, (patch, patch), (patch, patch), padding='VALID',
             kernel_init=nnx.initializers.normal(math.sqrt(1.0 / fan_in)),
-            dtype=dtype, rngs=rngs)
-        self.class_token = nnx.Param(jnp.zeros((1, 1, width), jnp.float32))
+            dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs)
+        self.class_token = nnx.Param(jnp.zeros((1, 1, width), PARAM_DTYPE))
         tokens = (size // patch) ** 2 + 1
         self.encoder = Encoder(tokens, width, depth, heads, mlp, dtype=dtype,
                                rngs=rngs)

@@ -13,13 +13,22 @@
 Images enter as float [B, H, W, C] in [0, 1] (after augmentation) and are
 normalised with the backbone's ``input_mean`` / ``input_std`` if it has
 them.
+
+Mixed precision: ``build_model(..., dtype=)`` builds both backbones, the
+hash layer, the class weights' product and the BatchNorms with ``dtype`` as
+their compute dtype (float32 parameters). The hasher's outputs and the
+logits are returned in float32, so ODH's losses stay float32; the centre
+tables are computed from W in float32.
 """
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from nhl_jax import models
+from nhl_jax.layers import PARAM_DTYPE
 from nhl_jax.nested import NestedHashLayer
 from nhl_jax.odh import centers as centers_lib
 from nhl_jax.types import Array
@@ -29,47 +38,83 @@ from nhl_jax.types import Array
 _BN = {'momentum': 0.9, 'epsilon': 1e-5}
 
 
-def normalise(backbone: nnx.Module, x: Array) -> Array:
-    """[0, 1] images -> the backbone's input normalisation."""
+def normalise(backbone: nnx.Module, x: Array,
+              dtype=jnp.float32) -> Array:
+    """[0, 1] images -> the backbone's input normalisation, in ``dtype``."""
     return models.preprocess(x * 255.0,
                              getattr(backbone, 'input_mean', None),
-                             getattr(backbone, 'input_std', None))
+                             getattr(backbone, 'input_std', None), dtype)
+
+
+def _batch_norm(features: int, *, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """torch's BatchNorm1d; statistics in float32 under any ``dtype``."""
+    return nnx.BatchNorm(features, dtype=dtype, param_dtype=PARAM_DTYPE,
+                         rngs=rngs, **_BN)
 
 
 class Hasher(nnx.Module):
     """Backbone -> nested hash layer -> BatchNorm: outputs [B, b_M]."""
 
     def __init__(self, backbone: nnx.Module, bits: Sequence[int], *,
-                 batch_norm: bool = True, rngs: nnx.Rngs):
+                 batch_norm: bool = True, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        """Creates the hasher.
+
+        Args:
+          backbone: a module with a ``features`` width, built with the same
+            ``dtype``.
+          bits: sorted code lengths.
+          batch_norm: BatchNorm over the b_M outputs.
+          dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters and
+            outputs are float32.
+          rngs: NNX random streams.
+        """
+        self.dtype = dtype
         self.backbone = backbone
-        self.head = NestedHashLayer(backbone.features, bits, rngs=rngs)
-        self.bn = (nnx.BatchNorm(bits[-1], rngs=rngs, **_BN) if batch_norm
-                   else None)
+        self.head = NestedHashLayer(backbone.features, bits, rngs=rngs,
+                                    dtype=dtype)
+        self.bn = (_batch_norm(bits[-1], dtype=dtype, rngs=rngs)
+                   if batch_norm else None)
 
     def __call__(self, x: Array) -> Array:
-        """[0, 1] images [B, H, W, C] -> outputs [B, b_M] (before tanh)."""
-        out = self.head(self.backbone(normalise(self.backbone, x)))
-        return self.bn(out) if self.bn is not None else out
+        """[0, 1] images [B, H, W, C] -> float32 [B, b_M] (before tanh)."""
+        out = self.head(self.backbone(normalise(self.backbone, x,
+                                                self.dtype)))
+        out = self.bn(out) if self.bn is not None else out
+        return out.astype(jnp.float32)  # ODH's losses run in float32
 
 
 class Classifier(nnx.Module):
     """Backbone features f [B, D] -> logits BN(f W^T) [B, C]."""
 
     def __init__(self, backbone: nnx.Module, num_classes: int, *,
-                 rngs: nnx.Rngs):
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        """Creates the classifier.
+
+        Args:
+          backbone: a module with a ``features`` width, built with the same
+            ``dtype``.
+          num_classes: C.
+          dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters,
+            features and logits are float32.
+          rngs: NNX random streams.
+        """
+        self.dtype = dtype
         self.backbone = backbone
         # torch.randn, as ResNet_W initialises W.
         self.w = nnx.Param(nnx.initializers.normal(1.0)(
-            rngs.params(), (num_classes, backbone.features)))
-        self.bn = nnx.BatchNorm(num_classes, rngs=rngs, **_BN)
+            rngs.params(), (num_classes, backbone.features), PARAM_DTYPE))
+        self.bn = _batch_norm(num_classes, dtype=dtype, rngs=rngs)
 
     def features(self, x: Array) -> Array:
-        """[0, 1] images -> backbone features [B, D]."""
-        return self.backbone(normalise(self.backbone, x))
+        """[0, 1] images -> float32 backbone features [B, D]."""
+        return self.backbone(normalise(self.backbone, x, self.dtype))
 
     def logits(self, features: Array) -> Array:
-        """Features [B, D] -> BN(f W^T) [B, C]."""
-        return self.bn(features @ self.w[...].T)
+        """Features [B, D] -> float32 logits BN(f W^T) [B, C]."""
+        features, w = dtypes.promote_dtype((features, self.w[...]),
+                                           dtype=self.dtype)
+        return self.bn(features @ w.T).astype(jnp.float32)
 
 
 class ODHModel(nnx.Module):
@@ -91,7 +136,7 @@ def build_model(*, backbone: str, classifier_backbone: str,
                 bits: Sequence[int], centers: str = 'prefix',
                 center_hidden: int | None = None, hash_bn: bool = True,
                 backbone_kwargs=None, classifier_kwargs=None,
-                rngs: nnx.Rngs) -> ODHModel:
+                dtype=jnp.float32, rngs: nnx.Rngs) -> ODHModel:
     """Builds an ``ODHModel`` from registry names.
 
     Args:
@@ -105,15 +150,18 @@ def build_model(*, backbone: str, classifier_backbone: str,
       hash_bn: BatchNorm after the hash layer.
       backbone_kwargs: keyword arguments of the hasher's backbone.
       classifier_kwargs: keyword arguments of the classifier's backbone.
+      dtype: computation dtype of both networks (e.g. ``jnp.bfloat16``);
+        parameters stay float32.
       rngs: NNX random streams.
     """
     hasher = Hasher(models.get_backbone(backbone, input_shape, rngs=rngs,
+                                        dtype=dtype,
                                         **dict(backbone_kwargs or {})),
-                    bits, batch_norm=hash_bn, rngs=rngs)
+                    bits, batch_norm=hash_bn, dtype=dtype, rngs=rngs)
     classifier = Classifier(
         models.get_backbone(classifier_backbone, input_shape, rngs=rngs,
-                            **dict(classifier_kwargs or {})),
-        num_classes, rngs=rngs)
+                            dtype=dtype, **dict(classifier_kwargs or {})),
+        num_classes, dtype=dtype, rngs=rngs)
     table = centers_lib.make_centers(
         centers, classifier.backbone.features, bits, num_classes=num_classes,
         hidden=center_hidden, rngs=rngs)

@@ -79,10 +79,11 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
     bits = check_bits(tuple(spec.bits if bits is None else bits))
     opts = spec.options
     seed = jax.random.key(spec.seed)
+    dtype = jnp.dtype(spec.compute_dtype)  # of every layer; weights float32
     backbone = models.get_backbone(
         spec.backbone, info.image_shape,
         # The heads draw from their own key (below).
-        rngs=nnx.Rngs(params=jax.random.fold_in(seed, 1)),
+        rngs=nnx.Rngs(params=jax.random.fold_in(seed, 1)), dtype=dtype,
         **dict(spec.backbone_kwargs))
     if spec.pretrained:
         models.load_pretrained(spec.backbone, backbone, spec.pretrained)
@@ -95,7 +96,7 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
         freeze_backbone=spec.freeze_backbone)
     head_key, rng = jax.random.split(seed)
     model = models.HashNet(backbone, bits, head=opts.head,
-                           rngs=nnx.Rngs(params=head_key))
+                           rngs=nnx.Rngs(params=head_key), dtype=dtype)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     static = mah_step.MAHStatic(opts.weights, opts.gamma, opts.num_samples)
     state = step_lib.TrainState(
@@ -106,8 +107,7 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
             num_samples=opts.num_samples))
     train_step = step_lib.make_train_step(
         mah_step.loss_fn(static, freeze_backbone=spec.freeze_backbone),
-        graphdef=graphdef, tx=tx, update_extra=mah_step.store_queries,
-        compute_dtype=jnp.dtype(spec.compute_dtype))
+        graphdef=graphdef, tx=tx, update_extra=mah_step.store_queries)
     hooks = {
         'begin': lambda s, y: mah_step.start_outer(
             s, y, num_samples=opts.num_samples),

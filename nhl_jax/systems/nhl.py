@@ -102,7 +102,13 @@ def _update_extra(objective):
         new = new._replace(extra=NHLExtra(
             loss_states,
             objective.update_weighting(old.extra.weighting, metrics)))
+        extra = {}
+        if hasattr(metrics.info, 'anti_domination'):  # the dominance rules
+            # [M]: whether some longer length anti-dominated length k.
+            extra['anti_domination'] = metrics.info.anti_domination.any(
+                0).astype(jnp.float32)
         return new, {
+            **extra,
             'loss': total,
             'losses': metrics.losses,
             'distill': metrics.distill,
@@ -138,11 +144,12 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
     opts = spec.options
     model_key, loss_key, rng = jax.random.split(jax.random.key(spec.seed), 3)
     rngs = nnx.Rngs(params=model_key)
+    dtype = jnp.dtype(spec.compute_dtype)  # of every layer; weights float32
     backbone = models.get_backbone(spec.backbone, info.image_shape, rngs=rngs,
-                                   **dict(spec.backbone_kwargs))
+                                   dtype=dtype, **dict(spec.backbone_kwargs))
     if spec.pretrained:
         models.load_pretrained(spec.backbone, backbone, spec.pretrained)
-    model = models.HashNet(backbone, bits, rngs=rngs)
+    model = models.HashNet(backbone, bits, rngs=rngs, dtype=dtype)
     objective = nhl_objective(
         losses.get(opts.loss, **opts.loss_kwargs), bits,
         distill_weight=opts.distill_weight, weighting=opts.weighting,
@@ -167,8 +174,7 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
         opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=extra)
     train_step = step_lib.make_train_step(
         _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
-        update_extra=_update_extra(objective),
-        compute_dtype=jnp.dtype(spec.compute_dtype))
+        update_extra=_update_extra(objective))
     hooks = ({} if objective.epoch_update is None
              else {'epoch': _epoch_hook(objective, graphdef)})
     setup = step_lib.Setup(graphdef, tx, bits, {'train': train_step}, hooks,

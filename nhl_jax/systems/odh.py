@@ -105,7 +105,7 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
         bits=bits, centers=opts.centers, center_hidden=opts.center_hidden,
         hash_bn=opts.hash_bn, backbone_kwargs=spec.backbone_kwargs,
         classifier_kwargs=opts.classifier_kwargs,
-        rngs=nnx.Rngs(params=model_key))
+        dtype=jnp.dtype(spec.compute_dtype), rngs=nnx.Rngs(params=model_key))
     if opts.classifier_pretrained:  # the ODH code's ImageNet ResNet-50
         models.load_pretrained(opts.classifier_backbone,
                                model.classifier.backbone,
@@ -120,8 +120,7 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
             odh_step.loss_fn(stage, bits, hyper), graphdef=graphdef, tx=tx,
             update_extra=odh_step.step_metrics,
             transform_grads=odh_step.grad_transform(stage, hyper,
-                                                    opts.max_norm),
-            compute_dtype=jnp.dtype(spec.compute_dtype))
+                                                    opts.max_norm))
     tx = step_lib.staged(txs, 0)
     state = step_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, rest=rest,

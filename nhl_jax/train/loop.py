@@ -28,7 +28,9 @@ from jax.experimental import multihost_utils
 
 from nhl_jax import checkpoint, evaluation, parallel, runlog
 from nhl_jax.systems.base import DataInfo, RoundResult
+from nhl_jax.train import profile
 from nhl_jax.train import step as step_lib
+from nhl_jax.train import writer as writer_lib
 
 
 class Preempted(Exception):
@@ -169,16 +171,19 @@ def fit(system, spec, splits, bits, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     setup, state = system.create(spec, DataInfo.of(splits), bits)
     best = _host_snapshots(system, setup, state)
-    log = os.path.join(workdir, 'metrics.jsonl')
-    with checkpoint.manager(workdir) as mngr, _preemption() as stop:
+    writer = writer_lib.MetricWriter(workdir)
+    profiler = profile.Profiler(spec.profile_steps, workdir)
+    with (checkpoint.manager(workdir) as mngr, _preemption() as stop,
+          contextlib.closing(writer), contextlib.closing(profiler)):
         state, best, meta = checkpoint.restore_or_start(
             mngr, state, best,
             lambda: new_meta(setup.bits, system.evaluators), resume=resume,
             workdir=workdir)
         state = parallel.replicate(state, mesh)
-        if parallel.is_main_process():
-            runlog.truncate_jsonl(log, max_epoch=meta['epoch'])
-        loop = _Loop(system, spec, setup, splits, mesh, mngr, log)
+        writer.truncate(max_epoch=meta['epoch'],
+                        max_step=int(parallel.to_host(state.step)))
+        loop = _Loop(system, spec, setup, splits, mesh, mngr,
+                     (writer, profiler))
         while (meta['epoch'] < loop.schedule.rounds
                and not meta['stopped_early']):
             state, meta, best = loop.round(state, meta, best, stop)
@@ -189,9 +194,12 @@ def fit(system, spec, splits, bits, workdir: str, *,
 class _Loop:
     """One round of ``fit``: train, check, maybe evaluate, checkpoint, log."""
 
-    def __init__(self, system, spec, setup, splits, mesh, mngr, log):
+    def __init__(self, system, spec, setup, splits, mesh, mngr, outputs):
         self.system, self.spec, self.setup = system, spec, setup
-        self.splits, self.mesh, self.mngr, self.log = splits, mesh, mngr, log
+        self.splits, self.mesh, self.mngr = splits, mesh, mngr
+        self.writer, self.profiler = outputs
+        self.scalars = writer_lib.StepLogger(self.writer, setup.bits,
+                                             spec.log_every)
         self.schedule = system.schedule(spec)
         consts = system.consts(spec, splits)
         self.consts = (None if consts is None
@@ -221,7 +229,8 @@ class _Loop:
             before, hooks = partial['before'], partial['hooks']
         bar = runlog.ProgressBar(plan.num_batches, self._desc(r, plan.stage),
                                  quiet=not parallel.is_main_process())
-        state, progress = self._batches(state, plan, partial, stop, bar)
+        state, progress = self._batches(state, plan, r, partial, stop, bar)
+        self.scalars.flush()
         earlier = partial['seconds'] if partial else 0.0
         self._check_finite(progress, r, plan.stage)
         if stop.requested:
@@ -249,11 +258,10 @@ class _Loop:
         if self.schedule.checkpoints(r):
             checkpoint.save(self.mngr, int(parallel.to_host(state.step)),
                             state, best, meta)
-        if parallel.is_main_process():
-            runlog.append_jsonl(self.log, record)
+        self.writer.round(int(parallel.to_host(state.step)), record)
         return state, meta, best
 
-    def _batches(self, state, plan, partial, stop, bar):
+    def _batches(self, state, plan, r, partial, stop, bar):
         """Runs (the rest of) the round's batches, stopping on SIGTERM."""
         done = partial['batches'] if partial else 0
         sums = ({k: jnp.asarray(v) for k, v in partial['sums'].items()}
@@ -266,10 +274,13 @@ class _Loop:
             if stop.should_stop(step):
                 break
             step += 1
-            state, metrics = step_fn(
-                state, parallel.global_batch(local, self.mesh,
-                                             self.spec.batch_size),
-                self.consts)
+            with self.profiler.step(step):
+                state, metrics = step_fn(
+                    state, parallel.global_batch(local, self.mesh,
+                                                 self.spec.batch_size),
+                    self.consts)
+            self.profiler.after(step, state)
+            self.scalars.add(step, r, metrics)
             # Accumulate on device; read back rarely so steps stay async.
             sums = metrics if sums is None else jax.tree.map(
                 jnp.add, sums, metrics)
@@ -277,7 +288,7 @@ class _Loop:
             bad_step = jnp.minimum(bad_step,
                                    jnp.where(failed, state.step, _NO_STEP))
             done += 1
-            if done % 10 == 0:
+            if bar.live and done % 10 == 0:  # only a terminal waits for it
                 bar.update(done, float(parallel.to_host(metrics['loss'])))
         jax.block_until_ready(state)
         bad = int(parallel.to_host(bad_step))

@@ -6,19 +6,20 @@ Every system (NHL, MAH, ODH) trains through the same pure step::
 
 built by ``make_train_step`` from the system's loss function. The skeleton
 owns what used to be copied per system: merging the NNX graph with the
-(float32 master, maybe bfloat16 compute) parameters, fresh batch-statistic
-variables for the gradient trace, ``value_and_grad``, the optimizer update
-and the step counter. ``compile_step`` jits it once with the batch sharded
-``P('data')`` over the mesh, the state and the run's constants replicated,
-and the state donated (``nhl_jax.parallel`` explains why this is all data
-parallelism needs).
+float32 parameters, fresh batch-statistic variables for the gradient trace,
+``value_and_grad``, the optimizer update and the step counter. Mixed
+precision is the modules' own business (each layer casts its float32
+weights to its ``dtype`` per op, see ``nhl_jax.models``), so the gradients
+and the optimizer see float32 only. ``compile_step`` jits it once with the
+batch sharded ``P('data')`` over the mesh, the state and the run's
+constants replicated, and the state donated (``nhl_jax.parallel``
+explains why this is all data parallelism needs).
 """
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -136,15 +137,6 @@ def staged(txs, active: int) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def compute_params(params, dtype):
-    """Mixed precision: float32 master weights, cast for the forward pass."""
-    if dtype == jnp.float32:
-        return params
-    return jax.tree.map(
-        lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating)
-        else p, params)
-
-
 def hashnet_features(model, images: Array, *, frozen: bool) -> Array:
     """``HashNet`` features [B, D]; a frozen backbone gets no gradient.
 
@@ -160,8 +152,7 @@ def hashnet_features(model, images: Array, *, frozen: bool) -> Array:
 def make_train_step(loss_fn: Callable, *, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation,
                     update_extra: Callable | None = None,
-                    transform_grads: Callable | None = None,
-                    compute_dtype=jnp.float32) -> Callable:
+                    transform_grads: Callable | None = None) -> Callable:
     """The step skeleton around a system's loss.
 
     Args:
@@ -175,7 +166,6 @@ def make_train_step(loss_fn: Callable, *, graphdef: nnx.GraphDef,
         ``{'loss': total}``.
       transform_grads: optional ``grads -> grads`` before the optimizer
         (ODH's freezing and per-group clipping).
-      compute_dtype: dtype of the forward pass (float32 or bfloat16).
 
     Returns:
       A pure ``step(state, batch, consts) -> (state, metrics)``.
@@ -187,8 +177,7 @@ def make_train_step(loss_fn: Callable, *, graphdef: nnx.GraphDef,
             # so that BatchNorm may update them: NNX refuses to mutate a
             # Variable created at another trace level.
             rest = jax.tree.map(lambda v: v, rest)
-            model = nnx.merge(graphdef, compute_params(params, compute_dtype),
-                              rest)
+            model = nnx.merge(graphdef, params, rest)
             total, aux = loss_fn(model, state, batch, consts)
             return total, (aux, nnx.state(model, nnx.Not(nnx.Param)))
 

@@ -64,6 +64,9 @@ def resolve(config) -> RunSpec:
         backbone_learning_rate=get('backbone_learning_rate'),
         freeze_backbone=bool(get('freeze_backbone', False)),
         compute_dtype=get('compute_dtype', 'float32'),
+        log_every=get('log_every'),
+        profile_steps=(None if get('profile_steps') is None
+                       else tuple(int(s) for s in config.profile_steps)),
         options=system.options(config), config=_as_json(config.to_dict()))
 
 
@@ -74,12 +77,16 @@ def _holds_run(workdir: str) -> bool:
         os.path.join(workdir, 'len_*', 'checkpoints', '*')))
 
 
+# Fields a resumed run may change: they do not change what is computed.
+_FREE = frozenset({'epochs', 'log_every', 'profile_steps'})
+
+
 def check_same_config(workdir: str, spec: RunSpec, resume: bool) -> None:
     """Stores config.json, after refusing to overwrite or mix runs.
 
     Without ``resume`` a workdir that already holds a run is refused (before
     its config.json is touched); with it, a run made with another config
-    (only ``epochs`` may grow).
+    (only ``epochs``, ``log_every`` and ``profile_steps`` may change).
     """
     path = os.path.join(workdir, 'config.json')
     if not resume and _holds_run(workdir):
@@ -87,10 +94,10 @@ def check_same_config(workdir: str, spec: RunSpec, resume: bool) -> None:
             f'{workdir} already holds a run; pass --resume to continue it or '
             'choose another --workdir.'
         )
-    current = {k: v for k, v in spec.config.items() if k != 'epochs'}
+    current = {k: v for k, v in spec.config.items() if k not in _FREE}
     if resume and os.path.exists(path):
         with open(path) as f:
-            saved = {k: v for k, v in json.load(f).items() if k != 'epochs'}
+            saved = {k: v for k, v in json.load(f).items() if k not in _FREE}
         diff = sorted(k for k in set(saved) | set(current)
                       if saved.get(k) != current.get(k))
         if diff:

@@ -1,0 +1,156 @@
+"""One metric-writer seam: metrics.jsonl and, if installed, TensorBoard.
+
+The loop hands every scalar to ``MetricWriter``: a record per round (as
+before), and every ``log_every`` steps the means of the step metrics over
+the last interval (``kind: 'step'`` records). With the ``tensorboard``
+extra installed the same scalars also go to TensorBoard event files in
+``workdir/tensorboard``, written through tensorboard's own TF-free event
+writer (``tensorboard --logdir=workdir/tensorboard``). Only process 0
+writes; the others get a writer that drops everything.
+
+Step scalars are fetched from the device one interval late
+(``StepLogger``), so logging never makes the host wait for the step in
+flight.
+"""
+
+import importlib.util
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nhl_jax import parallel, runlog
+
+
+def _flat(record: Mapping, prefix: str = '') -> dict[str, float]:
+    """Numbers of a record as TensorBoard tags: {'losses/8': 0.3, ...}."""
+    out = {}
+    for key, value in record.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f'{name}/'))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+class _TensorBoard:
+    """Scalars as TensorBoard events, without TensorFlow."""
+
+    def __init__(self, directory: str):
+        # Imported here: tensorboard is an optional extra.
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import (
+            EventFileWriter,
+        )
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._writer = EventFileWriter(directory)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        summary = self._summary(value=[
+            self._summary.Value(tag=tag, simple_value=value)
+            for tag, value in values.items()])
+        self._writer.add_event(self._event(wall_time=time.time(), step=step,
+                                           summary=summary))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricWriter:
+    """Writes round records and step scalars of one run (process 0)."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool | None = None):
+        """Opens the run's writers.
+
+        Args:
+          workdir: the run directory (metrics.jsonl, tensorboard/).
+          tensorboard: write event files; None: when tensorboard is
+            installed.
+        """
+        self.log = os.path.join(workdir, 'metrics.jsonl')
+        self.enabled = parallel.is_main_process()
+        if tensorboard is None:
+            tensorboard = importlib.util.find_spec('tensorboard') is not None
+        self._tb = (_TensorBoard(os.path.join(workdir, 'tensorboard'))
+                    if tensorboard and self.enabled else None)
+
+    def truncate(self, *, max_epoch: int, max_step: int) -> None:
+        """On resume: drops what was logged after the restored checkpoint."""
+        if self.enabled:
+            runlog.truncate_jsonl(self.log, max_epoch=max_epoch,
+                                  max_step=max_step)
+
+    def round(self, step: int, record: Mapping) -> None:
+        """A finished round's record (``epoch``, losses, mAP, ...)."""
+        if not self.enabled:
+            return
+        runlog.append_jsonl(self.log, record)
+        if self._tb is not None:
+            self._tb.scalars(step, _flat(
+                {k: v for k, v in record.items() if k != 'epoch'}, 'round/'))
+
+    def steps(self, step: int, epoch: int, scalars: Mapping) -> None:
+        """Means of the step metrics over the interval ending at ``step``."""
+        if not self.enabled:
+            return
+        record = {'kind': 'step', 'step': step, 'epoch': epoch, **scalars}
+        runlog.append_jsonl(self.log, record)
+        if self._tb is not None:
+            self._tb.scalars(step, _flat(scalars, 'step/'))
+
+    def close(self) -> None:
+        """Flushes the event files."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _per_length(bits, value):
+    value = np.asarray(value)
+    if value.ndim == 1 and len(value) == len(bits):
+        return {str(b): float(v) for b, v in zip(bits, value)}
+    return float(value)
+
+
+class StepLogger:
+    """Means of the step metrics every ``every`` steps, fetched one late.
+
+    ``add`` sums the metrics on the device; at every ``every``-th step the
+    sums are set aside and the PREVIOUS interval's are read and written,
+    by which time their steps have long finished, so the host never blocks
+    on the step it just dispatched. ``flush`` writes the last interval.
+    """
+
+    def __init__(self, writer: MetricWriter, bits, every: int | None):
+        self.writer, self.bits, self.every = writer, tuple(bits), every
+        self._sums, self._count, self._pending = None, 0, None
+
+    def add(self, step: int, epoch: int, metrics) -> None:
+        """Adds the metrics of global step ``step`` (1-based, just run)."""
+        if not self.every or not self.writer.enabled:
+            return
+        metrics = {k: v for k, v in metrics.items() if k != 'nonfinite'}
+        self._sums = metrics if self._sums is None else jax.tree.map(
+            jnp.add, self._sums, metrics)
+        self._count += 1
+        if step % self.every == 0:
+            self._write_pending()
+            self._pending = (step, epoch, self._sums, self._count)
+            self._sums, self._count = None, 0
+
+    def flush(self) -> None:
+        """Writes the interval set aside (call at the end of a round)."""
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending is None:
+            return
+        step, epoch, sums, count = self._pending
+        self._pending = None
+        host = parallel.to_host(sums)
+        self.writer.steps(step, epoch, {
+            k: _per_length(self.bits, np.asarray(v) / count)
+            for k, v in host.items()})
