@@ -53,3 +53,12 @@ def test_ablation_prints_per_length_rows():
         (row,) = _rows(out, variant)
         assert all(0 < float(v) <= 1 for v in row[1:3])
 
+
+
+def test_accelerator_prints_both_dtypes_and_the_device():
+    out = _smoke('accelerator.py')
+    assert out.startswith('device: ')
+    rows = _rows(out, 'cnn')
+    assert [r[3] for r in rows] == ['float32', 'bfloat16']
+    for row in rows:
+        assert float(row[4]) > 0 and row[6].endswith('%')
