@@ -14,6 +14,7 @@ stops the run naming the first bad step and length, before anything of
 that round is saved.
 """
 
+import collections
 import contextlib
 import hashlib
 import os
@@ -78,6 +79,23 @@ def _preemption():
 
 
 _NO_STEP = np.iinfo(np.int32).max
+
+
+def _ahead(batches, mesh, batch_size: int, depth: int = 2):
+    """Global sharded batches, ``depth - 1`` of them sent ahead.
+
+    The transfer of the next batch to the devices is started before the
+    current step is dispatched, so the device never waits for it (double
+    buffering); batches sent ahead of a preemption are simply dropped, as
+    resuming reads from the batch position.
+    """
+    queue = collections.deque()
+    for local in batches:
+        queue.append(parallel.global_batch(local, mesh, batch_size))
+        if len(queue) >= depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def params_digest(params) -> str:
@@ -270,15 +288,13 @@ class _Loop:
         step_fn = self.steps[plan.stage]
         # The host's count of global steps, for the preemption sync point.
         step = int(parallel.to_host(state.step))
-        for local in plan.batches(state, done):
+        for batch in _ahead(plan.batches(state, done), self.mesh,
+                            self.spec.batch_size):
             if stop.should_stop(step):
                 break
             step += 1
             with self.profiler.step(step):
-                state, metrics = step_fn(
-                    state, parallel.global_batch(local, self.mesh,
-                                                 self.spec.batch_size),
-                    self.consts)
+                state, metrics = step_fn(state, batch, self.consts)
             self.profiler.after(step, state)
             self.scalars.add(step, r, metrics)
             # Accumulate on device; read back rarely so steps stay async.
