@@ -6,20 +6,32 @@ This file is intentionally kept short: the logic lives in ``nhl_jax.train``
 so that it can be tested and imported.
 """
 
+import contextlib
 import os
+import re
 import signal
 import sys
+import warnings
 
 from absl import app, flags, logging
 
 # Config files may import each other (experiments.configs.default).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from nhl_jax import config as config_lib
-from nhl_jax import parallel, train
+from nhl_jax import data, heads, models, objective, parallel, systems, train
 
 FLAGS = flags.FLAGS
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_DEFAULT_CONFIG = os.path.join(_ROOT, 'experiments', 'configs', 'default.py')
+# Config fields that take new keys from the command line
+# (--config.loss_kwargs.margin=2.0): hyperparameters by name, which
+# nhl_jax.config checks against the loss's or the rule's signature. Every
+# other override must name a field of the config file.
+_OPEN_FIELDS = ('loss_kwargs', 'weighting_kwargs')
+_OVERRIDE = re.compile(r'-{1,2}(?:no)?config\.([^=]+)')
 # Flags that set the config field of the same name.
 _OVERRIDES = ('method', 'dataset', 'data_dir', 'backbone', 'head', 'bits',
               'weighting', 'distill_weight', 'epochs', 'seed', 'devices',
@@ -30,19 +42,31 @@ def define_flags(flag_values=FLAGS, argv=None):
     """Defines the command line's flags on ``flag_values``.
 
     Tests define them on a fresh ``flags.FlagValues`` per command line, to
-    check command lines in-process.
+    check command lines in-process. The help strings list the registries'
+    names, so a newly registered loss, dataset or backbone shows up in
+    ``--help``.
 
     Args:
       flag_values: where to define the flags.
       argv: the command line whose ``--config.<field>`` overrides get flags
         (None: ``sys.argv``, read when the flags are parsed).
+
+    Raises:
+      UsageError: an override under a field the config does not have
+        (``--config.nofield.sub=1``), found while loading the config file.
     """
     fv = {'flag_values': flag_values}
-    config_flags.DEFINE_config_file(
-        'config', os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                               'configs', 'default.py'),
-        'Python config file (default: experiments/configs/default.py).',
-        lock_config=True, sys_argv=argv, **fv)
+    with _config_errors(sys.argv if argv is None else argv):
+        # Unlocked and accepting new attributes so that the open fields
+        # take new keys; parse() refuses new keys anywhere else.
+        config_flags.DEFINE_config_file(
+            'config', _DEFAULT_CONFIG,
+            'Python config file (default: experiments/configs/default.py); '
+            '--config.<field>=<value> overrides any of its fields, and '
+            '--config.loss_kwargs.<name> / --config.weighting_kwargs.<name> '
+            "set the loss's / weighting's hyperparameters.",
+            lock_config=False, accept_new_attributes=True, sys_argv=argv,
+            **fv)
     flags.DEFINE_string(
         'workdir', None, 'Run directory (default: runs/<dataset>_<method>).',
         **fv)
@@ -57,19 +81,35 @@ def define_flags(flag_values=FLAGS, argv=None):
         **fv)
     flags.DEFINE_integer('process_id', None,
                          'Multi-host: rank of this process.', **fv)
+    methods = systems.methods()
+    base = sorted(m for m, system in methods.items() if system == 'nhl')
+    others = sorted(m for m, system in methods.items() if system != 'nhl')
     flags.DEFINE_string(
-        'method', None, 'Base loss (NHL), e.g. dpn; or mah / odh.', **fv)
+        'method', None,
+        f'Base loss, trained by NHL: {_names(base)} (its hyperparameters: '
+        f'--config.loss_kwargs.<name>=...); or another system: '
+        f'{_names(others)}.', **fv)
     flags.DEFINE_string(
-        'dataset', None, 'mnist5k, digits, cifar10[-1|-2], coco, ...', **fv)
+        'dataset', None,
+        f'Dataset (nhl_jax.data.DATASETS): {_names(data.DATASETS)}; tfds '
+        'and list-file datasets need --data_dir.', **fv)
     flags.DEFINE_string(
         'data_dir', None, 'tfds dir (CIFAR-10) or list-file root.', **fv)
-    flags.DEFINE_string('backbone', None, 'mlp or cnn.', **fv)
     flags.DEFINE_string(
-        'head', None, 'nested (NHL), or flat / cascade (--method=mah).', **fv)
+        'backbone', None,
+        f'Backbone: {_names(models.BACKBONES)} (default: the dataset\'s).',
+        **fv)
+    by_head = {h: [name for name, system in systems.SYSTEMS.items()
+                   if h in system.heads] for h in heads.HEADS}
+    flags.DEFINE_string(
+        'head', None, 'Hash head, and the systems that train it: ' + ', '.join(
+            f'{h} ({"/".join(names)})' for h, names in by_head.items())
+        + '.', **fv)
     flags.DEFINE_list('bits', None, 'Code lengths, e.g. 8,16,32.', **fv)
     flags.DEFINE_string(
-        'weighting', None, 'none, paper, released (dominance), static, '
-        'uncertainty, gradnorm or pcgrad (baselines).', **fv)
+        'weighting', None,
+        f'Per-length weighting: {_names(objective.WEIGHTINGS)} (its '
+        'hyperparameters: --config.weighting_kwargs.<name>=...).', **fv)
     flags.DEFINE_float('distill_weight', None,
                        'Distillation weight (0: off).', **fv)
     flags.DEFINE_integer('epochs', None, 'Maximum epochs.', **fv)
@@ -78,6 +118,113 @@ def define_flags(flag_values=FLAGS, argv=None):
         'devices', None, 'Data-parallel devices (default: all).', **fv)
     flags.DEFINE_bool(
         'single_length', None, 'Train each length alone (baseline).', **fv)
+
+
+def _names(names) -> str:
+    return ', '.join(names)
+
+
+def parse_flags(argv, flag_values=FLAGS):
+    """Parses ``argv`` into ``flag_values``; returns the other arguments.
+
+    Raises:
+      UsageError: a ``--config=`` file that does not exist, or an override
+        under a field it does not have (``--config.nofield.sub=1``).
+    """
+    with _config_errors(argv):
+        return flag_values(argv)
+
+
+@contextlib.contextmanager
+def _config_errors(argv):
+    """What ml_collections raises for a bad --config, as UsageErrors.
+
+    Raised while it loads the config file and makes the overrides' flags:
+    at definition (the default file) or parsing (``--config=<file>``).
+    """
+    try:
+        yield
+    except (AttributeError, KeyError) as e:
+        raise _unknown_field(e, argv) from None
+    except OSError:  # its error of a config file that does not exist
+        raise _missing_config(_config_file(argv)) from None
+
+
+def _unknown_field(error, argv) -> config_lib.UsageError:
+    """The one-line error of the override ml_collections could not follow.
+
+    ml_collections raises a bare KeyError / AttributeError naming the
+    missing key; it is matched to the ``--config.<path>`` that holds it.
+    Any other such error is not a bad command line: it is raised as is.
+    """
+    text = str(error.args[0]).strip('\'"') if error.args else ''
+    for arg in argv:
+        match = _OVERRIDE.match(arg)
+        if match and (text in match.group(1).split('.')
+                      or match.group(1) in text):
+            return _unknown_error(match.group(1), _config_file(argv))
+    raise error
+
+
+def _config_file(argv) -> str:
+    """The config file of a command line, as ``--config=`` gives it."""
+    path = _DEFAULT_CONFIG
+    for i, arg in enumerate(argv):
+        if re.match(r'-{1,2}config=', arg):
+            path = arg.split('=', 1)[1]
+        elif re.match(r'-{1,2}config$', arg) and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
+
+
+def _unknown_error(path: str, filename: str) -> config_lib.UsageError:
+    if filename.startswith(_ROOT + os.sep):
+        filename = os.path.relpath(filename, _ROOT)
+    return config_lib.UsageError(
+        f'unknown config field {path!r} (--config.{path}); the valid fields '
+        f'are listed in {filename}.')
+
+
+def _missing_config(filename: str) -> config_lib.UsageError:
+    return config_lib.UsageError(
+        f'config file {filename!r} does not exist; pass an existing one, '
+        'e.g. --config=experiments/configs/default.py.')
+
+
+def _check_overrides(flag_values) -> None:
+    """Raises unless the config file exists and every override names a field.
+
+    The config is parsed unlocked (so that the open fields take new keys):
+    a new key anywhere else, e.g. a typo'd ``--config.nofield=1``, is
+    caught here, against the config file loaded again as written.
+    """
+    config_flag = flag_values['config']
+    try:
+        config_flag.value.get('method')
+    except OSError:  # ml_collections defers a missing file to the first use
+        raise _missing_config(config_flag.config_filename) from None
+    written = _load_config(config_flag.config_filename)
+    for path in config_flag.override_values:
+        holder = path.rpartition('.')[0]
+        if holder in _OPEN_FIELDS:
+            continue
+        try:
+            config_path.get_value(path, written)
+        except (AttributeError, IndexError, KeyError):
+            raise _unknown_error(path, config_flag.config_filename) from None
+
+
+def _load_config(filename):
+    """The config of ``filename`` without the command line's overrides."""
+    flag_values = flags.FlagValues()
+    with warnings.catch_warnings():
+        # ml_collections loads the file with importlib's deprecated
+        # load_module().
+        warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
+        config_flags.DEFINE_config_file(
+            'config', filename, flag_values=flag_values, lock_config=False,
+            sys_argv=[sys.argv[0]])
+    return flag_values['config'].value
 
 
 def _config(flag_values):
@@ -96,7 +243,8 @@ def _parse_bits(values):
         return [int(v) for v in values]
     except ValueError:
         raise config_lib.UsageError(
-            f'--bits must be comma-separated integers, got {values}.'
+            f'--bits must be comma-separated integers, got {values}; pass '
+            'e.g. --bits=8,16,32.'
         ) from None
 
 
@@ -104,8 +252,10 @@ def parse(flag_values=FLAGS):
     """(config, workdir, resume) of the parsed flags; writes nothing.
 
     Raises:
-      UsageError: if --bits is not a list of integers.
+      UsageError: if --bits is not a list of integers, the --config file
+        does not exist, or a --config override names no field of it.
     """
+    _check_overrides(flag_values)
     config = _config(flag_values)
     workdir = flag_values['workdir'].value
     if workdir is None:
@@ -131,6 +281,15 @@ def main(argv):
         sys.exit(128 + signal.SIGTERM)
 
 
+def _flags_parser(argv):
+    """absl's parser, with run.py's one-line error for unknown fields."""
+    try:
+        define_flags()  # here, so that importing this module defines none
+        with _config_errors(argv):
+            return app.parse_flags_with_usage(argv)
+    except config_lib.UsageError as e:
+        sys.exit(f'error: {e}')
+
+
 if __name__ == '__main__':
-    define_flags()  # here, so that importing this module defines no flags
-    app.run(main)
+    app.run(main, flags_parser=_flags_parser)

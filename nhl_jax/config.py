@@ -8,7 +8,10 @@ traceback.
 
 import inspect
 import math
+import numbers
 import os
+import types
+import typing
 
 import jax
 from flax import nnx
@@ -38,13 +41,104 @@ def _positive(config, names, kind=(int, float)) -> None:
 
 
 def check_loss_kwargs(method: str, loss_kwargs) -> None:
-    """Raises if ``loss_kwargs`` are not keyword arguments of the factory."""
-    params = inspect.signature(losses.LOSSES[method]).parameters
-    unknown = sorted(set(loss_kwargs) - set(params))
+    """Raises unless ``loss_kwargs`` fit the loss factory's keywords.
+
+    Args:
+      method: a key of ``losses.LOSSES``.
+      loss_kwargs: hyperparameter name -> value (``config.loss_kwargs``).
+
+    Raises:
+      UsageError: an unknown name, or a value of the wrong type.
+    """
+    _check_kwargs(f'loss {method!r}', losses.LOSSES[method], loss_kwargs,
+                  'loss_kwargs')
+
+
+def check_weighting_kwargs(weighting: str, weighting_kwargs) -> None:
+    """Raises unless ``weighting_kwargs`` fit the rule's keywords.
+
+    Args:
+      weighting: a key of ``objective.WEIGHTINGS``.
+      weighting_kwargs: hyperparameter name -> value.
+
+    Raises:
+      UsageError: an unknown name, or a value of the wrong type.
+    """
+    _check_kwargs(f'weighting {weighting!r}', objective.WEIGHTINGS[weighting],
+                  weighting_kwargs, 'weighting_kwargs')
+
+
+def _hyperparameters(factory) -> dict[str, inspect.Parameter]:
+    """The keywords with defaults, less those a ``functools.partial`` binds.
+
+    The weighting rules' leading ``bits`` has no default: it is the run's.
+    """
+    bound = getattr(factory, 'keywords', {})
+    return {name: p
+            for name, p in inspect.signature(factory).parameters.items()
+            if p.default is not p.empty and name not in bound}
+
+
+def _accepted_types(param: inspect.Parameter) -> tuple[type, ...] | None:
+    """The plain types a keyword's annotation names; None: any value."""
+    annotation = param.annotation
+    if annotation is param.empty:
+        # Unannotated: the default's type, unless it is None (e.g. centres,
+        # static weights: arrays the factory checks itself).
+        return None if param.default is None else (type(param.default),)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = typing.get_args(annotation)
+    else:
+        annotation = (annotation,)
+    accepted = tuple(a for a in annotation if isinstance(a, type))
+    return accepted or None
+
+
+def _type_ok(value, accepted: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int, but not a number here
+        return bool in accepted
+    # NumPy scalars too; an int where a float is expected (margin=2).
+    if float in accepted and isinstance(value, numbers.Real):
+        return True
+    if int in accepted and isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, accepted)
+
+
+def _type_names(accepted: tuple[type, ...]) -> str:
+    names = {bool: 'a bool', int: 'an int', float: 'a number', str: 'a str',
+             type(None): 'None'}
+    return ' or '.join(names.get(t, t.__name__) for t in accepted)
+
+
+def _check_kwargs(what: str, factory, kwargs, field: str) -> None:
+    """Names and value types of ``kwargs`` against ``factory``'s keywords.
+
+    Args:
+      what: the factory in messages, e.g. ``"loss 'dpn'"``.
+      factory: the loss or weighting factory.
+      kwargs: the config's hyperparameters for it.
+      field: the config field, e.g. ``'loss_kwargs'`` (named in the fix).
+    """
+    params = _hyperparameters(factory)
+    unknown = sorted(set(kwargs) - set(params))
     if unknown:
+        valid = (f'valid: {sorted(params)}' if params
+                 else f'it takes none, leave {field} empty')
         raise UsageError(
-            f'loss {method!r} has no hyperparameter(s) {unknown}; valid: '
-            f'{sorted(params)}.'
+            f'{what} has no hyperparameter(s) {unknown}; {valid}.'
+        )
+    for name, value in kwargs.items():
+        param = params[name]
+        accepted = _accepted_types(param)
+        if accepted is None or _type_ok(value, accepted):
+            continue
+        flag = f'--config.{field}.{name}'
+        fix = (f'fix {flag}' if param.default is None
+               else f'pass e.g. {flag}={param.default!r}')
+        raise UsageError(
+            f'{what} hyperparameter {name} must be {_type_names(accepted)}, '
+            f'got {value!r}; {fix}.'
         )
 
 
@@ -80,6 +174,7 @@ def _check_fields(config) -> None:
     _positive(config, ('epochs', 'eval_every', 'batch_size',
                        'eval_batch_size', 'patience'), int)
     _positive(config, ('learning_rate',))
+    _check_seed(config.seed)
     _choice('compute dtype', config.compute_dtype, COMPUTE_DTYPES)
     if config.get('backbone_learning_rate') is not None:
         _positive(config, ('backbone_learning_rate',))
@@ -96,8 +191,34 @@ def _check_fields(config) -> None:
     _check_devices(config)
     _check_code_width(config)
     _check_pretrained(config)
-    objective.get_weighting(config.weighting, tuple(config.bits),
-                            **dict(config.get('weighting_kwargs') or {}))
+    _check_weighting(config)
+
+
+def _check_weighting(config) -> None:
+    kwargs = dict(config.get('weighting_kwargs') or {})
+    check_weighting_kwargs(config.weighting, kwargs)
+    try:  # the rule's own checks of its values (e.g. static weights)
+        objective.get_weighting(config.weighting, tuple(config.bits),
+                                **kwargs)
+    except (TypeError, ValueError) as e:
+        reason = str(e).rstrip('.')
+        raise UsageError(
+            f'weighting_kwargs {kwargs} do not fit weighting '
+            f'{config.weighting!r}: {reason}; fix --config.weighting_kwargs.'
+        ) from None
+
+
+# jax.random.key takes a signed 64-bit int.
+_SEED_LIMIT = 2 ** 63
+
+
+def _check_seed(seed) -> None:
+    if (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+            or not 0 <= seed < _SEED_LIMIT):
+        raise UsageError(
+            f'seed must be an int in [0, 2**63), got {seed!r}; pass e.g. '
+            '--seed=0.'
+        )
 
 
 def _check_profile_steps(steps) -> None:
@@ -166,10 +287,50 @@ def _check_code_width(config) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-    """Raises unless ``workdir``'s parent directory exists."""
+    """Raises unless ``workdir`` can be a run directory.
+
+    It must be a directory or not exist yet, in a parent directory that
+    exists.
+    """
+    if not workdir:
+        raise UsageError(
+            'workdir is empty; pass --workdir=<directory> or leave it unset.'
+        )
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(
+            f'workdir {workdir!r} is a file, not a directory; choose another '
+            '--workdir.'
+        )
     parent = os.path.dirname(os.path.abspath(workdir))
     if not os.path.isdir(parent):
         raise UsageError(
             f'workdir parent {parent!r} does not exist; create it or choose '
             'another --workdir.'
         )
+
+
+def check_batches(system, spec, splits) -> None:
+    """Raises if a round of the run would have no batch.
+
+    Called once the splits are loaded (their sizes are known only then) and
+    before anything is written: a batch larger than the training split
+    would otherwise fail in the first round, after config.json and the
+    checkpoint directory exist.
+
+    Args:
+      system: the run's ``nhl_jax.systems.System``.
+      spec: the resolved run (``nhl_jax.systems.RunSpec``).
+      splits: its loaded ``data.Splits``.
+
+    Raises:
+      UsageError: naming the batch size and the largest one that fits.
+    """
+    for r in range(1, system.schedule(spec).rounds + 1):
+        plan = system.plan(spec, splits, r)  # lazy: counts, loads nothing
+        if plan.num_batches < 1:
+            n = len(splits.train.labels)
+            raise UsageError(
+                f'batch_size {spec.batch_size} is larger than the {n} '
+                f'training images of {spec.dataset}, so a {plan.stage} round '
+                f'has no batch; pass --config.batch_size={n} or less.'
+            )

@@ -8,6 +8,7 @@ one-line ``error:`` exit and a run that writes its results.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -28,8 +29,8 @@ def _run(*args, cwd=ROOT):
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _parse(*args):
-    """(config, workdir, resume) as ``run.py *args`` parses them."""
+def _flags(*args) -> flags.FlagValues:
+    """run.py's flags, defined and parsed from ``run.py *args``."""
     argv = ['run.py', *args]
     flag_values = flags.FlagValues()
     with warnings.catch_warnings():
@@ -37,8 +38,13 @@ def _parse(*args):
         # load_module(); the command line does too, there unseen.
         warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
         run.define_flags(flag_values, argv)
-        flag_values(argv)
-    return run.parse(flag_values)
+        run.parse_flags(argv, flag_values)
+    return flag_values
+
+
+def _parse(*args):
+    """(config, workdir, resume) as ``run.py *args`` parses them."""
+    return run.parse(_flags(*args))
 
 
 def _usage_error(*args) -> str:
@@ -49,30 +55,116 @@ def _usage_error(*args) -> str:
     return str(e.value)
 
 
+def _tree(root) -> dict:
+    """Every path under ``root`` and each file's bytes (None: a folder)."""
+    return {path.relative_to(root).as_posix():
+            None if path.is_dir() else path.read_bytes()
+            for path in root.rglob('*')}
+
+
+# A bad command line a new user might type, and the start of its one-line
+# error, which names the problem and the fix. <file> is a file that exists.
 @pytest.mark.parametrize('args, message', [
     # The full list is checked by the CLI test: in-process, other tests'
     # losses may be registered.
     (['--method=dspn'], "Unknown method 'dspn'; choose one of"),
     (['--head=flat'], "head 'flat' is only used by --method=mah"),
     (['--head=tree'], "Unknown head 'tree'; choose one of"),
-    (['--bits=16,8'], 'strictly increasing'),
-    (['--bits=8,x'], 'comma-separated integers'),
+    (['--bits=16,8'], 'bits must be strictly increasing'),
+    (['--bits=8,x'],
+     ("--bits must be comma-separated integers, got ['8', 'x']; pass e.g. "
+      '--bits=8,16,32.')),
     (['--dataset=cifar'], "Unknown dataset 'cifar'; choose one of"),
     (['--weighting=dominance'], "Unknown weighting 'dominance'"),
-    (['--bits=8,512'], 'wider than the cnn feature (256)'),
+    (['--bits=8,512'],
+     'longest code (512 bits) is wider than the cnn feature (256)'),
     (['--method=dpn', '--config.loss_kwargs={"marg": 2.0}'],
-     "no hyperparameter(s) ['marg']"),
+     ("loss 'dpn' has no hyperparameter(s) ['marg']; valid: ['centers', "
+      "'margin', 'p'].")),
+    (['--config.loss_kwargs.margin2=1.0'],
+     "loss 'dpn' has no hyperparameter(s) ['margin2']; valid:"),
+    (['--config.loss_kwargs.margin=abc'],
+     ("loss 'dpn' hyperparameter margin must be a number, got 'abc'; pass "
+      'e.g. --config.loss_kwargs.margin=1.0.')),
+    (['--method=dsh', '--config.loss_kwargs.margin'],  # a bare flag: True
+     "loss 'dsh' hyperparameter margin must be a number or None, got True"),
+    (['--weighting=gradnorm', '--config.weighting_kwargs.beta=1.0'],
+     ("weighting 'gradnorm' has no hyperparameter(s) ['beta']; valid: "
+      "['alpha', 'learning_rate', 'min_weight'].")),
+    (['--weighting=gradnorm', '--config.weighting_kwargs.alpha=abc'],
+     ("weighting 'gradnorm' hyperparameter alpha must be a number, got "
+      "'abc'; pass e.g. --config.weighting_kwargs.alpha=1.5.")),
+    (['--weighting=pcgrad', '--config.weighting_kwargs.alpha=1.0'],
+     "weighting 'pcgrad' has no hyperparameter(s) ['alpha']; it takes none"),
+    (['--weighting=static', '--config.weighting_kwargs.weights=1,2'],
+     ("weighting_kwargs {'weights': (1, 2)} do not fit weighting 'static': "
+      'static weights must be 5 positive numbers')),
+    (['--config.nofield=1'],
+     ("unknown config field 'nofield' (--config.nofield); the valid fields "
+      'are listed in experiments/configs/default.py.')),
+    (['--config=experiments/configs/nope.py'],
+     ("config file 'experiments/configs/nope.py' does not exist; pass an "
+      'existing one, e.g. --config=experiments/configs/default.py.')),
+    (['--config=experiments/configs/nope.py', '--config.batch_size=8'],
+     "config file 'experiments/configs/nope.py' does not exist"),
+    (['--config.mah.nofield=1'], "unknown config field 'mah.nofield'"),
+    (['--config.nofield.sub=1'], "unknown config field 'nofield.sub'"),
+    (['--config=experiments/configs/mah.py', '--config.nofield.sub=1'],
+     ("unknown config field 'nofield.sub' (--config.nofield.sub); the valid "
+      'fields are listed in experiments/configs/mah.py.')),
+    (['--seed=-1'],
+     'seed must be an int in [0, 2**63), got -1; pass e.g. --seed=0.'),
+    (['--dataset=digits', '--config.batch_size=100000'],
+     ('batch_size 100000 is larger than the 1000 training images of digits, '
+      'so a train round has no batch; pass --config.batch_size=1000 or '
+      'less.')),
+    (['--workdir=<file>'],
+     ("workdir '<file>' is a file, not a directory; choose another "
+      '--workdir.')),
+    (['--workdir='], 'workdir is empty; pass --workdir=<directory>'),
 ])
-def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path):
-    workdir = tmp_path / 'run'
-    error = _usage_error(*args, f'--workdir={workdir}')
-    assert message in error and '\n' not in error, error  # `error: ` + 1 line
-    assert not workdir.exists()
+def test_bad_flags_fail_fast_with_one_line(args, message, tmp_path,
+                                           monkeypatch):
+    monkeypatch.chdir(ROOT)  # config files are named relative to the repo
+    existing = tmp_path / 'file'
+    existing.write_text('not a run\n')
+    args = [a.replace('<file>', str(existing)) for a in args]
+    message = message.replace('<file>', str(existing))
+    if not any(a.startswith('--workdir=') for a in args):
+        args.append(f'--workdir={tmp_path / "run"}')
+    before = _tree(tmp_path)
+    error = _usage_error(*args)
+    assert error.startswith(message) and '\n' not in error, error
+    assert _tree(tmp_path) == before  # no workdir, the file as it was
 
 
-def test_unknown_config_field_is_refused():
-    with pytest.raises(AttributeError, match='margin2'):
-        _parse('--config.loss_kwargs.margin2=1.0')
+def test_help_lists_the_registries():
+    from nhl_jax import data, heads, models, objective, systems
+    flag_values = _flags()
+    registries = {'method': systems.methods(), 'dataset': data.DATASETS,
+                  'backbone': models.BACKBONES, 'head': heads.HEADS,
+                  'weighting': objective.WEIGHTINGS}
+    # absl wraps the help at 80 columns, possibly at a name's hyphen.
+    text = ''.join(flag_values.get_help().split())
+    for flag, registry in registries.items():
+        words = set(re.findall(r'[\w-]+', flag_values[flag].help))
+        assert set(registry) <= words, (flag, flag_values[flag].help)
+        assert all(name in text for name in registry), flag
+
+
+def test_dotted_overrides_reach_the_loss_and_the_weighting():
+    config = _parse('--config.loss_kwargs.margin=2.0')[0]
+    assert train.resolve(config).options.loss_kwargs == {'margin': 2.0}
+    config = _parse('--weighting=static',
+                    '--config.weighting_kwargs.weights=4,2,1,1,1')[0]
+    assert train.resolve(config).options.weighting_kwargs == {
+        'weights': (4, 2, 1, 1, 1)}
+    config = _parse('--method=dsh', '--weighting=gradnorm',
+                    '--config.loss_kwargs.alpha=0.2',
+                    '--config.weighting_kwargs.alpha=1.0')[0]
+    options = train.resolve(config).options
+    assert (options.loss_kwargs, options.weighting_kwargs) == (
+        {'alpha': 0.2}, {'alpha': 1.0})
 
 
 def test_missing_workdir_parent(tmp_path):
@@ -91,15 +183,22 @@ def test_flags_reach_the_config():
     assert _parse('--workdir=w', '--resume')[1:] == ('w', True)
 
 
-def test_cli_error_is_one_line_without_traceback(tmp_path):
+@pytest.mark.parametrize('args, line', [
+    (['--method=dspn'],
+     ("error: Unknown method 'dspn'; choose one of ['csq', 'dch', 'dpn', "
+      "'dsh', 'dtsh', 'lcdsh', 'mah', 'mdsh', 'odh'].")),
+    # ml_collections raises it while loading the config, before main().
+    (['--config.nofield.sub=1'],
+     ("error: unknown config field 'nofield.sub' (--config.nofield.sub); "
+      'the valid fields are listed in experiments/configs/default.py.')),
+])
+def test_cli_error_is_one_line_without_traceback(args, line, tmp_path):
     workdir = tmp_path / 'run'
-    result = _run('--method=dspn', f'--workdir={workdir}')
+    result = _run(*args, f'--workdir={workdir}')
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert lines[-1] == (
-        "error: Unknown method 'dspn'; choose one of ['csq', 'dch', 'dpn', "
-        "'dsh', 'dtsh', 'lcdsh', 'mah', 'mdsh', 'odh']."), result.stderr
-    assert not any('Traceback' in line for line in lines), result.stderr
+    assert lines[-1] == line, result.stderr
+    assert not any('Traceback' in text for text in lines), result.stderr
     assert not workdir.exists()
 
 

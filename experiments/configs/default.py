@@ -20,7 +20,9 @@ def get_config():
     # What to train.
     config.method = 'dpn'  # a key of nhl_jax.losses.LOSSES, or 'mah' / 'odh'
     config.head = 'nested'  # 'nested' | 'flat' | 'cascade' (flat/cascade: MAH)
-    config.loss_kwargs = ml_collections.ConfigDict()  # e.g. {'margin': 1.0}
+    # The base loss's hyperparameters (nhl_jax.losses), new keys allowed:
+    # e.g. --config.loss_kwargs.margin=2.0 for dpn.
+    config.loss_kwargs = ml_collections.ConfigDict()
     config.dataset = 'mnist5k'  # a key of nhl_jax.data.DATASETS
     # CIFAR-10: the tfds data directory; list-file datasets: their root.
     config.data_dir = ml_collections.config_dict.placeholder(str)
@@ -36,8 +38,9 @@ def get_config():
     # 'none' | 'paper' | 'released' | 'static' | 'uncertainty' | 'gradnorm'
     # | 'pcgrad' (nhl_jax.objective.WEIGHTINGS)
     config.weighting = 'paper'
-    # Hyperparameters of the rule, e.g. {'weights': (4, 2, 1, 1, 1)} for
-    # 'static' or {'alpha': 1.5} for 'gradnorm' (nhl_jax.baselines).
+    # Hyperparameters of the rule (nhl_jax.baselines), new keys allowed:
+    # e.g. --config.weighting_kwargs.weights=4,2,1,1,1 for 'static' or
+    # --config.weighting_kwargs.alpha=1.5 for 'gradnorm'.
     config.weighting_kwargs = ml_collections.ConfigDict()
     config.distill_weight = 0.1  # lambda of the cascade distillation
     config.topology = 'adjacent'  # distillation teachers

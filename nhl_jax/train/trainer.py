@@ -136,6 +136,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
     splits = data.load_splits(spec.dataset, seed=spec.seed,
                               data_dir=spec.data_dir)
     system.check_data(spec, splits)
+    config_lib.check_batches(system, spec, splits)
     check_same_config(workdir, spec, resume)
     summaries = [loop.fit(system, spec, splits, bits, run_dir, resume=resume)
                  for bits, run_dir in training_runs(spec, workdir)]
