@@ -181,9 +181,12 @@ def _check_fields(config) -> None:
     for name in ('distill_weight', 'weight_decay'):
         if not config[name] >= 0:
             raise UsageError(f'{name} must be >= 0, got {config[name]!r}.')
-    workers = config.get('data_workers', 0)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UsageError(f'data_workers must be an int >= 0, got {workers!r}.')
+    workers = config.get('data_workers')
+    if workers is not None and (isinstance(workers, bool)
+                                or not isinstance(workers, int)
+                                or workers < 0):
+        raise UsageError(f'data_workers must be None (auto) or an int >= 0, '
+                         f'got {workers!r}.')
     for name in ('top_k', 'devices', 'log_every'):
         if config.get(name) is not None:
             _positive(config, (name,), int)

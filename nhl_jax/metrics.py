@@ -38,6 +38,12 @@ one permutation of the database, ``np.random.default_rng(seed).permutation
 (N)``: item ``perm[0]`` first, then ``perm[1]``, and so on, the same for
 every query. So each query sees a uniformly random tie order, the result is
 a deterministic function of ``seed``, and chunking cannot change it.
+``ties='expected'`` reports, per query, the exact expectation over uniformly
+random orders within each distance group (``evaluate.expected_stats``):
+E[AP@k], and E[h_k] / min(k, N) and E[h_k] / R for precision and recall;
+with 'skip', ``map@k`` leaves out the queries whose top k holds no relevant
+item in any tie order. It needs no ranking: per query only the histograms of
+items and relevant items over distances 0..K, as the radius metrics.
 
 Memory: queries go in chunks of ``chunk_size`` over ``num_threads`` threads;
 each chunk holds about 25 bytes per (query, item) pair (distances, relevance,
@@ -51,32 +57,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nhl_jax import evaluate, hamming
+from nhl_jax import evaluate
 
 ZERO_RELEVANT_POLICIES = evaluate.ZERO_RELEVANT_POLICIES
 DEFAULT_CHUNK_SIZE = evaluate.DEFAULT_CHUNK_SIZE
-
-
-def _stable_order(num_items, seed):
-    """Ties by database index: rank the database as it is."""
-    del num_items, seed
-    return slice(None)
-
-
-def _random_order(num_items, seed):
-    """Ties by a seeded permutation: rank the permuted database."""
-    return np.random.default_rng(seed).permutation(num_items)
-
-
-# ties -> order(num_items, seed): the database order (an index) whose
-# positions break ties.
-TIE_POLICIES = {'stable': _stable_order, 'random': _random_order}
+TIE_POLICIES = evaluate.TIE_POLICIES
+BACKENDS = evaluate.BACKENDS
 
 
 def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
                       map_at=(None,), precision_at=(), recall_at=(),
                       radius=(), pr_curve=False, ties='stable', seed=0,
-                      zero_relevant='zero', chunk_size=DEFAULT_CHUNK_SIZE,
+                      zero_relevant='zero', backend='auto', chunk_size=None,
                       num_threads=None) -> dict:
     """Retrieval metrics of Hamming ranking (definitions: module docstring).
 
@@ -91,12 +83,17 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
       radius: Hamming radii r (>= 0; above K means K) of precision and
         recall within distance <= r; 2 is the DCH protocol.
       pr_curve: also return the precision-recall curve over r = 0..K.
-      ties: 'stable' (database index) or 'random' (a permutation drawn
-        from ``seed``).
+      ties: 'stable' (database index), 'random' (a permutation drawn
+        from ``seed``) or 'expected' (the expectation over random tie
+        orders; module docstring).
       seed: seed of the 'random' tie order (a non-negative int).
       zero_relevant: 'zero' or 'skip' (module docstring).
-      chunk_size: queries ranked at once (memory: module docstring).
-      num_threads: threads over query chunks; None uses every CPU.
+      backend: 'numpy', 'jax' or 'auto' (JAX on a GPU or TPU, else
+        NumPy; ``nhl_jax.evaluate``).
+      chunk_size: queries ranked at once; None: 16 in NumPy (memory:
+        module docstring), ``ranking_jax.default_chunk_size`` in JAX.
+      num_threads: NumPy threads over query chunks; None uses every CPU
+        when something is ranked, else one (``evaluate``).
 
     Returns:
       A dict of Python floats keyed ``'map@all'``, ``'map@<k>'``,
@@ -112,22 +109,26 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
                    recall_at=recall_at, radius=radius)
     for name, values in options.items():
         _check_cutoffs(values, name, minimum=0 if name == 'radius' else 1)
-    _check_policies(ties, seed, zero_relevant, pr_curve)
+    _check_policies(ties, seed, zero_relevant, pr_curve, backend)
     evaluate._check_run_options(chunk_size, num_threads)
     inputs = evaluate._check_inputs(q_codes, q_labels, db_codes, db_labels)
-
-    order = TIE_POLICIES[ties](len(inputs.db_codes), seed)
-    inputs = inputs._replace(db_codes=inputs.db_codes[order],
-                             db_side=inputs.db_side[..., order])
-    stats = _per_query_stats(inputs, options, pr_curve, chunk_size,
-                             num_threads)
+    num_items = len(inputs.db_codes)
+    count_k = (*precision_at, *recall_at)
+    radii = pr_curve or bool(radius)
+    plan = evaluate.Plan(
+        map_k=tuple(_clip(k, num_items) for k in map_at),
+        count_k=tuple(_clip(k, num_items) for k in count_k), radii=radii,
+        relevant=radii or bool(count_k))
+    stats = evaluate.query_stats(inputs, plan, ties=ties, seed=seed,
+                                 backend=backend, chunk_size=chunk_size,
+                                 num_threads=num_threads)
     return _summarise(stats, options, pr_curve, zero_relevant,
-                      num_items=len(inputs.db_codes))
+                      num_items=num_items)
 
 
 def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
-                           zero_relevant='zero',
-                           chunk_size=DEFAULT_CHUNK_SIZE, num_threads=None):
+                           zero_relevant='zero', backend='auto',
+                           chunk_size=None, num_threads=None):
     """Mean precision and recall within Hamming radius r, for r = 0..K.
 
     Within radius r means distance <= r; a query that retrieves nothing
@@ -141,7 +142,8 @@ def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
       db_labels: [N, C] 0/1 multi-hot database labels.
       zero_relevant: 'zero' counts queries with no relevant item as 0;
         'skip' leaves them out.
-      chunk_size: queries processed at once.
+      backend: 'numpy', 'jax' or 'auto' (as ``retrieval_metrics``).
+      chunk_size: queries processed at once (as ``retrieval_metrics``).
       num_threads: threads over query chunks; None uses every CPU.
 
     Returns:
@@ -150,73 +152,8 @@ def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
     """
     return retrieval_metrics(
         q_codes, q_labels, db_codes, db_labels, map_at=(), pr_curve=True,
-        zero_relevant=zero_relevant, chunk_size=chunk_size,
+        zero_relevant=zero_relevant, backend=backend, chunk_size=chunk_size,
         num_threads=num_threads)['pr_curve']
-
-
-def _per_query_stats(inputs, options, pr_curve, chunk_size, num_threads):
-    """Hit counts, AP sums and radius counts of every query.
-
-    Returns:
-      A dict of arrays whose last axis is the Q queries: ``'ap_sums'``,
-      ``'ap_hits'`` [len(map_at), Q]; ``'hits'`` [len(precision_at) +
-      len(recall_at), Q]; ``'relevant'`` [Q] (R) unless only mAP is
-      asked; ``'retrieved'``, ``'retrieved_hits'`` [K + 1, Q] (n_r, m_r)
-      when radii are asked.
-    """
-    inputs, inverse = evaluate._unique_queries(inputs)
-    num_items, num_bits = inputs.db_codes.shape
-    map_k = [_clip(k, num_items) for k in options['map_at']]
-    count_k = [_clip(k, num_items)
-               for k in (*options['precision_at'], *options['recall_at'])]
-    cutoffs = map_k + count_k
-    width = max(cutoffs) if cutoffs else None
-    needs_radii = pr_curve or bool(options['radius'])
-    needs_relevant = needs_radii or bool(count_k)
-    ranker = evaluate._Ranker(inputs.db_codes, inputs.db_side, width)
-
-    def run(start, stop):
-        q_side = inputs.q_side[start:stop]
-        dist, rel = ranker.distances_and_relevance(
-            inputs.q_codes[start:stop], q_side)
-        stats = {}
-        if needs_relevant:  # R, for recall and the 'skip' rule
-            stats['relevant'] = np.count_nonzero(rel, axis=1)
-        if cutoffs:
-            sums, hits = evaluate._hit_sums(
-                ranker.ranked(dist, rel, q_side), cutoffs)
-            stats.update(ap_sums=sums[:len(map_k)], ap_hits=hits[:len(map_k)],
-                         hits=hits[len(map_k):])
-        if needs_radii:
-            stats.update(zip(('retrieved', 'retrieved_hits'),
-                             _radius_counts(dist, rel, num_bits)))
-        return stats
-
-    chunks = hamming.map_chunks(run, len(inputs.q_codes), chunk_size,
-                                num_threads)
-    return {name: np.concatenate([c[name] for c in chunks], axis=-1)[
-        ..., inverse] for name in chunks[0]}
-
-
-def _radius_counts(dist, rel, num_bits):
-    """Items and relevant items within each radius, by histograms.
-
-    Args:
-      dist: [B, N] distances in 0..K.
-      rel: [B, N] bool relevance.
-      num_bits: K.
-
-    Returns:
-      ([K + 1, B] n_r, [K + 1, B] m_r) int64: items, and relevant items,
-      at distance <= r.
-    """
-    num_rows, bins = len(dist), num_bits + 1
-    flat = (dist + np.arange(num_rows)[:, None] * bins).ravel()  # int64
-    length = num_rows * bins
-    retrieved = np.bincount(flat, minlength=length).reshape(num_rows, bins)
-    hits = np.bincount(flat[rel.ravel()], minlength=length)
-    hits = hits.reshape(num_rows, bins)
-    return np.cumsum(retrieved, axis=1).T, np.cumsum(hits, axis=1).T
 
 
 def _summarise(stats, options, pr_curve, zero_relevant, *, num_items):
@@ -226,9 +163,8 @@ def _summarise(stats, options, pr_curve, zero_relevant, *, num_items):
     has_relevant = None if relevant is None else relevant > 0
     results = {}
     for i, k in enumerate(options['map_at']):
-        hits = stats['ap_hits'][i]
-        aps = stats['ap_sums'][i] / np.maximum(hits, 1)
-        results[f'map@{_name(k)}'] = _mean(aps, hits > 0, skip)
+        results[f'map@{_name(k)}'] = _mean(stats['aps'][i],
+                                           stats['ap_counted'][i], skip)
     for i, k in enumerate(options['precision_at']):
         precision = stats['hits'][i] / _clip(k, num_items)
         results[f'precision@{_name(k)}'] = _mean(precision, has_relevant,
@@ -288,12 +224,9 @@ def _check_cutoffs(values, name, minimum):
                              f'in {values!r}')
 
 
-def _check_policies(ties, seed, zero_relevant, pr_curve):
-    if ties not in TIE_POLICIES:
-        raise ValueError(f'ties must be one of {tuple(TIE_POLICIES)}, got '
-                         f'{ties!r}')
-    if not (evaluate._is_int(seed) and seed >= 0):
-        raise ValueError(f'seed must be a non-negative int, got {seed!r}')
+def _check_policies(ties, seed, zero_relevant, pr_curve, backend):
+    evaluate._check_ties(ties, seed)
+    evaluate._check_backend(backend)
     evaluate._check_zero_relevant(zero_relevant)
     if not isinstance(pr_curve, (bool, np.bool_)):
         raise ValueError(f'pr_curve must be a bool, got {pr_curve!r}')

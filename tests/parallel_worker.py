@@ -79,7 +79,7 @@ def _max_diff(a, b, relative=False):
         scale = np.maximum(np.abs(x), 1.0) if relative else 1.0
         return float(np.max(np.abs(x - y) / scale))
 
-    return max(jax.tree.leaves(jax.tree.map(diff, a, b)))
+    return max(jax.tree.leaves(jax.tree.map(diff, a, b)), default=0.0)
 
 
 def sharded(num_devices, method, out):

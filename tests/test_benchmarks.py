@@ -62,3 +62,13 @@ def test_accelerator_prints_both_dtypes_and_the_device():
     assert [r[3] for r in rows] == ['float32', 'bfloat16']
     for row in rows:
         assert float(row[4]) > 0 and row[6].endswith('%')
+
+
+def test_map_speed_prints_every_section():
+    out = _smoke('map_speed.py')
+    assert "mAP@all, ties='expected':" in out
+    (row,) = [r for r in _rows(out, 'mAP@all')
+              if r[1] == "nhl_jax, ties='expected'"]
+    assert row[4].endswith('x')
+    assert _rows(out, "nhl_jax retrieval_metrics (numpy, ties='stable')"
+                 )[0][3] == 'yes'

@@ -171,19 +171,6 @@ def test_chunking_and_threads_do_not_change_the_result(tied_data):
             np.testing.assert_array_equal(aps, expected)
 
 
-@pytest.mark.parametrize('index_bits, dtype', [(27, np.uint32),
-                                               (59, np.uint64)])
-def test_wide_key_layouts_agree(tied_data, monkeypatch, index_bits, dtype):
-    # Real data needs a huge N for these layouts; force them to check the
-    # keys of the top-k partition (top_k <= N / 2) with the top bit set
-    # (dist 8 << shift).
-    expected = evaluate.average_precisions(*tied_data, top_k=100)
-    monkeypatch.setattr(hamming, 'key_layout',
-                        lambda *_: (index_bits + 1, np.dtype(dtype)))
-    aps = evaluate.average_precisions(*tied_data, top_k=100)
-    np.testing.assert_array_equal(aps, expected)
-
-
 def test_repeated_queries_keep_their_order(tied_data):
     # Repeated (code, labels) rows are ranked once and copied back.
     q_codes, q_labels, db_codes, db_labels = tied_data
@@ -240,6 +227,9 @@ def _good_inputs():
     (dict(chunk_size=0), 'chunk_size must be a positive int'),
     (dict(num_threads=0), 'num_threads must be a positive int'),
     (dict(zero_relevant='ignore'), r"one of \('zero', 'skip'\)"),
+    (dict(ties='mean'), r"ties must be one of \('stable', 'random', 'exp"),
+    (dict(ties='random', seed=-1), 'seed must be a non-negative int'),
+    (dict(backend='gpu'), r"backend must be one of \('auto', 'numpy', 'j"),
 ])
 def test_bad_inputs_raise_helpful_errors(change, match):
     kwargs = _good_inputs() | change
@@ -250,3 +240,15 @@ def test_bad_inputs_raise_helpful_errors(change, match):
 def test_hamming_distances_checks_bits():
     with pytest.raises(ValueError, match='same length'):
         evaluate.hamming_distances(np.ones((2, 8)), np.ones((2, 16)))
+
+
+@pytest.mark.parametrize('size', [1, 4, 40_000, 40_001])
+@pytest.mark.parametrize('bins', [9, 65, 130])
+def test_hamming_count_equals_bincount(size, bins):
+    # Long uint8 rows are counted in pairs; odd lengths and odd offsets
+    # (a slice's uint16 view is unaligned) must not matter.
+    values = np.random.default_rng(size).integers(0, bins, size)
+    for row in (values.astype(np.uint8), values.astype(np.uint8)[1:],
+                values):
+        np.testing.assert_array_equal(hamming.count(row, bins),
+                                      np.bincount(row, minlength=bins))

@@ -8,6 +8,8 @@ import pytest
 
 from nhl_jax import losses
 from tests import numpy_reference as ref
+from tests import numpy_reference_params as ref_params
+from tests import test_losses_more
 
 B, C, K, N = 6, 3, 8, 12
 
@@ -41,7 +43,24 @@ def _state(name, seed=0):
             codes=jnp.asarray(rng.standard_normal((N, K)), jnp.float32),
             labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
         )
+    if isinstance(state, losses.DSDHState):
+        rng = np.random.default_rng(seed + 1)
+        state = losses.DSDHState(
+            codes=jnp.asarray(rng.standard_normal((N, K)), jnp.float32),
+            labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
+            binary=jnp.asarray(rng.choice([-1.0, 1.0], (N, K)), jnp.float32),
+            w=jnp.asarray(0.3 * rng.standard_normal((K, C)), jnp.float32),
+        )
     return state
+
+
+def _params(name, seed=0):
+    """``{'params': ...}`` for a loss with ``init_params``, else ``{}``."""
+    loss = losses.get(name)
+    if loss.init_params is None:
+        return {}
+    return {'params': loss.init_params(jax.random.key(seed + 100),
+                                       num_classes=C, bits=K)}
 
 
 def _reference(name, state, codes, labels, index):
@@ -56,19 +75,40 @@ def _reference(name, state, codes, labels, index):
         'dpn': lambda: ref.dpn(codes, labels, state.centers, state.fill),
         'mdsh': lambda: ref.mdsh(codes, labels, state.centers),
     }
+    refs.update(_param_references(name, state, codes, labels, index))
     return refs[name]()
 
 
+def _param_references(name, state, codes, labels, index):
+    """References of the losses with parameters or an epoch update."""
+    params = _params(name).get('params')
+    return {
+        'greedyhash': lambda: ref_params.greedyhash(codes, labels,
+                                                    params['w']),
+        'dshsd': lambda: ref_params.dshsd(codes, labels, params['w']),
+        'orthohash': lambda: ref_params.orthohash(codes, labels,
+                                                  state.codebook),
+        'dsdh': lambda: ref_params.dsdh(codes, labels, index, state.codes,
+                                        state.labels, state.binary,
+                                        state.w)[0],
+    }
+
+
 NAMES = sorted(losses.LOSSES)
+# The losses whose reference is in _reference; tests/test_losses_more.py
+# checks the others against tests/numpy_reference_more.py.
+REFERENCED = sorted({'csq', 'dch', 'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh',
+                     'greedyhash', 'dshsd', 'orthohash', 'dsdh'})
 KINDS = ['onehot', 'multihot', 'single_class']
 
 
 def test_registry_has_the_seven_losses():
-    assert NAMES == ['csq', 'dch', 'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh']
+    assert set(NAMES) >= {'csq', 'dch', 'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh'}
 
 
 def test_every_registered_loss_has_a_reference():
-    for name in NAMES:
+    assert set(NAMES) <= set(REFERENCED) | set(test_losses_more.NAMES)
+    for name in REFERENCED:
         codes, labels, index = _batch()
         assert np.isfinite(_reference(name, _state(name), codes, labels,
                                       index))
@@ -80,11 +120,12 @@ def test_unknown_name_lists_valid_names():
 
 
 @pytest.mark.parametrize('kind', KINDS)
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', REFERENCED)
 def test_matches_numpy_reference(name, kind):
     codes, labels, index = _batch(seed=len(name), kind=kind)
     state = _state(name)
-    value, _ = jax.jit(losses.get(name).apply)(state, codes, labels, index)
+    value, _ = jax.jit(losses.get(name).apply)(state, codes, labels, index,
+                                               **_params(name))
     expected = _reference(name, state, codes, labels, index)
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
 
@@ -94,8 +135,9 @@ def test_jit_equals_eager_and_state_is_stable(name):
     codes, labels, index = _batch(seed=3)
     loss = losses.get(name)
     state = _state(name)
-    eager, eager_state = loss.apply(state, codes, labels, index)
-    jitted, jit_state = jax.jit(loss.apply)(state, codes, labels, index)
+    kw = _params(name)
+    eager, eager_state = loss.apply(state, codes, labels, index, **kw)
+    jitted, jit_state = jax.jit(loss.apply)(state, codes, labels, index, **kw)
     chex.assert_shape(eager, ())
     assert eager.dtype == jnp.float32
     np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-6)
@@ -110,22 +152,45 @@ def test_gradients_are_finite(name, scale):
     codes, labels, index = _batch(seed=5, scale=scale)
     loss = losses.get(name)
     state = _state(name)
-    grad = jax.grad(lambda u: loss.apply(state, u, labels, index)[0])(codes)
+    kw = _params(name)
+    grad = jax.grad(lambda u: loss.apply(state, u, labels, index, **kw)[0])(
+        codes)
     chex.assert_shape(grad, (B, K))
     chex.assert_tree_all_finite(grad)
     if scale:
         assert np.abs(grad).sum() > 0
+    if kw:  # a loss with its own parameters: their gradient too
+        grad_p = jax.grad(
+            lambda p: loss.apply(state, codes, labels, index, params=p)[0]
+        )(kw['params'])
+        chex.assert_trees_all_equal_shapes_and_dtypes(grad_p, kw['params'])
+        chex.assert_tree_all_finite(grad_p)
+        if scale:
+            assert sum(np.abs(g).sum() for g in jax.tree.leaves(grad_p)) > 0
 
 
-SMOOTH = ['csq', 'dch', 'dpn', 'dtsh', 'lcdsh', 'mdsh']
+@pytest.mark.parametrize('name', NAMES)
+def test_epoch_update_keeps_state_shapes_and_dtypes(name):
+    loss = losses.get(name)
+    if loss.epoch_update is None:
+        pytest.skip('no epoch update')
+    state = _state(name)
+    params = _params(name).get('params')
+    new = jax.jit(loss.epoch_update)(state, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, new)
+    chex.assert_tree_all_finite(new)
+
+
+SMOOTH = ['csq', 'dch', 'dpn', 'dtsh', 'lcdsh', 'mdsh', 'dshsd', 'orthohash']
 
 
 @pytest.mark.parametrize('name', SMOOTH)
 def test_gradient_matches_reference_finite_differences(name):
     codes, labels, index = _batch(seed=11, kind='multihot')
     state = _state(name)
+    kw = _params(name)
     grad = jax.grad(
-        lambda u: losses.get(name).apply(state, u, labels, index)[0]
+        lambda u: losses.get(name).apply(state, u, labels, index, **kw)[0]
     )(codes)
     u64 = codes.astype(np.float64)
     numeric = np.zeros_like(u64)

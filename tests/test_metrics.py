@@ -150,6 +150,20 @@ def test_matches_reference(request, data, options, ties, zero_relevant):
         assert_metrics_equal(actual, expected)
 
 
+def test_query_classes_missing_from_the_database():
+    # One-hot labels count R per class id; classes 2 and 3 have no item.
+    rng = np.random.default_rng(5)
+    data = (random_codes(rng, 20, NUM_BITS),
+            np.eye(4)[rng.integers(0, 4, 20)],
+            random_codes(rng, 50, NUM_BITS),
+            np.eye(4)[rng.integers(0, 2, 50)])
+    for zero_relevant in ('zero', 'skip'):
+        options = dict(map_at=(5,), precision_at=(5,), recall_at=(7,),
+                       zero_relevant=zero_relevant)
+        assert_metrics_equal(metrics.retrieval_metrics(*data, **options),
+                             reference_metrics(*data, **options))
+
+
 def test_data_exercise_every_case(tied_data):
     q_codes, q_labels, db_codes, db_labels = tied_data
     rel = (q_labels.astype(int) @ db_labels.T.astype(int)) > 0
@@ -260,7 +274,9 @@ def _good_inputs():
     (dict(radius=(-1,)), 'radius must hold non-negative ints'),
     (dict(radius=(None,)), 'radius must hold non-negative ints'),
     (dict(radius='2'), 'radius must be a tuple'),
-    (dict(ties='shuffle'), r"ties must be one of \('stable', 'random'\)"),
+    (dict(ties='shuffle'),
+     r"ties must be one of \('stable', 'random', 'expected'\)"),
+    (dict(backend='cuda'), r"backend must be one of \('auto', 'numpy'"),
     (dict(seed=-1), 'seed must be a non-negative int'),
     (dict(zero_relevant='ignore'), r"one of \('zero', 'skip'\)"),
     (dict(pr_curve='yes'), 'pr_curve must be a bool'),

@@ -22,7 +22,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize('method', ['dsh', 'conflict', 'classifier'])
+@pytest.mark.parametrize('method', ['dsh', 'conflict', 'classifier',
+                                    'orthohash', 'dsdh', 'greedyhash',
+                                    'dshsd'])
 def test_sharded_step_equals_single_device_step(method, tmp_path):
     """DSH: the memory-bank scatter; 'conflict': weights that cap;
     'classifier': a loss with its own parameters (tests/toy_losses.py)."""

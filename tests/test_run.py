@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 
 from experiments import run
-from nhl_jax import train
+from nhl_jax import systems, train
 from nhl_jax.config import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,8 +185,8 @@ def test_flags_reach_the_config():
 
 @pytest.mark.parametrize('args, line', [
     (['--method=dspn'],
-     ("error: Unknown method 'dspn'; choose one of ['csq', 'dch', 'dpn', "
-      "'dsh', 'dtsh', 'lcdsh', 'mah', 'mdsh', 'odh'].")),
+     (f"error: Unknown method 'dspn'; choose one of "
+      f"{sorted(systems.methods())}.")),
     # ml_collections raises it while loading the config, before main().
     (['--config.nofield.sub=1'],
      ("error: unknown config field 'nofield.sub' (--config.nofield.sub); "

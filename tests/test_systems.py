@@ -53,6 +53,8 @@ def test_one_results_schema_and_plots(runs, name):
         assert set(saved[f'map_{extra}']) == set(saved[f'map_{extra}_last'])
     assert saved['evaluators'][0] == ('asymmetric' if name == 'mah'
                                       else 'symmetric')
+    if name != 'mah':  # the tie-aware mAP beside the stable one
+        assert set(saved['map_symmetric_expected']) == {'8', '16'}
     drawn = set(os.listdir(os.path.join(workdir, 'plots')))
     assert {'map_vs_length.png', 'training_curves.png'} <= drawn
     assert ('weighting.png' in drawn) == (name == 'nhl')

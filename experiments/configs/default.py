@@ -26,7 +26,9 @@ def get_config():
     config.dataset = 'mnist5k'  # a key of nhl_jax.data.DATASETS
     # CIFAR-10: the tfds data directory; list-file datasets: their root.
     config.data_dir = ml_collections.config_dict.placeholder(str)
-    config.data_workers = 0  # processes decoding image files (0: inline)
+    # Decoding of image files: None (auto: a few threads for image files,
+    # inline for arrays), 0 (inline) or N worker processes.
+    config.data_workers = ml_collections.config_dict.placeholder(int)
     # None: the dataset's default backbone.
     config.backbone = ml_collections.config_dict.placeholder(str)
     config.backbone_kwargs = ml_collections.ConfigDict()  # e.g. input_size

@@ -89,16 +89,20 @@ def decode(path: str, resize: int, crop: int,
             image = image.resize(size, Image.Resampling.BILINEAR)
     except (OSError, ValueError) as e:
         raise ValueError(f'cannot read image {path!r}: {e}') from None
-    pixels = np.asarray(image, np.uint8)
-    h, w = pixels.shape[:2]
+    w, h = image.size
     if rng is None:  # torchvision CenterCrop's rounding
         top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)
     else:
         top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-    pixels = pixels[top:top + crop, left:left + crop]
+    # Crop and flip in Pillow, which releases the GIL (numpy slicing and
+    # the contiguous copy held it): the same pixels, and decoding threads
+    # (``pipeline.resolve_workers``) then run more of their time in
+    # parallel.
+    top, left = int(top), int(left)
+    image = image.crop((left, top, left + crop, top + crop))
     if rng is not None and rng.random() < 0.5:
-        pixels = pixels[:, ::-1]
-    return np.ascontiguousarray(pixels)
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.array(image, np.uint8)
 
 
 def gather(ds: FileDataset, index: np.ndarray,

@@ -9,9 +9,15 @@ Only the host side is covered: batches are numpy arrays::
     for epoch in range(num_epochs):
         for batch in train_batches(splits.train, 64, seed=0, epoch=epoch):
             ...  # batch['image'], batch['label'], batch['index']
+
+Image files are decoded ahead of the consumer, by threads of this process
+or by worker processes (``resolve_workers``); the batches and their order
+are the same whichever builds them.
 """
 
+import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -25,6 +31,83 @@ from nhl_jax.data.datasets import ArrayDataset, check_dataset
 # epoch on CPU) and can hold 500 batches in memory; callers who want
 # prefetching can add it to ``train_dataset(...)`` themselves.
 _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+# Decoding threads the automatic default starts for image files. Pillow
+# releases the GIL while it decodes, resizes and crops; timing the parts
+# of one 320x320 JPEG, ~15 % of its time (opening the file, the crop's
+# random draws, numpy copies) holds it, so threads cannot scale past ~6,
+# and 4 leave the GIL free most of the time for the main thread's step
+# dispatch. Measured (benchmarks/input_pipeline.py, 2
+# CPUs, 320x320 JPEGs, 16 batches of 64): 2 threads decode 1.8x as fast as
+# none (1174 vs 658 images/s), while 1 and 2 worker processes reach 269
+# and 341 images/s over the epoch: each starts an interpreter and imports
+# jax (1.5 s to the first batch) and copies every batch back.
+AUTO_THREADS = 4
+
+
+class Workers(NamedTuple):
+    """Who builds the batches (``resolve_workers``).
+
+    Attributes:
+      processes: worker processes (grain ``mp_prefetch``); 0 for none.
+      threads: threads of this process decoding batches ahead of the
+        consumer; 0 builds each batch when it is asked for.
+    """
+
+    processes: int
+    threads: int
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where known)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(ds, workers: int | Workers | None) -> Workers:
+    """The processes and threads that build ``ds``'s batches.
+
+    The default (``workers=None``, ``config.data_workers = None``) suits
+    the dataset: in-memory arrays are built inline (a batch is one numpy
+    gather, which threads and processes only slow down), image files by
+    ``min(available_cpus(), AUTO_THREADS)`` threads of this process, which
+    start at once and need no copies. Worker processes scale past the GIL
+    on hosts with many cores but cost an interpreter start per iterator
+    (each epoch, each evaluated split), so they are opt-in.
+
+    Args:
+      ds: the dataset (``ArrayDataset``, ``FileDataset``), or None when
+        unknown (then None builds inline).
+      workers: None for the default above; 0 to build every batch inline
+        in the calling thread (no threads: plain tracebacks, no
+        background work); N > 0 for N worker processes; or a ``Workers``
+        for both explicitly (threads then decode inside each process).
+
+    Returns:
+      The ``Workers`` to use.
+
+    Raises:
+      ValueError: unless ``workers`` is None, an int >= 0 or a
+        ``Workers`` of ints >= 0.
+    """
+    if isinstance(workers, Workers):
+        for name, value in zip(workers._fields, workers):
+            _check_count(value, f'Workers.{name}')
+        return Workers(int(workers.processes), int(workers.threads))
+    if workers is None:
+        if isinstance(ds, files.FileDataset):
+            return Workers(0, min(available_cpus(), AUTO_THREADS))
+        return Workers(0, 0)
+    _check_count(workers, 'data workers', ' (None: automatic)')
+    return Workers(int(workers), 0)
+
+
+def _check_count(value, name: str, hint: str = '') -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or value < 0):
+        raise ValueError(f'{name} must be an int >= 0{hint}, got {value!r}.')
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -165,7 +248,7 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
 def train_batches(
     ds: ArrayDataset, batch_size: int, *, seed: int, epoch: int,
     drop_remainder: bool = True, rows: slice = slice(None), start: int = 0,
-    workers: int = 0,
+    workers: int | Workers | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One shuffled epoch of training batches.
 
@@ -182,24 +265,27 @@ def train_batches(
         share in a multi-host run (``parallel.process_slice``); images are
         gathered for these rows only.
       start: batches of the epoch to skip (resuming mid-epoch).
-      workers: processes that build batches (decoding image files); 0
-        builds them in this process.
+      workers: who builds the batches (``resolve_workers``): None for the
+        default (threads for image files), 0 inline, N > 0 for N worker
+        processes, or a ``Workers``. The batches are the same for every
+        choice.
 
     Yields:
       {'image': [B, H, W, C] uint8, 'label': [B, C] float32,
        'index': [B] int32 row within ``ds`` (the losses' memory-bank index)}.
 
     Raises:
-      ValueError: for a bad dataset, a non-positive batch_size, or a
-        batch_size above len(ds) with drop_remainder=True.
+      ValueError: for a bad dataset, a non-positive batch_size, a
+        batch_size above len(ds) with drop_remainder=True, or bad workers.
     """
     dataset = train_dataset(ds, batch_size, seed=seed, epoch=epoch,
                             drop_remainder=drop_remainder, rows=rows)
-    return iterate(dataset[start:], workers)
+    return iterate(dataset[start:], workers, source=ds)
 
 
 def eval_batches(ds, batch_size: int, *,
-                 workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                 workers: int | Workers | None = None,
+                 ) -> Iterator[dict[str, np.ndarray]]:
     """All rows of ``ds`` in order, in batches of one fixed shape.
 
     The last batch is padded with copies of the last row, so that a jitted
@@ -212,6 +298,7 @@ def eval_batches(ds, batch_size: int, *,
     Args:
       ds: the dataset to encode.
       batch_size: B.
+      workers: who builds the batches, as in ``train_batches``.
 
     Yields:
       {'image': [B, H, W, C] uint8, 'label': [B, C] float32,
@@ -223,17 +310,37 @@ def eval_batches(ds, batch_size: int, *,
     batches = _index_batches(np.arange(len(ds.labels)), batch_size, False)
     dataset = grain.MapDataset.source(batches).map(
         _padded_batch_fn(ds, batch_size))
-    return iterate(dataset, workers)
+    return iterate(dataset, workers, source=ds)
 
 
-def iterate(dataset: grain.MapDataset, workers: int):
-    """Iterates in order, in this process or over worker processes."""
-    iterable = dataset.to_iter_dataset(_READ_OPTIONS)
-    if workers:
+def iterate(dataset: grain.MapDataset,
+            workers: int | Workers | None = None, *,
+            source=None) -> Iterator:
+    """Iterates ``dataset`` in order, however its elements are built.
+
+    Args:
+      dataset: a ``grain.MapDataset`` (of batches).
+      workers: as ``resolve_workers``: None for the default of ``source``,
+        0 inline, N > 0 for N worker processes, or a ``Workers``.
+      source: the dataset the elements are read from, which picks the
+        default (None: unknown, built inline).
+
+    Returns:
+      An iterator over the elements of ``dataset``, in its order.
+    """
+    plan = resolve_workers(source, workers)
+    options = _READ_OPTIONS
+    if plan.threads:
+        # One ready batch beyond those being decoded: enough to hide the
+        # decoding, and memory stays (threads + 1) batches.
+        options = grain.ReadOptions(num_threads=plan.threads,
+                                    prefetch_buffer_size=plan.threads + 1)
+    iterable = dataset.to_iter_dataset(options)
+    if plan.processes:
         # grain's worker processes read absl flags; outside an absl app
         # (notebooks, tests) nothing parsed them, so take the defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         iterable = iterable.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers))
+            grain.MultiprocessingOptions(num_workers=plan.processes))
     return iter(iterable)

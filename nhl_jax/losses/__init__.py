@@ -1,7 +1,12 @@
-"""The seven NHL base losses, selected by name through one registry.
+"""Every base loss, selected by name through one registry.
 
-Every entry is a factory taking the method's hyperparameters as keyword
-arguments (paper defaults) and returning a ``HashLoss(init, apply)``::
+The seven of the NHL code (dsh, dtsh, lcdsh, dch, csq, dpn, mdsh), the rest
+of its list (dhn, dbdh, shcir) and DeepHash-pytorch's supervised methods
+(hashnet, dpsh, idhn, dfh, qsmih, isdh, greedyhash, dshsd, dsdh) and
+OrthoHash. Every entry is a factory taking the method's hyperparameters as
+keyword arguments (the reference code's defaults) and returning a
+``HashLoss``; GreedyHash, DSHSD and OrthoHash (with a learned codebook)
+own trainable parameters, DSDH a per-epoch update (``HashLoss``)::
 
     from nhl_jax import losses
     loss = losses.get('dpn', margin=1.0)
@@ -9,27 +14,58 @@ arguments (paper defaults) and returning a ``HashLoss(init, apply)``::
     value, state = loss.apply(state, codes, labels, index)
 """
 
+from nhl_jax.losses._common import BankState
 from nhl_jax.losses._common import CentersState
 from nhl_jax.losses._common import hadamard_centers
 from nhl_jax.losses._common import label_targets
 from nhl_jax.losses.csq import csq
+from nhl_jax.losses.dbdh import dbdh
 from nhl_jax.losses.dch import dch
+from nhl_jax.losses.dfh import DFHState
+from nhl_jax.losses.dfh import dfh
+from nhl_jax.losses.dhn import dhn
 from nhl_jax.losses.dpn import dpn
+from nhl_jax.losses.dpsh import dpsh
 from nhl_jax.losses.dsh import DSHState
+from nhl_jax.losses.dsdh import DSDHState
+from nhl_jax.losses.dsdh import dsdh
 from nhl_jax.losses.dsh import dsh
+from nhl_jax.losses.dshsd import dshsd
 from nhl_jax.losses.dtsh import dtsh
+from nhl_jax.losses.greedyhash import greedyhash
+from nhl_jax.losses.hashnet import HashNetState
+from nhl_jax.losses.hashnet import hashnet
+from nhl_jax.losses.idhn import idhn
+from nhl_jax.losses.isdh import isdh
 from nhl_jax.losses.lcdsh import lcdsh
 from nhl_jax.losses.mdsh import mdsh
+from nhl_jax.losses.orthohash import CodebookState
+from nhl_jax.losses.orthohash import orthohash
+from nhl_jax.losses.qsmih import qsmih
+from nhl_jax.losses.shcir import shcir
 from nhl_jax.types import EmptyState, HashLoss
 
 LOSSES = {
     'csq': csq,
+    'dbdh': dbdh,
     'dch': dch,
+    'dfh': dfh,
+    'dhn': dhn,
     'dpn': dpn,
+    'dpsh': dpsh,
+    'dsdh': dsdh,
     'dsh': dsh,
+    'dshsd': dshsd,
     'dtsh': dtsh,
+    'greedyhash': greedyhash,
+    'hashnet': hashnet,
+    'idhn': idhn,
+    'isdh': isdh,
     'lcdsh': lcdsh,
     'mdsh': mdsh,
+    'orthohash': orthohash,
+    'qsmih': qsmih,
+    'shcir': shcir,
 }
 
 
@@ -55,18 +91,36 @@ def get(name: str, **hparams) -> HashLoss:
 
 __all__ = [
     'LOSSES',
+    'BankState',
     'CentersState',
+    'CodebookState',
+    'DSDHState',
+    'DFHState',
     'DSHState',
     'EmptyState',
     'HashLoss',
+    'HashNetState',
     'csq',
+    'dbdh',
     'dch',
+    'dfh',
+    'dhn',
     'dpn',
+    'dpsh',
+    'dsdh',
     'dsh',
+    'dshsd',
     'dtsh',
     'get',
+    'greedyhash',
     'hadamard_centers',
+    'hashnet',
+    'idhn',
+    'isdh',
     'label_targets',
     'lcdsh',
     'mdsh',
+    'orthohash',
+    'qsmih',
+    'shcir',
 ]

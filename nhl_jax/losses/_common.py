@@ -217,3 +217,57 @@ def label_targets(state: CentersState, labels: Array) -> Array:
     """
     summed = labels @ state.centers  # [B, K]
     return jnp.where(summed == 0, state.fill[None, :], jnp.sign(summed))
+
+
+class BankState(NamedTuple):
+    """Memory bank of the latest code and label of every training sample.
+
+    The pairwise losses with a bank (DHN, DBDH, DPSH, IDHN, ISDH) compare a
+    batch against all N rows. Rows not yet written are zero: during the
+    first epoch they act as samples with code 0 and no label (as in the
+    reference code).
+
+    Attributes:
+      codes: [N, K] float32, the (transformed) codes last seen per sample.
+      labels: [N, C] float32, their multi-hot labels.
+    """
+
+    codes: Array  # [N, K]
+    labels: Array  # [N, C]
+
+
+def bank_init(key, *, num_train, num_classes, bits) -> BankState:
+    """``init`` of the bank losses: an all-zero [N, K] and [N, C] bank."""
+    del key
+    return BankState(
+        codes=jnp.zeros((num_train, bits), jnp.float32),
+        labels=jnp.zeros((num_train, num_classes), jnp.float32),
+    )
+
+
+def bank_write(
+    state: BankState, codes: Array, labels: Array, index: Array
+) -> BankState:
+    """Writes the batch into rows ``index`` of the bank (codes detached)."""
+    return BankState(
+        codes=state.codes.at[index].set(jax.lax.stop_gradient(codes)),
+        labels=state.labels.at[index].set(labels),
+    )
+
+
+def pair_nll(theta: Array, s: Array) -> Array:
+    """Pairwise logistic negative log-likelihood log(1 + e^theta) - s theta.
+
+    Written as max(theta, 0) + log(1 + e^-|theta|) - s theta, which never
+    overflows; ``s`` may be soft (in [0, 1]).
+    """
+    return jax.nn.softplus(theta) - s * theta
+
+
+def cosine_label_similarity(y1: Array, y2: Array, eps: float = 1e-5) -> Array:
+    """Soft similarity y1_i . y2_j / (||y1_i|| ||y2_j|| + eps), [B, N].
+
+    All-zero label rows (unwritten bank rows) get similarity 0.
+    """
+    norms = safe_norm(y1, keepdims=True) * safe_norm(y2)[None, :]
+    return (y1 @ y2.T) / (norms + eps)

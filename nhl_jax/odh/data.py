@@ -89,7 +89,7 @@ def group_batches(ds, anchors: int, *, n_positive: int = 2, seed: int,
     augment_seed = (seed, epoch)
     dataset = grain.MapDataset.source([b[rows] for b in batches]).map(
         lambda index: pipeline.gather_batch(ds, index, augment_seed))
-    return pipeline.iterate(dataset[start:], workers)
+    return pipeline.iterate(dataset[start:], workers, source=ds)
 
 
 def num_group_batches(n: int, anchors: int) -> int:

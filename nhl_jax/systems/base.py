@@ -45,7 +45,7 @@ class RunSpec:
     seed: int
     batch_size: int
     eval_batch_size: int
-    data_workers: int
+    data_workers: int | None  # None: automatic (nhl_jax.data.pipeline)
     devices: int | None
     epochs: int
     eval_every: int
@@ -168,8 +168,10 @@ class System:
 
     name = ''
     # Evaluators by name (nhl_jax.evaluation.EVALUATORS); the first is the
-    # run's ``map``, selects the best parameters and drives patience.
-    evaluators: tuple[str, ...] = ('symmetric',)
+    # run's ``map``, selects the best parameters and drives patience; the
+    # tie-aware mAP (expected over random orders of equal distances) is
+    # reported beside it.
+    evaluators: tuple[str, ...] = ('symmetric', 'symmetric_expected')
     single_length = True  # whether lengths may be trained one per run
     heads: tuple[str, ...] = ('nested',)  # the heads it can train
     round_name = 'epoch'  # what a round is called in progress lines

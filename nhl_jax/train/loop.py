@@ -371,7 +371,8 @@ class _Loop:
             batch_size=spec.eval_batch_size, top_k=spec.top_k,
             workers=spec.data_workers,
             learned=None if learned is None else learned[0],
-            learned_labels=None if learned is None else learned[1])
+            learned_labels=None if learned is None else learned[1],
+            mesh=self.mesh)
         primary, *others = system.evaluators
         record['map'] = maps[primary]
         for name in others:

@@ -224,7 +224,10 @@ def compile_hook(hook: Callable, mesh=None) -> Callable:
                    out_shardings=(repl, repl), donate_argnums=0)
 
 
-def compile_encode(setup: Setup, mesh=None) -> Callable:
-    """``setup.encode`` jitted: ``(params, rest, images) -> [B, W]``."""
-    del mesh  # evaluation runs on one device (see nhl_jax.evaluation)
+def compile_encode(setup: Setup) -> Callable:
+    """``setup.encode`` jitted: ``(params, rest, images) -> [B, W]``.
+
+    ``nhl_jax.evaluation.encode_dataset(..., mesh=)`` shards its batches
+    over the mesh, so this one function serves one device and many.
+    """
     return jax.jit(setup.encode)

@@ -56,7 +56,7 @@ def resolve(config) -> RunSpec:
         bits=check_bits(tuple(config.bits)),
         single_length=bool(get('single_length', False)), seed=config.seed,
         batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-        data_workers=get('data_workers', 0), devices=get('devices'),
+        data_workers=get('data_workers'), devices=get('devices'),
         epochs=config.epochs, eval_every=config.eval_every,
         patience=config.patience,
         top_k=config.top_k if get('top_k') is not None else dataset.top_k,
@@ -192,16 +192,21 @@ def _summed(dicts) -> dict:
     return total
 
 
+# Short column titles of the final table.
+_LABELS = {'symmetric_expected': 'tie-aware'}
+
+
 def format_results(system, spec: RunSpec, results) -> str:
     """The final table: last and best mAP per length, every evaluator."""
     k = 'all' if results['top_k'] is None else results['top_k']
     primary, *others = system.evaluators
     columns = [('mAP (last)', 'map_last'), ('mAP (best)', 'map')]
     for name in others:
-        columns += [(f'{name} (last)', f'map_{name}_last'),
-                    (f'{name} (best)', f'map_{name}')]
+        label = _LABELS.get(name, name)
+        columns += [(f'{label} (last)', f'map_{name}_last'),
+                    (f'{label} (best)', f'map_{name}')]
     width = max(len(title) for title, _ in columns)
-    kind = '' if system.evaluators == ('symmetric',) else f' ({primary})'
+    kind = '' if primary == 'symmetric' else f' ({primary})'
     lines = [(f'{system.title(spec)}, mAP@{k}{kind}, train '
               f'{results["train_seconds"]:.1f} s'),
              f'{"bits":>6} ' + ' '.join(f'{t:>{width}}' for t, _ in columns)]

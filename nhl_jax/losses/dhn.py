@@ -1,0 +1,48 @@
+"""DHN: Deep Hashing Network, pairwise likelihood with a memory bank."""
+
+import jax.numpy as jnp
+
+from nhl_jax.losses import _common
+from nhl_jax.types import Array, HashLoss
+
+
+def dhn(alpha: float = 0.1) -> HashLoss:
+    """Pairwise logistic likelihood against a bank, log-cosh quantisation.
+
+    Each step first writes the batch into the bank (U[index] <- sg(u),
+    Y[index] <- y), then, with theta_ij = u_i . U_j / 2 over all N rows and
+    s_ij = 1[y_i . Y_j > 0]:
+
+      L = mean_ij [ log(1 + e^theta_ij) - s_ij theta_ij ]
+          + alpha * mean_ik log cosh(|u_ik| - 1).
+
+    Args:
+      alpha: weight of the log-cosh quantisation term.
+
+    Returns:
+      A ``HashLoss`` whose state is a ``BankState`` ([N, K] codes, [N, C]
+      labels).
+
+    References:
+      Zhu et al., "Deep Hashing Network for Efficient Similarity Retrieval",
+      AAAI 2016: the pairwise cross-entropy and the smooth (log cosh)
+      quantisation loss of its objective; defaults of hly1998/NHL
+      ``bit_length/DHN.py``.
+    """
+
+    def apply_fn(state, codes, labels, index):
+        _common.check_batch(codes, labels, index)
+        bank = _common.bank_write(state, codes, labels, index)
+        s = _common.similarity(labels, bank.labels)  # [B, N]
+        theta = 0.5 * codes @ bank.codes.T  # [B, N]
+        likelihood = jnp.mean(_common.pair_nll(theta, s))
+        quant = jnp.mean(log_cosh(jnp.abs(codes) - 1.0))
+        return likelihood + alpha * quant, bank
+
+    return HashLoss(_common.bank_init, apply_fn)
+
+
+def log_cosh(x: Array) -> Array:
+    """log cosh(x) = |x| + log(1 + e^(-2|x|)) - log 2, finite for any x."""
+    a = jnp.abs(x)
+    return a + jnp.log1p(jnp.exp(-2.0 * a)) - jnp.log(2.0)

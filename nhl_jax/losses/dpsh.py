@@ -1,0 +1,41 @@
+"""DPSH: Deep Pairwise-Supervised Hashing with a memory bank."""
+
+import jax.numpy as jnp
+
+from nhl_jax.losses import _common
+from nhl_jax.types import HashLoss
+
+
+def dpsh(alpha: float = 0.1) -> HashLoss:
+    """Pairwise logistic likelihood against a bank, squared quantisation.
+
+    Each step first writes the batch into the bank (U[index] <- sg(u),
+    Y[index] <- y), then, with theta_ij = u_i . U_j / 2 over all N rows and
+    s_ij = 1[y_i . Y_j > 0]:
+
+      L = mean_ij [ log(1 + e^theta_ij) - s_ij theta_ij ]
+          + alpha * mean_ik (u_ik - sign(u_ik))^2.
+
+    Args:
+      alpha: weight of the quantisation term (eta in the paper).
+
+    Returns:
+      A ``HashLoss`` whose state is a ``BankState`` ([N, K] codes, [N, C]
+      labels).
+
+    References:
+      Li et al., "Feature Learning based Deep Supervised Hashing with
+      Pairwise Labels", IJCAI 2016 (relaxed objective with quantisation);
+      defaults of swuxyj/DeepHash-pytorch ``DPSH.py``.
+    """
+
+    def apply_fn(state, codes, labels, index):
+        _common.check_batch(codes, labels, index)
+        bank = _common.bank_write(state, codes, labels, index)
+        s = _common.similarity(labels, bank.labels)  # [B, N]
+        theta = 0.5 * codes @ bank.codes.T  # [B, N]
+        likelihood = jnp.mean(_common.pair_nll(theta, s))
+        quant = jnp.mean((codes - jnp.sign(codes)) ** 2)
+        return likelihood + alpha * quant, bank
+
+    return HashLoss(_common.bank_init, apply_fn)

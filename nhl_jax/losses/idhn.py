@@ -1,0 +1,52 @@
+"""IDHN: Improved Deep Hashing with soft pairwise similarity."""
+
+import jax.numpy as jnp
+
+from nhl_jax.losses import _common
+from nhl_jax.types import HashLoss
+
+
+def idhn(alpha: float = 0.5, gamma: float = 0.1, lam: float = 0.1) -> HashLoss:
+    """Cross-entropy on hard pairs, squared error on soft pairs, with a bank.
+
+    The codes are squashed, v = u / (|u| + 1) elementwise. Each step writes
+    v into the bank (U[index] <- sg(v), Y[index] <- y), then over all N
+    rows, with the cosine label similarity s_ij = y_i . Y_j / (||y_i||
+    ||Y_j|| + 1e-5), the hard-pair mask m_ij = 1[s_ij > 0.99] +
+    1[s_ij < 0.01] and theta_ij = alpha v_i . U_j:
+
+      l_ij = log(1 + e^theta_ij) - s_ij theta_ij,
+      e_ij = (theta_ij + K - 2 s_ij K)^2,
+      L = mean_ij [ m_ij l_ij + gamma (1 - m_ij) e_ij ]
+          + lam * mean_ik | |v_ik| - 1 |.
+
+    Args:
+      alpha: scale of the inner product.
+      gamma: weight of the squared error on the soft (partly similar) pairs.
+      lam: weight of the quantisation term.
+
+    Returns:
+      A ``HashLoss`` whose state is a ``BankState`` ([N, K] squashed codes,
+      [N, C] labels).
+
+    References:
+      Zhang et al., "Improved Deep Hashing with Soft Pairwise Similarity for
+      Multi-label Image Retrieval", IEEE TMM 2019 (arXiv 1803.02987);
+      defaults of swuxyj/DeepHash-pytorch ``IDHN.py``.
+    """
+
+    def apply_fn(state, codes, labels, index):
+        _common.check_batch(codes, labels, index)
+        k = codes.shape[-1]
+        v = codes / (jnp.abs(codes) + 1.0)
+        bank = _common.bank_write(state, v, labels, index)
+        s = _common.cosine_label_similarity(labels, bank.labels)  # [B, N]
+        hard = (s > 0.99).astype(jnp.float32) + (s < 0.01).astype(jnp.float32)
+        theta = alpha * v @ bank.codes.T  # [B, N]
+        cross = _common.pair_nll(theta, s)
+        squared = (theta + k - 2.0 * s * k) ** 2
+        pair = jnp.mean(hard * cross + gamma * (1.0 - hard) * squared)
+        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
+        return pair + lam * quant, bank
+
+    return HashLoss(_common.bank_init, apply_fn)
