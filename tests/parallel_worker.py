@@ -1,6 +1,6 @@
 """Subprocess helper of tests/test_parallel.py (not collected by pytest).
 
-    python tests/parallel_worker.py sharded <num_devices> <method> <out.json>
+    python tests/parallel_worker.py sharded <num_devices> <m1,m2,...> <out.json>
     python tests/parallel_worker.py process <process_id> <port> <out.npz>
 
 ``sharded``: with N fake CPU devices, runs the same steps with and without
@@ -82,8 +82,15 @@ def _max_diff(a, b, relative=False):
     return max(jax.tree.leaves(jax.tree.map(diff, a, b)), default=0.0)
 
 
-def sharded(num_devices, method, out):
+def sharded(num_devices, methods, out):
+    """Every method of the comma-separated ``methods`` in one process."""
     jax.config.update('jax_num_cpu_devices', num_devices)
+    result = {m: _sharded(m) for m in methods.split(',')}
+    with open(out, 'w') as f:
+        json.dump(result, f)
+
+
+def _sharded(method):
     from nhl_jax import parallel
     splits, setup, state = _setup(method)
     batches = _batches(splits)
@@ -97,7 +104,7 @@ def sharded(num_devices, method, out):
         state4, metrics4 = step(state4, parallel.global_batch(batch, mesh,
                                                               BATCH))
     host4 = parallel.to_host(state4)
-    result = {
+    return {
         'devices': len(mesh.devices.flat),
         'params': _max_diff(state.params, host4.params),
         'loss_states': _max_diff(state.extra.loss_states,
@@ -112,8 +119,6 @@ def sharded(num_devices, method, out):
         'replicated': all(x.sharding.is_fully_replicated
                           for x in jax.tree.leaves(state4)),
     }
-    with open(out, 'w') as f:
-        json.dump(result, f)
 
 
 def process(process_id, port, out):

@@ -22,16 +22,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize('method', ['dsh', 'conflict', 'classifier',
-                                    'orthohash', 'dsdh', 'greedyhash',
-                                    'dshsd'])
-def test_sharded_step_equals_single_device_step(method, tmp_path):
+SHARDED = ['dsh', 'conflict', 'classifier', 'orthohash', 'dsdh',
+           'greedyhash', 'dshsd']
+
+
+@pytest.fixture(scope='module')
+def sharded(tmp_path_factory):
+    """One 4-device subprocess for every method (interpreter start once)."""
+    out = tmp_path_factory.mktemp('sharded') / 'diff.json'
+    subprocess.run([sys.executable, WORKER, 'sharded', '4', ','.join(SHARDED),
+                    str(out)], check=True, timeout=600, capture_output=True)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize('method', SHARDED)
+def test_sharded_step_equals_single_device_step(method, sharded):
     """DSH: the memory-bank scatter; 'conflict': weights that cap;
-    'classifier': a loss with its own parameters (tests/toy_losses.py)."""
-    out = tmp_path / 'diff.json'
-    subprocess.run([sys.executable, WORKER, 'sharded', '4', method, str(out)],
-                   check=True, timeout=300, capture_output=True)
-    result = json.loads(out.read_text())
+    'classifier': a loss with its own parameters (tests/toy_losses.py);
+    the others: the base losses with parameters or an epoch update."""
+    result = sharded[method]
     assert result['devices'] == 4
     for key in ('loss_states', 'weights', 'metrics'):
         assert result[key] <= 1e-6, (key, result)
