@@ -1,7 +1,7 @@
 """Pieces shared by the base losses: similarity, norms, centres, checks."""
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -271,3 +271,42 @@ def cosine_label_similarity(y1: Array, y2: Array, eps: float = 1e-5) -> Array:
     """
     norms = safe_norm(y1, keepdims=True) * safe_norm(y2)[None, :]
     return (y1 @ y2.T) / (norms + eps)
+
+
+def bank_pair_likelihood(state, codes: Array, labels: Array,
+                         index: Array):
+    """DPSH's pairwise likelihood of the batch against the whole bank.
+
+    Writes the batch into the bank, then with theta = u_i . U_j / 2 and
+    s_ij the label similarity returns mean_ij [log(1 + e^theta_ij) -
+    s_ij theta_ij] over the [B, N] pairs (shared by DPSH and DHN).
+
+    Returns:
+      ``(likelihood, new bank state)``.
+    """
+    bank = bank_write(state, codes, labels, index)
+    s = similarity(labels, bank.labels)  # [B, N]
+    theta = 0.5 * codes @ bank.codes.T  # [B, N]
+    return jnp.mean(pair_nll(theta, s)), bank
+
+
+class SoftPairs(NamedTuple):
+    """What IDHN and ISDH compute alike before their pair losses."""
+
+    v: Array  # [B, K] squashed codes u / (|u| + 1)
+    bank: Any  # the bank after writing v
+    s: Array  # [B, N] cosine label similarity
+    hard: Array  # [B, N] 1 for s > 0.99 or s < 0.01
+    theta: Array  # [B, N] alpha v_i . U_j
+    cross: Array  # [B, N] log(1 + e^theta) - s theta
+
+
+def soft_pairs(state, codes: Array, labels: Array, index: Array,
+               alpha: float) -> SoftPairs:
+    """Squash, write the bank, and the pair terms of IDHN / ISDH."""
+    v = codes / (jnp.abs(codes) + 1.0)
+    bank = bank_write(state, v, labels, index)
+    s = cosine_label_similarity(labels, bank.labels)  # [B, N]
+    hard = (s > 0.99).astype(jnp.float32) + (s < 0.01).astype(jnp.float32)
+    theta = alpha * v @ bank.codes.T  # [B, N]
+    return SoftPairs(v, bank, s, hard, theta, pair_nll(theta, s))

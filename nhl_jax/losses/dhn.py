@@ -32,10 +32,8 @@ def dhn(alpha: float = 0.1) -> HashLoss:
 
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        bank = _common.bank_write(state, codes, labels, index)
-        s = _common.similarity(labels, bank.labels)  # [B, N]
-        theta = 0.5 * codes @ bank.codes.T  # [B, N]
-        likelihood = jnp.mean(_common.pair_nll(theta, s))
+        likelihood, bank = _common.bank_pair_likelihood(state, codes, labels,
+                                                        index)
         quant = jnp.mean(log_cosh(jnp.abs(codes) - 1.0))
         return likelihood + alpha * quant, bank
 

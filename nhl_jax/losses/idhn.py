@@ -38,15 +38,10 @@ def idhn(alpha: float = 0.5, gamma: float = 0.1, lam: float = 0.1) -> HashLoss:
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
         k = codes.shape[-1]
-        v = codes / (jnp.abs(codes) + 1.0)
-        bank = _common.bank_write(state, v, labels, index)
-        s = _common.cosine_label_similarity(labels, bank.labels)  # [B, N]
-        hard = (s > 0.99).astype(jnp.float32) + (s < 0.01).astype(jnp.float32)
-        theta = alpha * v @ bank.codes.T  # [B, N]
-        cross = _common.pair_nll(theta, s)
-        squared = (theta + k - 2.0 * s * k) ** 2
-        pair = jnp.mean(hard * cross + gamma * (1.0 - hard) * squared)
-        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
-        return pair + lam * quant, bank
+        p = _common.soft_pairs(state, codes, labels, index, alpha)
+        squared = (p.theta + k - 2.0 * p.s * k) ** 2
+        pair = jnp.mean(p.hard * p.cross + gamma * (1.0 - p.hard) * squared)
+        quant = jnp.mean(jnp.abs(jnp.abs(p.v) - 1.0))
+        return pair + lam * quant, p.bank
 
     return HashLoss(_common.bank_init, apply_fn)

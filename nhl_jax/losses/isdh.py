@@ -37,15 +37,10 @@ def isdh(alpha: float = 0.5, gamma: float = 10.0, lam: float = 0.1) -> HashLoss:
 
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        v = codes / (jnp.abs(codes) + 1.0)
-        bank = _common.bank_write(state, v, labels, index)
-        s = _common.cosine_label_similarity(labels, bank.labels)  # [B, N]
-        hard = (s > 0.99).astype(jnp.float32) + (s < 0.01).astype(jnp.float32)
-        theta = alpha * v @ bank.codes.T  # [B, N]
-        cross = _common.pair_nll(theta, s)
-        squared = (s - jax.nn.sigmoid(theta)) ** 2
-        pair = jnp.mean(gamma * hard * cross + (1.0 - hard) * squared)
-        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
-        return pair + lam * quant, bank
+        p = _common.soft_pairs(state, codes, labels, index, alpha)
+        squared = (p.s - jax.nn.sigmoid(p.theta)) ** 2
+        pair = jnp.mean(gamma * p.hard * p.cross + (1.0 - p.hard) * squared)
+        quant = jnp.mean(jnp.abs(jnp.abs(p.v) - 1.0))
+        return pair + lam * quant, p.bank
 
     return HashLoss(_common.bank_init, apply_fn)
