@@ -142,22 +142,28 @@ def nhl_objective(
     m = len(bits)
 
     def init_fn(key, *, num_train, num_classes):
+        if loss.init_lengths is not None:
+            return tuple(loss.init_lengths(
+                key, num_train=num_train, num_classes=num_classes, bits=bits))
         keys = jax.random.split(key, m)
         return tuple(
             loss.init(k, num_train=num_train, num_classes=num_classes, bits=b)
             for k, b in zip(keys, bits)
         )
 
-    def one_loss(state, codes, labels, index, params):
-        if loss.init_params is None:
-            return loss.apply(state, codes, labels, index)
-        return loss.apply(state, codes, labels, index, params=params)
+    def one_loss(state, codes, labels, index, params, features):
+        kw = {}
+        if loss.init_params is not None:
+            kw['params'] = params
+        if loss.features:
+            kw['features'] = features
+        return loss.apply(state, codes, labels, index, **kw)
 
-    def per_length(h, states, labels, index, loss_params):
+    def per_length(h, states, labels, index, loss_params, features):
         codes = split_codes(h, bits)
         params = loss_params if loss_params is not None else (None,) * m
         values, new_states = zip(*(
-            one_loss(s, c, labels, index, p)
+            one_loss(s, c, labels, index, p, features)
             for s, c, p in zip(states, codes, params)))
         base = jnp.stack(values)  # [M]
         dis = jnp.concatenate(
@@ -169,7 +175,12 @@ def nhl_objective(
                  weighting_state=None, loss_params=None):
         if weighting_state is None:
             weighting_state = rule.init(jax.random.key(0))
-        fn = functools.partial(per_length, loss_params=loss_params)
+        if loss.features and features is None:
+            raise ValueError(
+                'this base loss reads the backbone features: call '
+                'apply(..., features=x) with x the [B, D] hash-layer input.')
+        fn = functools.partial(per_length, loss_params=loss_params,
+                               features=features)
         if rule.uses_products:
             objs, products, (new_states, base, dis) = _with_products(
                 fn, h, states, labels, index, features)

@@ -33,6 +33,13 @@ class HashLoss(NamedTuple):
       epoch_update: optional ``epoch_update(state, params) -> state``, a
         closed-form update run once after every epoch (DSDH's discrete
         codes B); None for a loss without.
+      init_lengths: optional ``init_lengths(key, *, num_train, num_classes,
+        bits) -> states`` with ``bits`` the sorted tuple of every length:
+        one state per length drawn jointly (nested hash centres, where each
+        length's table is a prefix of the longest one's). When present, the
+        NHL objective calls it instead of ``init`` once per length.
+      features: whether ``apply`` also takes ``features=`` [B, D], the
+        backbone features the hash layer reads (PCDH's feature-level term).
 
     Example, a loss that owns a linear classifier ``W`` [K, C]::
 
@@ -50,3 +57,5 @@ class HashLoss(NamedTuple):
     apply: Callable[..., tuple[Array, LossState]]
     init_params: Callable[..., Any] | None = None
     epoch_update: Callable[[LossState, Any], LossState] | None = None
+    init_lengths: Callable[..., tuple[LossState, ...]] | None = None
+    features: bool = False

@@ -58,6 +58,20 @@ def dsh(u, y, index, bank_codes, bank_labels, *, alpha=0.1, margin=None):
     return l1 + l2, bu, by
 
 
+def dsh_batch(u, y, *, alpha=0.1, margin=None):
+    """DSH over the pairs of the batch (the paper's Eq. 4-5), no bank."""
+    u = _f64(u)
+    margin = 2.0 * u.shape[1] if margin is None else float(margin)
+    n = u.shape[0]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            dist = float(np.sum((u[i] - u[j]) ** 2))
+            d = 1.0 if np.dot(y[i], y[j]) == 0 else 0.0
+            total += 0.5 * (1.0 - d) * dist + 0.5 * d * max(0.0, margin - dist)
+    return total / (n * n) + alpha * np.mean(np.abs(1.0 - np.abs(u)))
+
+
 def dtsh(u, y, *, alpha=5.0, lam=1.0):
     """DTSH triplet loss, Theta = u u^T (no 1/2). u [B,K], y [B,C] -> scalar."""
     u = _f64(u)

@@ -163,3 +163,71 @@ def dsdh_update(bank_u, bank_y, binary, *, mu=1.0, nu=1.0, eta=55.0,
             b_rest = np.delete(bb, i, axis=0)
             bb[i, :] = np.sign(p[i, :] - b_rest.T @ w_rest @ w[i, :])
     return bb.T, w
+
+
+def daph(u, y, index, other, binary, *, alpha=10.0, lam=0.01, beta=0.01):
+    """DAPH top-branch loss of tanh(u) against Z[index] (``other`` [N, K]).
+
+    Written after DeepHash-pytorch DAPH.py ``DAPHLoss.forward`` with
+    isTop=1; ``binary`` is B [N, K].
+    """
+    v = np.tanh(_f64(u))
+    z = _f64(other)[np.asarray(index)]
+    bq = _f64(binary)[np.asarray(index)]
+    n, k = v.shape
+    lik = 0.0
+    for i in range(n):
+        for j in range(n):
+            theta = 0.5 * float(np.dot(v[i], z[j]))
+            s = 1.0 if np.dot(y[i], y[j]) > 0 else 0.0
+            lik += _softplus(theta) - s * theta
+    lik /= n * n
+    quant = float(np.mean((v - bq) ** 2))
+    indep = 0.0
+    for a in range(k):
+        for b in range(k):
+            gram = sum(v[r, a] * v[r, b] for r in range(n)) / n
+            indep += (gram - (1.0 if a == b else 0.0)) ** 2
+    indep /= k * k
+    balance = sum(sum(v[r, a] for r in range(n)) ** 2 for a in range(k)) / k
+    return lik + alpha * quant + lam * indep + beta * balance
+
+
+def daph_update(bank_u, other, binary, other_binary, *, alpha=10.0,
+                gamma=10.0):
+    """``update_B_and_H`` then Z <- U; returns (B, H, Z)."""
+    u, z = _f64(bank_u), _f64(other)
+    h = _f64(other_binary)
+    b = np.sign(alpha * u + gamma * h)
+    h = np.sign(alpha * z + gamma * b)
+    return b, h, u.copy()
+
+
+def _contrastive(x, y, margin):
+    """PCDH's pair term over all ordered pairs of the batch."""
+    n = x.shape[0]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            dist = float(np.sum((x[i] - x[j]) ** 2))
+            d = 1.0 if np.dot(y[i], y[j]) == 0 else 0.0
+            total += (0.5 * (1 - d) * dist
+                      + 0.5 * d * max(margin - dist, 0.0) ** 2)
+    return total / (n * n)
+
+
+def pcdh(u, y, w, features, *, alpha=1.0, beta=1.0, multi_label=False):
+    """PCDH.py ``PCDHLoss`` with b = sign(tanh u) and m = 2K."""
+    u, y, w, f = _f64(u), _f64(y), _f64(w), _f64(features)
+    h = np.tanh(u)
+    margin = 2.0 * u.shape[1]
+    logits = np.sign(h) @ w
+    lc = 0.0
+    for i in range(u.shape[0]):
+        if multi_label:
+            lc += sum(_softplus(x) - t * x for x, t in zip(logits[i], y[i]))
+        else:
+            lc -= _log_softmax(list(logits[i]))[int(np.argmax(y[i]))]
+    lc /= u.shape[0]
+    return (_contrastive(h, y, margin) + alpha * _contrastive(f, y, margin)
+            + beta * lc)

@@ -43,6 +43,15 @@ def _state(name, seed=0):
             codes=jnp.asarray(rng.standard_normal((N, K)), jnp.float32),
             labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
         )
+    if isinstance(state, losses.DAPHState):
+        rng = np.random.default_rng(seed + 1)
+        signs = lambda: jnp.asarray(rng.choice([-1.0, 1.0], (N, K)),
+                                    jnp.float32)
+        state = losses.DAPHState(
+            codes=jnp.asarray(rng.uniform(-1, 1, (N, K)), jnp.float32),
+            other=jnp.asarray(rng.uniform(-1, 1, (N, K)), jnp.float32),
+            labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
+            binary=signs(), other_binary=signs())
     if isinstance(state, losses.DSDHState):
         rng = np.random.default_rng(seed + 1)
         state = losses.DSDHState(
@@ -54,13 +63,24 @@ def _state(name, seed=0):
     return state
 
 
+D = 5  # feature width of the losses that read features
+
+
 def _params(name, seed=0):
-    """``{'params': ...}`` for a loss with ``init_params``, else ``{}``."""
+    """The keyword arguments of ``apply``: ``params`` and ``features``.
+
+    ``params`` for a loss with ``init_params``, ``features`` [B, D] for a
+    loss that reads them; ``{}`` for the others.
+    """
     loss = losses.get(name)
-    if loss.init_params is None:
-        return {}
-    return {'params': loss.init_params(jax.random.key(seed + 100),
-                                       num_classes=C, bits=K)}
+    kw = {}
+    if loss.init_params is not None:
+        kw['params'] = loss.init_params(jax.random.key(seed + 100),
+                                        num_classes=C, bits=K)
+    if loss.features:
+        rng = np.random.default_rng(seed + 200)
+        kw['features'] = rng.standard_normal((B, D)).astype(np.float32)
+    return kw
 
 
 def _reference(name, state, codes, labels, index):
@@ -81,8 +101,13 @@ def _reference(name, state, codes, labels, index):
 
 def _param_references(name, state, codes, labels, index):
     """References of the losses with parameters or an epoch update."""
-    params = _params(name).get('params')
+    kw = _params(name)
+    params = kw.get('params')
     return {
+        'daph': lambda: ref_params.daph(codes, labels, index, state.other,
+                                        state.binary),
+        'pcdh': lambda: ref_params.pcdh(codes, labels, params['w'],
+                                        kw['features']),
         'greedyhash': lambda: ref_params.greedyhash(codes, labels,
                                                     params['w']),
         'dshsd': lambda: ref_params.dshsd(codes, labels, params['w']),
@@ -98,7 +123,8 @@ NAMES = sorted(losses.LOSSES)
 # The losses whose reference is in _reference; tests/test_losses_more.py
 # checks the others against tests/numpy_reference_more.py.
 REFERENCED = sorted({'csq', 'dch', 'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh',
-                     'greedyhash', 'dshsd', 'orthohash', 'dsdh'})
+                     'greedyhash', 'dshsd', 'orthohash', 'dsdh', 'daph',
+                     'pcdh'})
 KINDS = ['onehot', 'multihot', 'single_class']
 
 
@@ -159,9 +185,9 @@ def test_gradients_are_finite(name, scale):
     chex.assert_tree_all_finite(grad)
     if scale:
         assert np.abs(grad).sum() > 0
-    if kw:  # a loss with its own parameters: their gradient too
-        grad_p = jax.grad(
-            lambda p: loss.apply(state, codes, labels, index, params=p)[0]
+    if 'params' in kw:  # a loss with its own parameters: their gradient too
+        grad_p = jax.grad(lambda p: loss.apply(
+            state, codes, labels, index, **{**kw, 'params': p})[0]
         )(kw['params'])
         chex.assert_trees_all_equal_shapes_and_dtypes(grad_p, kw['params'])
         chex.assert_tree_all_finite(grad_p)
@@ -181,7 +207,8 @@ def test_epoch_update_keeps_state_shapes_and_dtypes(name):
     chex.assert_tree_all_finite(new)
 
 
-SMOOTH = ['csq', 'dch', 'dpn', 'dtsh', 'lcdsh', 'mdsh', 'dshsd', 'orthohash']
+SMOOTH = ['csq', 'dch', 'dpn', 'dtsh', 'lcdsh', 'mdsh', 'dshsd', 'orthohash',
+          'daph', 'pcdh']
 
 
 @pytest.mark.parametrize('name', SMOOTH)

@@ -23,7 +23,7 @@ def _free_port():
 
 
 SHARDED = ['dsh', 'conflict', 'classifier', 'orthohash', 'dsdh',
-           'greedyhash', 'dshsd']
+           'greedyhash', 'dshsd', 'daph', 'pcdh']
 
 
 @pytest.fixture(scope='module')
@@ -47,7 +47,11 @@ def test_sharded_step_equals_single_device_step(method, sharded):
     # Adam divides by sqrt(v): the rounding of a near-zero gradient (the batch
     # sum runs in another order on 4 devices) can move a weight by a few
     # 1e-6 after 3 steps; measured 2.1e-6 for 'classifier', < 1e-6 else.
-    assert result['params'] <= (1e-5 if method == 'classifier' else 1e-6)
+    # PCDH's feature term sum_ij ||f_i - f_j||^2 ignores a shift of the
+    # features, so the last layer's bias gets a gradient that is rounding
+    # alone: 1.6e-5 measured, on that bias only.
+    tolerance = {'classifier': 1e-5, 'pcdh': 5e-5}.get(method, 1e-6)
+    assert result['params'] <= tolerance
     assert result['compiles'] == 1
     assert result['replicated']  # state (banks included) on every device
     if method == 'conflict':

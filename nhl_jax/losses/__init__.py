@@ -2,11 +2,14 @@
 
 The seven of the NHL code (dsh, dtsh, lcdsh, dch, csq, dpn, mdsh), the rest
 of its list (dhn, dbdh, shcir) and DeepHash-pytorch's supervised methods
-(hashnet, dpsh, idhn, dfh, qsmih, isdh, greedyhash, dshsd, dsdh) and
-OrthoHash. Every entry is a factory taking the method's hyperparameters as
-keyword arguments (the reference code's defaults) and returning a
-``HashLoss``; GreedyHash, DSHSD and OrthoHash (with a learned codebook)
-own trainable parameters, DSDH a per-epoch update (``HashLoss``)::
+(hashnet, dpsh, idhn, dfh, qsmih, isdh, greedyhash, dshsd, dsdh, daph,
+pcdh) and OrthoHash. CNNH is not here: its first stage learns target codes
+by matrix factorisation, not by a loss on a batch of codes. Every entry is
+a factory taking the method's hyperparameters as keyword arguments (the
+reference code's defaults) and returning a ``HashLoss``; GreedyHash, DSHSD,
+PCDH and OrthoHash (with a learned codebook) own trainable parameters, DSDH
+and DAPH a per-epoch update, PCDH reads the backbone features
+(``HashLoss``)::
 
     from nhl_jax import losses
     loss = losses.get('dpn', margin=1.0)
@@ -19,6 +22,8 @@ from nhl_jax.losses._common import CentersState
 from nhl_jax.losses._common import hadamard_centers
 from nhl_jax.losses._common import label_targets
 from nhl_jax.losses.csq import csq
+from nhl_jax.losses.daph import DAPHState
+from nhl_jax.losses.daph import daph
 from nhl_jax.losses.dbdh import dbdh
 from nhl_jax.losses.dch import dch
 from nhl_jax.losses.dfh import DFHState
@@ -41,12 +46,14 @@ from nhl_jax.losses.lcdsh import lcdsh
 from nhl_jax.losses.mdsh import mdsh
 from nhl_jax.losses.orthohash import CodebookState
 from nhl_jax.losses.orthohash import orthohash
+from nhl_jax.losses.pcdh import pcdh
 from nhl_jax.losses.qsmih import qsmih
 from nhl_jax.losses.shcir import shcir
 from nhl_jax.types import EmptyState, HashLoss
 
 LOSSES = {
     'csq': csq,
+    'daph': daph,
     'dbdh': dbdh,
     'dch': dch,
     'dfh': dfh,
@@ -64,6 +71,7 @@ LOSSES = {
     'lcdsh': lcdsh,
     'mdsh': mdsh,
     'orthohash': orthohash,
+    'pcdh': pcdh,
     'qsmih': qsmih,
     'shcir': shcir,
 }
@@ -94,6 +102,7 @@ __all__ = [
     'BankState',
     'CentersState',
     'CodebookState',
+    'DAPHState',
     'DSDHState',
     'DFHState',
     'DSHState',
@@ -101,6 +110,7 @@ __all__ = [
     'HashLoss',
     'HashNetState',
     'csq',
+    'daph',
     'dbdh',
     'dch',
     'dfh',
@@ -121,6 +131,7 @@ __all__ = [
     'lcdsh',
     'mdsh',
     'orthohash',
+    'pcdh',
     'qsmih',
     'shcir',
 ]

@@ -5,7 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from nhl_jax.losses import _common
+from nhl_jax.losses import _centers, _common
 from nhl_jax.types import HashLoss
 
 
@@ -26,9 +26,11 @@ def csq(lam: float = 1e-4, *, centers=None, retries: int = 20) -> HashLoss:
 
     Args:
       lam: weight of the quantisation term.
-      centers: optional precomputed centres: a [C, K] table in {-1, +1},
-        or {K: table} for several lengths; by default
-        ``init`` builds them from Hadamard rows (``hadamard_centers``).
+      centers: ``'independent'`` (the reference, the default: every
+        length draws its own table with ``hadamard_centers``), ``'nested'``
+        (one table of the longest width whose every prefix is a CSQ table,
+        ``_centers.nested_hadamard_centers``), or precomputed centres: a
+        [C, K] table in {-1, +1}, or {K: table} for several lengths.
       retries: random fills tried when C > 2K.
 
     Returns:
@@ -39,10 +41,8 @@ def csq(lam: float = 1e-4, *, centers=None, retries: int = 20) -> HashLoss:
       Video Retrieval", CVPR 2020, Algorithm 1.
     """
     build = functools.partial(_common.hadamard_centers, retries=retries)
-
-    def init_fn(key, *, num_train, num_classes, bits):
-        del num_train
-        return _common.centers_state(key, num_classes, bits, build, centers)
+    build_nested = functools.partial(_centers.nested_hadamard_centers,
+                                     retries=retries)
 
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
@@ -53,4 +53,5 @@ def csq(lam: float = 1e-4, *, centers=None, retries: int = 20) -> HashLoss:
         quant = (jnp.abs(jnp.tanh(codes)) - 1.0) ** 2
         return jnp.mean(bce) + lam * jnp.mean(quant), state
 
-    return HashLoss(init_fn, apply_fn)
+    return _centers.centers_loss('csq', centers, apply_fn, build,
+                                 build_nested)

@@ -164,11 +164,11 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
         spec.learning_rate, weight_decay=spec.weight_decay,
         backbone_learning_rate=spec.backbone_learning_rate,
         freeze_backbone=spec.freeze_backbone)
-    extra = NHLExtra(
+    extra = step_lib.distinct_buffers(NHLExtra(
         objective.init(loss_key, num_train=info.sizes['train'],
                        num_classes=info.num_classes),
         # A stream apart from the loss states' split(loss_key, M) keys.
-        objective.init_weighting(jax.random.fold_in(loss_key, len(bits))))
+        objective.init_weighting(jax.random.fold_in(loss_key, len(bits)))))
     state = step_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, rest=rest,
         opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=extra)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -135,6 +136,23 @@ def staged(txs, active: int) -> optax.GradientTransformation:
         return updates, (*state[:active], new, *state[active + 1:])
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def distinct_buffers(tree):
+    """``tree`` with every leaf that repeats an earlier leaf's buffer copied.
+
+    The step donates its state, and XLA refuses to donate one buffer
+    twice: a loss state may well hold the same array in two fields.
+    """
+    seen = set()
+
+    def copy_repeat(x):
+        if not isinstance(x, jax.Array) or id(x) not in seen:
+            seen.add(id(x))
+            return x
+        return jnp.array(x, copy=True)
+
+    return jax.tree.map(copy_repeat, tree)
 
 
 def hashnet_features(model, images: Array, *, frozen: bool) -> Array:

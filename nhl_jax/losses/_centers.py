@@ -1,0 +1,178 @@
+"""Centre tables shared by CSQ and DPN: independent or nested per length.
+
+NHL gives every length its own copy of the base loss, so CSQ and DPN draw
+one centre table per length (``centers='independent'``, the reference).
+With ``centers='nested'`` one table of the longest width is drawn and
+length b takes its first b columns, so the 8-bit target of a class is the
+prefix of its 16-bit target, as the nested codes themselves are.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nhl_jax.losses import _common
+from nhl_jax.types import Array, HashLoss, PRNGKey
+
+CENTER_MODES = ('independent', 'nested')
+
+
+def check_mode(method: str, centers) -> str | None:
+    """The construction mode of a ``centers=`` argument, or None for tables.
+
+    Raises:
+      ValueError: for a string that is not a mode.
+    """
+    if centers is None:
+        return 'independent'
+    if isinstance(centers, str):
+        if centers not in CENTER_MODES:
+            raise ValueError(
+                f'{method}: centers must be one of {list(CENTER_MODES)} or '
+                f'a [C, K] table, got {centers!r}.')
+        return centers
+    return None
+
+
+def first_accepted(candidates: Array, ok: Array) -> Array:
+    """``candidates[r]`` for the first r with ``ok[r]``, else the last one.
+
+    Args:
+      candidates: [R, ...] draws.
+      ok: [R] bool, which draws pass.
+    """
+    last = ok.shape[0] - 1
+    return candidates[jnp.where(ok.any(), jnp.argmax(ok), last)]
+
+
+def rows_distinct(table: Array) -> Array:
+    """Whether every two rows of the ±1 ``table`` [C, K] differ (a bool)."""
+    off_diag = ~np.eye(table.shape[0], dtype=bool)
+    return jnp.all(_common.pairwise_hamming(table)[off_diag] > 0)
+
+
+def csq_separated(table: Array) -> Array:
+    """CSQ's acceptance test (CVPR 2020, Alg. 1): min d > K/4, mean d >= K/2."""
+    k = table.shape[1]
+    off_diag = ~np.eye(table.shape[0], dtype=bool)
+    d = _common.pairwise_hamming(table)[off_diag]
+    return (d.min() > k / 4) & (d.mean() >= k / 2)
+
+
+def nested_hadamard_centers(key: PRNGKey, num_classes: int,
+                            bits: Sequence[int], *,
+                            retries: int = 20) -> Array:
+    """One [C, K_max] CSQ table whose every b-column prefix is a CSQ table.
+
+    A Sylvester Hadamard row r of H_{K_max} restricted to its first b
+    columns is row r mod b of H_b. Classes c < 2 b_1 take the rows
+    [H; -H][c] of H_{K_max} with r < b_1, so at every length b the prefixes
+    are distinct rows of [H_b; -H_b] (pairwise distance b/2 or b), and at
+    the shortest length the table is exactly the independent CSQ table.
+    Classes beyond 2 b_1 get balanced random rows of width K_max: of
+    ``retries`` draws, the first that passes CSQ's separation test at the
+    most lengths is kept (at 8 bits no 17th code is 3 bits from all of
+    [H_8; -H_8], so there no draw can pass).
+
+    Args:
+      key: PRNG key.
+      num_classes: C.
+      bits: the sorted lengths b_1 < ... < b_M.
+      retries: random fills tried when C > 2 b_1.
+
+    Returns:
+      [C, K_max] float32 in {-1, +1}.
+    """
+    k0, kmax = bits[0], bits[-1]
+    if any(b & (b - 1) for b in bits):
+        return _common.random_signs(key, (num_classes, kmax))
+    h = _common.hadamard(kmax)[:k0]
+    rows = jnp.asarray(np.concatenate([h, -h])[:num_classes])
+    extra = num_classes - rows.shape[0]
+    if extra <= 0:
+        return rows
+    keys = jax.random.split(key, retries)
+    fills = jax.vmap(
+        lambda k: _common.balanced_signs(k, extra, kmax, kmax // 2))(keys)
+    candidates = jax.vmap(lambda f: jnp.concatenate([rows, f]))(fills)
+    passed = jnp.stack([jax.vmap(csq_separated)(candidates[:, :, :b])
+                        for b in bits]).sum(0)  # [R]
+    return candidates[jnp.argmax(passed)]
+
+
+def distinct_targets(key: PRNGKey, num_classes: int, bits: int, p: float,
+                     *, prefix: int, retries: int = 50) -> Array:
+    """DPN's balanced random targets, redrawn until the classes differ.
+
+    Each of ``retries`` draws has floor(p K) entries -1 per row; the first
+    draw whose first ``prefix`` columns already differ between every two
+    classes is kept (prefix = K: the rows themselves). Distinct prefixes
+    make every longer prefix distinct too.
+
+    Raises:
+      ValueError: when fewer than C distinct prefixes exist at all.
+    """
+    num_neg = int(bits * p)
+    possible = (math.comb(bits, num_neg) if prefix == bits else 2 ** prefix)
+    if possible < num_classes:
+        raise ValueError(
+            f'dpn: {num_classes} classes cannot get distinct targets at '
+            f'{prefix} bits with p={p} (only {possible} exist); use longer '
+            "codes or targets='random'.")
+    keys = jax.random.split(key, retries)
+    candidates = jax.vmap(
+        lambda k: _common.balanced_signs(k, num_classes, bits, num_neg))(keys)
+    ok = jax.vmap(rows_distinct)(candidates[:, :, :prefix])
+    return first_accepted(candidates, ok)
+
+
+def nested_states(key: PRNGKey, num_classes: int, bits: Sequence[int],
+                  table: Array) -> tuple[_common.CentersState, ...]:
+    """Per-length ``CentersState`` as prefixes of one [C, K_max] table.
+
+    The multi-label fill bits are nested the same way.
+    """
+    fill = _common.random_signs(jax.random.fold_in(key, 1), (bits[-1],))
+    return tuple(_common.CentersState(centers=table[:, :b].astype(jnp.float32),
+                                      fill=fill[:b].astype(jnp.float32))
+                 for b in bits)
+
+
+def centers_loss(method: str, centers, apply_fn: Callable,
+                 build: Callable, build_nested: Callable) -> HashLoss:
+    """A centre-based ``HashLoss`` for each ``centers=`` option.
+
+    Args:
+      method: the loss name, for messages.
+      centers: ``'independent'`` (or None), ``'nested'``, or given tables
+        (one [C, K] table or {K: table}).
+      apply_fn: the loss's ``apply``.
+      build: ``build(key, C, K) -> [C, K]``, one length's table.
+      build_nested: ``build_nested(key, C, bits) -> [C, K_max]``.
+
+    Returns:
+      The ``HashLoss``; with ``'nested'`` it has ``init_lengths``.
+    """
+    mode = check_mode(method, centers)
+
+    def init_fn(key, *, num_train, num_classes, bits):
+        del num_train
+        given = None if mode else centers
+        return _common.centers_state(key, num_classes, bits, build, given)
+
+    def init_lengths(key, *, num_train, num_classes, bits):
+        del num_train
+        bits = tuple(bits)
+        table = build_nested(jax.random.fold_in(key, 0), num_classes, bits)
+        return nested_states(key, num_classes, bits, table)
+
+    def init_one_nested(key, *, num_train, num_classes, bits):
+        return init_lengths(key, num_train=num_train,
+                            num_classes=num_classes, bits=(bits,))[0]
+
+    if mode == 'nested':
+        return HashLoss(init_one_nested, apply_fn, init_lengths=init_lengths)
+    return HashLoss(init_fn, apply_fn)
