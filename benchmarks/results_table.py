@@ -1,58 +1,134 @@
-r"""Per-length mAP of several methods, one nested run each, as a markdown table.
+r"""Per-length mAP of every method, one nested run each, as a markdown table.
 
-    python benchmarks/results_table.py --dataset=digits \
-        --methods=csq,dch,dpn,dsh,dtsh,lcdsh,mdsh
+    python benchmarks/results_table.py --dataset=digits
+    python benchmarks/results_table.py --dataset=mnist5k \
+        --methods=dsh:pairs=batch,dpn:targets=distinct
 
-Each method is trained with the default config (full NHL: dominance weighting
-'paper' and distillation 0.1) in a temporary directory; extra ``--epochs`` /
-``--bits`` / ``--weighting`` override the config for all of them.
+``--methods`` takes registered loss names (default: every one), each
+optionally followed by ``:key=value`` loss options (``dsh:pairs=batch``).
+Each is trained with the default config (full NHL: dominance weighting
+'paper' and distillation 0.1) in a temporary directory; ``--epochs`` /
+``--bits`` / ``--weighting`` override it for all of them. ``--seeds=0,1,2``
+reports mean ± std over seeds. ``--json`` also writes every run's results.
+
+Two measurements of collapse follow each row, from the database codes of
+the last model: "one-sided" is the share of the longest code's bits on
+which at least 95 % of the database takes one sign, "distinct" the number
+of distinct codes at the shortest length (a working run has about one per
+class or more; a collapsed one a handful).
 """
 
 import argparse
+import ast
+import json
 import os
 import sys
 import tempfile
 
+import numpy as np
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments.configs import default
-from nhl_jax import train
+from nhl_jax import index, inference, losses, train
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``'dsh:pairs=batch'`` -> ``('dsh', {'pairs': 'batch'})``."""
+    name, *options = spec.split(':')
+    kwargs = {}
+    for option in options:
+        key, _, value = option.partition('=')
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return name, kwargs
+
+
+def run_one(spec: str, args, bits, seed: int) -> dict:
+    """Results of one nested run of ``spec`` (see ``train.make_results``)."""
+    name, kwargs = parse_method(spec)
+    config = default.get_config()
+    config.update(dict(method=name, dataset=args.dataset, bits=bits,
+                       seed=seed))
+    config.loss_kwargs = kwargs
+    if args.epochs:
+        config.epochs = args.epochs
+    if args.weighting:
+        config.weighting = args.weighting
+    with tempfile.TemporaryDirectory() as workdir:
+        results = train.train_and_evaluate(config, workdir)
+        return {**results, **collapse(workdir, bits)}
+
+
+def collapse(workdir: str, bits) -> dict:
+    """One-sided bits (longest code) and distinct codes (shortest)."""
+    database = inference.export_codes(workdir, splits=('database',))
+    codes = index.load_codes(database['paths']['database'])
+    longest = np.unpackbits(index.codes_of_length(codes, bits[-1]), axis=1,
+                            count=bits[-1])
+    ones = longest.mean(0)
+    shortest = index.codes_of_length(codes, bits[0])
+    return {'one_sided': float(np.mean(np.maximum(ones, 1 - ones) >= 0.95)),
+            'distinct': len(np.unique(shortest, axis=0))}
+
+
+def cell(values) -> str:
+    """'0.950' for one value, '0.950 ± 0.004' for several."""
+    if len(values) == 1:
+        return f'{values[0]:.3f}'
+    return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
+
+
+def table(rows: dict, bits) -> list[str]:
+    """Markdown lines: best mAP per length (last in brackets), train s."""
+    lines = ['| method | ' + ' | '.join(f'{b} bits' for b in bits)
+             + f' | train s | one-sided ({bits[-1]}) | distinct '
+             f'({bits[0]}) |', '|---' * (len(bits) + 4) + '|']
+    for spec, runs in rows.items():
+        cells = [f'{cell([r["map"][str(b)] for r in runs])} '
+                 f'({cell([r["map_last"][str(b)] for r in runs])})'
+                 for b in bits]
+        seconds = np.mean([r['train_seconds'] for r in runs])
+        one_sided = np.mean([r['one_sided'] for r in runs])
+        distinct = np.mean([r['distinct'] for r in runs])
+        lines.append(f'| {spec} | ' + ' | '.join(cells)
+                     + f' | {seconds:.1f} | {one_sided:.0%} | '
+                     f'{distinct:.0f} |')
+    return lines
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--dataset', default='digits')
-    parser.add_argument('--methods', default='csq,dch,dpn,dsh,dtsh,lcdsh,mdsh')
+    parser.add_argument('--methods', default=','.join(sorted(losses.LOSSES)))
     parser.add_argument('--bits', default='8,16,32,64,128')
     parser.add_argument('--epochs', type=int, default=None)
     parser.add_argument('--weighting', default=None)
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seeds', default='0')
+    parser.add_argument('--json', default=None)
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     bits = tuple(int(b) for b in args.bits.split(','))
-    rows = []
-    for method in args.methods.split(','):
-        config = default.get_config()
-        config.update(dict(method=method, dataset=args.dataset, bits=bits,
-                           seed=args.seed))
-        if args.epochs:
-            config.epochs = args.epochs
-        if args.weighting:
-            config.weighting = args.weighting
-        with tempfile.TemporaryDirectory() as workdir:
-            rows.append(train.train_and_evaluate(config, workdir))
+    seeds = [int(s) for s in args.seeds.split(',')]
+    specs = args.methods.split(',')
+    for spec in specs:  # every name is checked before the first run
+        name, kwargs = parse_method(spec)
+        losses.get(name, **kwargs)
+    rows = {}
+    for spec in specs:
+        rows[spec] = [run_one(spec, args, bits, seed) for seed in seeds]
+        print(table({spec: rows[spec]}, bits)[-1], flush=True)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(rows, f)
+    first = rows[specs[0]][0]
     print(f'\n{args.dataset}, nested (one run per method), weighting '
-          f'{rows[0]["weighting"]}, distill {rows[0]["distill_weight"]}, '
-          f'seed {args.seed}; best mAP@all per length (last in brackets)\n')
-    print('| method | ' + ' | '.join(f'{b} bits' for b in bits)
-          + ' | train s |')
-    print('|---' * (len(bits) + 2) + '|')
-    for r in rows:
-        cells = [f'{r["map"][str(b)]:.3f} ({r["map_last"][str(b)]:.3f})'
-                 for b in bits]
-        print(f'| {r["method"]} | ' + ' | '.join(cells)
-              + f' | {r["train_seconds"]:.1f} |')
+          f'{first["weighting"]}, distill {first["distill_weight"]}, '
+          f'seeds {args.seeds}; best mAP@all per length (last in '
+          'brackets)\n')
+    print('\n'.join(table(rows, bits)))
 
 
 if __name__ == '__main__':

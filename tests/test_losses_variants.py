@@ -197,3 +197,19 @@ def test_distinct_buffers_copies_only_repeated_leaves():
     tree = step.distinct_buffers({'x': a, 'y': a, 'z': b})
     assert tree['x'] is a and tree['z'] is b and tree['y'] is not a
     np.testing.assert_array_equal(tree['y'], a)
+
+
+def test_daph_reference_update_never_flips_the_initial_signs():
+    # With alpha = gamma (the reference's 10 and 10) and |tanh u| < 1,
+    # sign(alpha U + gamma H) = H: B and H stay the initial random signs,
+    # the measured reason DAPH's quantisation term pulls every code to a
+    # random target (README, results).
+    loss = losses.get('daph')
+    state = loss.init(jax.random.key(0), num_train=50, num_classes=C, bits=K)
+    h0 = np.asarray(state.other_binary)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        codes = jnp.asarray(rng.uniform(-0.999, 0.999, (50, K)), jnp.float32)
+        state = loss.epoch_update(state._replace(codes=codes), None)
+        np.testing.assert_array_equal(state.binary, h0)
+        np.testing.assert_array_equal(state.other_binary, h0)
