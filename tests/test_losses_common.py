@@ -142,3 +142,47 @@ def test_targets_match_the_reference_rule():
         losses.label_targets(state, jnp.asarray(onehot)),
         np.asarray(state.centers)[onehot.argmax(1)],
     )
+
+
+@pytest.mark.parametrize('name,kw,match', [
+    ('dpn', {'margin': 'x'}, "margin must be a number, got 'x'"),
+    ('dsh', {'pairs': 3}, 'pairs must be a str'),
+    ('csq', {'lam': True}, 'lam must be a number'),
+    ('dtsh', {'margin': 1.0}, r"has no hyperparameter\(s\) \['margin'\]"),
+])
+def test_get_checks_hyperparameter_names_and_types(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        losses.get(name, **kw)
+
+
+def _eager_inputs(labels, index, classes=3):
+    loss = losses.get('dsh')
+    state = loss.init(jax.random.key(0), num_train=10, num_classes=classes,
+                      bits=8)
+    codes = jnp.ones((len(index), 8), jnp.float32)
+    return loss, state, codes, jnp.asarray(labels, jnp.float32), jnp.asarray(
+        index, jnp.int32)
+
+
+@pytest.mark.parametrize('labels,index,match', [
+    (2 * np.eye(3)[[0, 1]], [0, 1], r'labels must be multi-hot 0/1'),
+    (np.eye(4)[[0, 1]], [0, 1], 'labels have 4 classes, the state was'),
+    (np.eye(3)[[0, 1]], [0, 10], r'index must lie in \[0, 10\), got 0..10'),
+    (np.eye(3)[[0, 1]], [-1, 2], r'index must lie in \[0, 10\)'),
+    (np.eye(3)[[0, 1, 2]], [0, 1], 'disagree on the batch size'),
+])
+def test_apply_refuses_bad_batches_eagerly(labels, index, match):
+    loss, state, codes, y, i = _eager_inputs(labels, index)
+    codes = jnp.ones((2, 8), jnp.float32)
+    with pytest.raises(ValueError, match=match):
+        loss.apply(state, codes, y, i)
+
+
+def test_shape_checks_hold_under_jit_and_values_are_free():
+    loss, state, codes, y, i = _eager_inputs(np.eye(4)[[0, 1]], [0, 1])
+    with pytest.raises(ValueError, match='labels have 4 classes'):
+        jax.jit(loss.apply)(state, codes, y, i)
+    # Under jit the values are not checked (the trainer checks its data).
+    loss, state, codes, y, i = _eager_inputs(np.eye(3)[[0, 1]], [0, 10])
+    value, _ = jax.jit(loss.apply)(state, codes, y, i)
+    assert np.isfinite(value)

@@ -80,7 +80,7 @@ def _tree(root) -> dict:
      'longest code (512 bits) is wider than the cnn feature (256)'),
     (['--method=dpn', '--config.loss_kwargs={"marg": 2.0}'],
      ("loss 'dpn' has no hyperparameter(s) ['marg']; valid: ['centers', "
-      "'margin', 'p'].")),
+      "'margin', 'p', 'targets'].")),
     (['--config.loss_kwargs.margin2=1.0'],
      "loss 'dpn' has no hyperparameter(s) ['margin2']; valid:"),
     (['--config.loss_kwargs.margin=abc'],

@@ -17,6 +17,8 @@ and DAPH a per-epoch update, PCDH reads the backbone features
     value, state = loss.apply(state, codes, labels, index)
 """
 
+from nhl_jax.hparams import check_kwargs
+from nhl_jax.losses import _common
 from nhl_jax.losses._common import BankState
 from nhl_jax.losses._common import CentersState
 from nhl_jax.losses._common import hadamard_centers
@@ -80,6 +82,10 @@ LOSSES = {
 def get(name: str, **hparams) -> HashLoss:
     """Builds the loss registered as ``name`` with the given hyperparameters.
 
+    The hyperparameters' names and types are checked against the factory
+    first, and the returned ``apply`` checks its inputs against the state
+    (``_common.check_inputs``).
+
     Args:
       name: a key of ``LOSSES``.
       **hparams: keyword arguments of that loss's factory.
@@ -88,13 +94,21 @@ def get(name: str, **hparams) -> HashLoss:
       The ``HashLoss``.
 
     Raises:
-      ValueError: for an unknown name (the message lists the valid ones).
+      ValueError: for an unknown name (the message lists the valid ones),
+        an unknown hyperparameter or one of the wrong type.
     """
     if name not in LOSSES:
         raise ValueError(
             f'Unknown loss {name!r}; choose one of {sorted(LOSSES)}.'
         )
-    return LOSSES[name](**hparams)
+    check_kwargs(f'loss {name!r}', LOSSES[name], hparams, None)
+    loss = LOSSES[name](**hparams)
+
+    def checked_apply(state, codes, labels, index, **kw):
+        _common.check_inputs(name, state, codes, labels, index)
+        return loss.apply(state, codes, labels, index, **kw)
+
+    return loss._replace(apply=checked_apply)
 
 
 __all__ = [

@@ -37,6 +37,68 @@ def check_batch(codes: Array, labels: Array, index: Array) -> None:
     chex.assert_type(index, int)
 
 
+def _state_sizes(state) -> tuple[int | None, int | None]:
+    """(N, C) as the state's arrays fix them: banks [N, ...], labels
+    [N, C], a ``CentersState``'s [C, K]; None where the state does not
+    say."""
+    fields = getattr(state, '_asdict', dict)()
+    n = c = None
+    if 'labels' in fields:
+        n, c = fields['labels'].shape
+    elif 'codes' in fields:
+        n = fields['codes'].shape[0]
+    if c is None and isinstance(state, CentersState):
+        c = state.centers.shape[0]
+    return n, c
+
+
+def check_inputs(name: str, state, codes, labels, index) -> None:
+    """Bad batches as one-line errors, before the loss runs.
+
+    Shapes always (free under jit): ranks, the batch size, the class
+    count against the state. Values when they are concrete (eager calls;
+    under jit the trainer checked its data at load): labels in {0, 1}
+    and rows of ``index`` in [0, N).
+
+    Raises:
+      ValueError: naming the problem and the fix.
+    """
+    if jnp.ndim(codes) != 2 or jnp.ndim(labels) != 2 or jnp.ndim(index) != 1:
+        raise ValueError(
+            f'{name}: codes, labels and index must be [B, K], [B, C] and '
+            f'[B], got shapes {jnp.shape(codes)}, {jnp.shape(labels)}, '
+            f'{jnp.shape(index)}.')
+    if not jnp.shape(codes)[0] == jnp.shape(labels)[0] == jnp.shape(index)[0]:
+        raise ValueError(
+            f'{name}: codes, labels and index disagree on the batch size: '
+            f'{jnp.shape(codes)[0]}, {jnp.shape(labels)[0]}, '
+            f'{jnp.shape(index)[0]}.')
+    n, c = _state_sizes(state)
+    if c is not None and jnp.shape(labels)[1] != c:
+        raise ValueError(
+            f'{name}: labels have {jnp.shape(labels)[1]} classes, the state '
+            f'was built for {c}; init with num_classes={jnp.shape(labels)[1]}'
+            ' or pass [B, C] multi-hot labels.')
+    if isinstance(labels, jax.core.Tracer) or isinstance(index,
+                                                        jax.core.Tracer):
+        return
+    y = np.asarray(labels)
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError(
+            f'{name}: labels must be multi-hot 0/1, got values '
+            f'{np.unique(y)[:5].tolist()}; one-hot encode class ids first '
+            '(jax.nn.one_hot).')
+    idx = np.asarray(index)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f'{name}: index must be integer rows, got dtype '
+                         f'{idx.dtype}.')
+    if idx.size and (idx.min() < 0 or (n is not None and idx.max() >= n)):
+        raise ValueError(
+            f'{name}: index must lie in [0, {n if n is not None else "N"}), '
+            f'got {int(idx.min())}..{int(idx.max())}; pass each sample\'s '
+            'row in the training set.')
+
+
 def similarity(y1: Array, y2: Array) -> Array:
     """Label similarity s_ij = 1[y1_i . y2_j > 0] as float32.
 
