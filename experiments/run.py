@@ -131,8 +131,26 @@ def parse_flags(argv, flag_values=FLAGS):
       UsageError: a ``--config=`` file that does not exist, or an override
         under a field it does not have (``--config.nofield.sub=1``).
     """
+    argv = expand_config_path(argv)
     with _config_errors(argv):
         return flag_values(argv)
+
+
+def expand_config_path(argv):
+    """``argv`` with ``~`` expanded in the ``--config`` file's path.
+
+    The shell leaves ``--config=~/c.py`` alone (it expands a ``~`` only at
+    the start of a word), and ml_collections opens the path as given.
+    """
+    out = list(argv)
+    for i, arg in enumerate(out):
+        match = re.match(r'(-{1,2}config=)(~.*)', arg)
+        if match:
+            out[i] = match.group(1) + os.path.expanduser(match.group(2))
+        elif (re.match(r'-{1,2}config$', arg) and i + 1 < len(out)
+              and out[i + 1].startswith('~')):
+            out[i + 1] = os.path.expanduser(out[i + 1])
+    return out
 
 
 @contextlib.contextmanager
@@ -235,7 +253,28 @@ def _config(flag_values):
                 config[name] = flag_values[name].value
         if flag_values['bits'].value is not None:
             config.bits = tuple(_parse_bits(flag_values['bits'].value))
+        _expand_paths(config)
     return config
+
+
+# Config fields that name a file or directory (dotted: under a section).
+_PATHS = ('data_dir', 'pretrained', 'odh.classifier_pretrained')
+
+
+def _expand_paths(config) -> None:
+    """Expands ``~`` in every path field, as the shell would have.
+
+    Done here, not only where a path is opened, so that config.json holds
+    the real path and a resume with ``~`` or without it is the same run.
+    """
+    for path in _PATHS:
+        holder, _, name = path.rpartition('.')
+        if holder and holder not in config:
+            continue  # a config file without that section
+        section = config[holder] if holder else config
+        value = section.get(name)
+        if isinstance(value, str) and value.startswith('~'):
+            section[name] = os.path.expanduser(value)
 
 
 def _parse_bits(values):
@@ -251,6 +290,9 @@ def _parse_bits(values):
 def parse(flag_values=FLAGS):
     """(config, workdir, resume) of the parsed flags; writes nothing.
 
+    ``~`` is expanded in --workdir and in every path field of the config
+    (--data_dir, --config.pretrained, --config.odh.classifier_pretrained).
+
     Raises:
       UsageError: if --bits is not a list of integers, the --config file
         does not exist, or a --config override names no field of it.
@@ -260,20 +302,37 @@ def parse(flag_values=FLAGS):
     workdir = flag_values['workdir'].value
     if workdir is None:
         workdir = os.path.join('runs', f'{config.dataset}_{config.method}')
-    return config, workdir, flag_values['resume'].value
+    return config, os.path.expanduser(workdir), flag_values['resume'].value
+
+
+def run(flag_values=FLAGS) -> dict:
+    """The run of parsed flags, as ``main`` does it; its results.
+
+    Tests call it in-process, on flags parsed into a fresh ``FlagValues``.
+
+    Raises:
+      UsageError: any bad flag, config, input file or workdir, before the
+        workdir is written (a corrupt image found mid-epoch excepted).
+      FloatingPointError: the loss or the parameters became non-finite.
+      Preempted: on SIGTERM, after a resumable checkpoint.
+    """
+    # First: it must run before JAX is used (parse() counts devices).
+    parallel.initialize(flag_values['coordinator_address'].value,
+                        flag_values['num_processes'].value,
+                        flag_values['process_id'].value)
+    config, workdir, resume = parse(flag_values)
+    # The default, runs/<name>: ./runs is made after every check.
+    return train.train_and_evaluate(
+        config, workdir, resume=resume,
+        create_parents=flag_values['workdir'].value is None)
 
 
 def main(argv):
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save
-    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                        FLAGS.process_id)
     try:
-        config, workdir, resume = parse()
-        if FLAGS.workdir is None:  # the default is under ./runs, made here
-            os.makedirs('runs', exist_ok=True)
-        train.train_and_evaluate(config, workdir, resume=resume)
+        run()
     except (config_lib.UsageError, FloatingPointError) as e:
         sys.exit(f'error: {e}')
     except train.Preempted as e:
@@ -285,6 +344,7 @@ def _flags_parser(argv):
     """absl's parser, with run.py's one-line error for unknown fields."""
     try:
         define_flags()  # here, so that importing this module defines none
+        argv = expand_config_path(argv)
         with _config_errors(argv):
             return app.parse_flags_with_usage(argv)
     except config_lib.UsageError as e:

@@ -172,11 +172,17 @@ def _check_pretrained(config) -> None:
             f'backbone {name!r} has no pretrained weights loader; choose one '
             f'of {sorted(models.PRETRAINED)} or leave pretrained unset.'
         )
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise UsageError(
             f'pretrained weights file {path!r} does not exist; see the README '
             '(pretrained backbones) for how to make it.'
         )
+    # Read now, before the run writes anything: a truncated file, another
+    # architecture or NaN weights would otherwise fail (or train) later.
+    spec = data.get_spec(config.dataset, config.get('data_dir'))
+    models.check_pretrained(name, data.spec_image_shape(spec), path,
+                            **dict(config.get('backbone_kwargs', {})))
 
 
 def _check_devices(config) -> None:
@@ -213,11 +219,13 @@ def _check_code_width(config) -> None:
         )
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, *, create_parents: bool = False) -> None:
     """Raises unless ``workdir`` can be a run directory.
 
-    It must be a directory or not exist yet, in a parent directory that
-    exists.
+    It must be a directory that this process can write to, or not exist
+    yet, in a parent directory that exists and that it can write to. With
+    ``create_parents`` (the CLI's default ``runs/<name>``) missing parents
+    are allowed; the nearest existing one must be writable.
     """
     if not workdir:
         raise UsageError(
@@ -229,10 +237,22 @@ def check_workdir(workdir: str) -> None:
             '--workdir.'
         )
     parent = os.path.dirname(os.path.abspath(workdir))
+    while create_parents and not os.path.exists(parent):
+        workdir, parent = parent, os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UsageError(
             f'workdir parent {parent!r} does not exist; create it or choose '
             'another --workdir.'
+        )
+    # The run writes config.json first and its results last: a directory it
+    # cannot write to would fail after the training, not before.
+    exists = os.path.isdir(workdir)
+    if not os.access(workdir if exists else parent, os.W_OK | os.X_OK):
+        what = (f'workdir {workdir!r}' if exists
+                else f'workdir parent {parent!r}')
+        raise UsageError(
+            f'{what} is not writable; fix its permissions or choose another '
+            '--workdir.'
         )
 
 

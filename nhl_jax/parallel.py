@@ -17,6 +17,7 @@ array without moving data between hosts.
 """
 
 import os
+import re
 from collections.abc import Mapping
 
 import jax
@@ -24,7 +25,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nhl_jax.errors import UsageError
+
 DATA_AXIS = 'data'
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 one.
+_ADDRESS = re.compile(r'(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})')
 
 
 def initialize(coordinator_address: str | None = None,
@@ -41,24 +46,99 @@ def initialize(coordinator_address: str | None = None,
 
     Args:
       coordinator_address: ``host:port`` of process 0.
-      num_processes: number of processes.
+      num_processes: number of processes (an int, or a string of one).
       process_id: this process's rank in [0, num_processes).
+
+    Raises:
+      UsageError: for settings that do not describe a run (see
+        ``check_processes``), before JAX is touched.
     """
     env = os.environ
-    coordinator_address = coordinator_address or env.get(
-        'NHL_COORDINATOR_ADDRESS')
-    num_processes = num_processes or env.get('NHL_NUM_PROCESSES')
-    if process_id is None and 'NHL_PROCESS_ID' in env:
-        process_id = int(env['NHL_PROCESS_ID'])
-    if num_processes is None and coordinator_address is None:
+    # Unset or empty: the environment's (empty there too: unset). Not
+    # ``or``: num_processes=0 is refused, not taken for unset.
+    if coordinator_address in (None, ''):
+        coordinator_address = env.get('NHL_COORDINATOR_ADDRESS') or None
+    if num_processes in (None, ''):
+        num_processes = env.get('NHL_NUM_PROCESSES') or None
+    if process_id is None:
+        process_id = env.get('NHL_PROCESS_ID') or None
+    num_processes, process_id = check_processes(
+        coordinator_address, num_processes, process_id)
+    if num_processes is None:
         return
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     if num_processes == 'auto':
         jax.distributed.initialize()
         return
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=int(num_processes),
+                               num_processes=num_processes,
                                process_id=process_id)
+
+
+def _int(value, flag: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f'{flag} must be an integer, got {value!r}.') \
+            from None
+
+
+def check_processes(coordinator_address, num_processes, process_id):
+    """Validates the multi-host settings; ``(num_processes, process_id)``.
+
+    Every combination that ``jax.distributed.initialize`` would refuse late
+    (or hang on) is refused here, with the flag (or environment variable)
+    to fix.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0, or None.
+      num_processes: None, 'auto', or a number of processes (int or str).
+      process_id: None or this process's rank (int or str).
+
+    Returns:
+      ``(num_processes, process_id)``: None (a single process), 'auto',
+      or ints.
+
+    Raises:
+      UsageError: a count below 1 or not an integer, a rank out of range,
+        a malformed address, or an incomplete combination.
+    """
+    nproc = '--num_processes (or NHL_NUM_PROCESSES)'
+    rank = '--process_id (or NHL_PROCESS_ID)'
+    addr = '--coordinator_address (or NHL_COORDINATOR_ADDRESS)'
+    if num_processes is None:
+        if coordinator_address is not None or process_id is not None:
+            raise UsageError(
+                f'{addr} and {rank} need {nproc}; pass all three for a '
+                'multi-host run, or none for one process.')
+        return None, None
+    if num_processes == 'auto':
+        if coordinator_address is not None or process_id is not None:
+            raise UsageError(
+                f'{nproc}=auto detects the coordinator and the ranks itself; '
+                f'leave {addr} and {rank} unset.')
+        return 'auto', None
+    count = _int(num_processes, nproc)
+    if count < 1:
+        raise UsageError(
+            f'{nproc} must be >= 1 (or auto), got {count}; pass the number '
+            'of processes of the run.')
+    if coordinator_address is None or process_id is None:
+        raise UsageError(
+            f'--num_processes={count} needs {addr} (host:port of process 0) '
+            f'and {rank} (0 to {count - 1}); or use --num_processes=auto on '
+            'TPU pods / SLURM.')
+    match = _ADDRESS.fullmatch(str(coordinator_address))
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise UsageError(
+            f'{addr} must be host:port with a port in 1..65535, got '
+            f'{coordinator_address!r}; pass e.g. 10.0.0.1:1234.')
+    rank_value = _int(process_id, rank)
+    if not 0 <= rank_value < count:
+        raise UsageError(
+            f'{rank} must be in [0, {count}) for {count} processes, got '
+            f'{rank_value}.')
+    return count, rank_value
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -14,8 +14,13 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 # (which inherit the environment) and the many tests that build the same
 # step anew compile identical programs, so all but the first load them
 # instead. A fresh directory per session keeps runs independent.
-_CACHE_DIR = tempfile.mkdtemp(prefix='nhl_jax_test_xla_cache_')
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+# pytest-xdist workers inherit the directory of the process that made it
+# (NHL_JAX_TEST_CACHE), so the workers share one cache too.
+_CACHE_DIR = os.environ.get('NHL_JAX_TEST_CACHE')
+if not _CACHE_DIR:
+    _CACHE_DIR = tempfile.mkdtemp(prefix='nhl_jax_test_xla_cache_')
+    os.environ['NHL_JAX_TEST_CACHE'] = _CACHE_DIR
+    atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 for _name, _value in (('jax_compilation_cache_dir', _CACHE_DIR),
                       # Small CPU programs too: they are most of the compiles.
                       ('jax_persistent_cache_min_compile_time_secs', 0),

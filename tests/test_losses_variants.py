@@ -82,6 +82,8 @@ def test_nested_csq_is_a_hadamard_table_at_every_length(num_classes):
         assert all(tuple(r) for r in t) and {tuple(r) for r in t} <= rows
         d = 0.5 * (b - t @ t.T)[~np.eye(num_classes, dtype=bool)]
         assert d.min() >= b / 2  # distinct rows of [H; -H]
+        if b >= 2 * BITS[0]:  # distinct rows of H_b, as independent CSQ
+            np.testing.assert_array_equal(d, b / 2)
     shortest = np.asarray(_common.hadamard_centers(
         jax.random.key(0), num_classes, BITS[0]))
     np.testing.assert_array_equal(tables[0], shortest)

@@ -12,7 +12,15 @@ from typing import NamedTuple
 import numpy as np
 
 from nhl_jax.data.datasets import _check_array, _check_labels
-from nhl_jax.data.listfile import ListSplit
+from nhl_jax.data.listfile import ListFileError, ListSplit
+
+
+class ImageError(ListFileError):
+    """An image file that cannot be decoded while batching.
+
+    A ``UsageError``: the command line prints it as one line, not a
+    traceback mid-epoch.
+    """
 
 
 class FileDataset(NamedTuple):
@@ -76,7 +84,7 @@ def decode(path: str, resize: int, crop: int,
       [crop, crop, 3] uint8 RGB.
 
     Raises:
-      ValueError: naming the file when it cannot be read as an image.
+      ImageError: naming the file when it cannot be read as an image.
     """
     from PIL import Image  # a dependency of image-file datasets only
 
@@ -88,7 +96,10 @@ def decode(path: str, resize: int, crop: int,
             size = (max(crop, round(w * scale)), max(crop, round(h * scale)))
             image = image.resize(size, Image.Resampling.BILINEAR)
     except (OSError, ValueError) as e:
-        raise ValueError(f'cannot read image {path!r}: {e}') from None
+        reason = ' '.join(str(e).split())  # one line
+        raise ImageError(
+            f'cannot read image {path!r}: {reason}; replace the file or '
+            'remove its line from the list files, then --resume.') from None
     w, h = image.size
     if rng is None:  # torchvision CenterCrop's rounding
         top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)

@@ -8,7 +8,9 @@ one sample per line::
 e.g. ``train2014/COCO_train2014_000000072095.jpg 0 0 1 ... 0``; paths are
 relative to the data root and contain no whitespace. Blank lines are
 skipped. Every problem is reported as one ``ListFileError`` naming the file,
-the line and the expected format, before any image is decoded.
+the line and the expected format, before any image is decoded;
+``check_images`` then opens every image once, before the run writes
+anything.
 """
 
 import os
@@ -16,13 +18,26 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nhl_jax.errors import UsageError
+
 SPLIT_FILES = {'train': 'train.txt', 'query': 'test.txt',
                'database': 'database.txt'}
 FORMAT = "'<relative image path> <C values, each 0 or 1>'"
 
 
-class ListFileError(ValueError):
-    """A list file (or an image it names) is missing or malformed."""
+class ListFileError(UsageError):
+    """A list file (or an image it names) is missing or malformed.
+
+    A ``UsageError`` (so a ``ValueError``): the command line prints it as
+    one line.
+    """
+
+
+# Up to this many distinct images are decoded in full by ``check_images``
+# (about 0.5 ms each, a truncated file shows only then); larger sets get
+# their headers read (about 30 us each), and the decoder names a file that
+# fails later.
+FULL_CHECK_LIMIT = 1000
 
 
 class ListSplit(NamedTuple):
@@ -133,3 +148,52 @@ def read_list_splits(root: str, *, num_classes: int | None = None,
                                        check_images=check_images)
         num_classes = splits[split].labels.shape[1]
     return splits
+
+
+def check_images(splits: dict[str, ListSplit], *,
+                 full_limit: int | None = None) -> None:
+    """Opens every image of ``splits`` once, to fail before any training.
+
+    Each distinct file's header is read (format and size); when there are
+    at most ``full_limit`` files they are decoded as well (JPEGs at 1/8
+    scale, which still reads every byte), which also finds truncated files.
+
+    Args:
+      splits: from ``read_list_splits``.
+      full_limit: the most files decoded in full (None:
+        ``FULL_CHECK_LIMIT``).
+
+    Raises:
+      ListFileError: naming the first image that cannot be read, the list
+        file it is in and the fix.
+    """
+    first = {}  # path -> the split that names it first
+    for split, part in splits.items():
+        for path in part.paths:
+            first.setdefault(path, split)
+    full = len(first) <= (FULL_CHECK_LIMIT if full_limit is None
+                          else full_limit)
+    for path, split in first.items():
+        reason = _unreadable(path, full)
+        if reason:
+            raise ListFileError(
+                f'image {path!r} (in {SPLIT_FILES.get(split, split)}) cannot '
+                f'be read as an image ({reason}); replace the file or remove '
+                'its line from the list files.')
+
+
+def _unreadable(path: str, decode: bool) -> str | None:
+    """Why Pillow cannot open (or decode) ``path``; None if it can."""
+    from PIL import Image  # a dependency of image-file datasets only
+
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.draft('RGB', (image.width // 8, image.height // 8))
+                image.load()
+    except Exception as e:  # noqa: BLE001 (Pillow raises many types)
+        # OSError, ValueError, SyntaxError, struct.error,
+        # DecompressionBombError, ...: each means a bad file.
+        text = ' '.join(str(e).split())[:200]
+        return f'{type(e).__name__}: {text}' if text else type(e).__name__
+    return None

@@ -26,6 +26,7 @@ def _list_splits(root: str, num_classes: int, seed: int, *,
                  resize: int = 256, crop: int = 224) -> datasets.Splits:
     del seed  # the list files fix the splits
     parts = listfile.read_list_splits(root, num_classes=num_classes)
+    listfile.check_images(parts)  # now, not mid-epoch
     return datasets.Splits(**{
         name: files.from_list_split(parts[name], resize=resize, crop=crop)
         for name in datasets.Splits._fields})
@@ -96,7 +97,7 @@ def get_spec(name: str, data_dir: str | None = None) -> datasets.DatasetSpec:
             'data directory for CIFAR-10, the root of train.txt / test.txt / '
             'database.txt for list-file datasets).'
         )
-    return FROM_DATA_DIR[name](str(data_dir))
+    return FROM_DATA_DIR[name](os.path.expanduser(str(data_dir)))
 
 
 def load_splits(name: str, seed: int = 0,

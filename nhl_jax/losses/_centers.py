@@ -68,10 +68,13 @@ def nested_hadamard_centers(key: PRNGKey, num_classes: int,
     """One [C, K_max] CSQ table whose every b-column prefix is a CSQ table.
 
     A Sylvester Hadamard row r of H_{K_max} restricted to its first b
-    columns is row r mod b of H_b. Classes c < 2 b_1 take the rows
-    [H; -H][c] of H_{K_max} with r < b_1, so at every length b the prefixes
-    are distinct rows of [H_b; -H_b] (pairwise distance b/2 or b), and at
-    the shortest length the table is exactly the independent CSQ table.
+    columns is row r mod b of H_b. Class c < 2 b_1 takes row c mod K_max,
+    negated for c >= b_1: its b_1-prefix is [H_{b_1}; -H_{b_1}][c], so the
+    shortest length gets exactly the independent CSQ table, and every
+    length b >= 2 b_1 gets distinct rows of H_b (pairwise distance b/2, as
+    the independent table there). Rows r < b_1 alone would also nest, but
+    their long codes repeat the b_1-bit pattern, which gives the long
+    lengths nothing to add (measured: mAP flat from 8 to 128 bits).
     Classes beyond 2 b_1 get balanced random rows of width K_max: of
     ``retries`` draws, the first that passes CSQ's separation test at the
     most lengths is kept (at 8 bits no 17th code is 3 bits from all of
@@ -89,8 +92,9 @@ def nested_hadamard_centers(key: PRNGKey, num_classes: int,
     k0, kmax = bits[0], bits[-1]
     if any(b & (b - 1) for b in bits):
         return _common.random_signs(key, (num_classes, kmax))
-    h = _common.hadamard(kmax)[:k0]
-    rows = jnp.asarray(np.concatenate([h, -h])[:num_classes])
+    c = np.arange(min(num_classes, 2 * k0))
+    signs = np.where(c >= k0, -1.0, 1.0).astype(np.float32)[:, None]
+    rows = jnp.asarray(signs * _common.hadamard(kmax)[c % kmax])
     extra = num_classes - rows.shape[0]
     if extra <= 0:
         return rows

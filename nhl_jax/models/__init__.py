@@ -20,6 +20,7 @@ from nhl_jax.models.small import MLP, SmallCNN
 from nhl_jax.models.vit import ViT_B16, load_torchvision_vit
 from nhl_jax.models import pretrained
 from nhl_jax import heads
+from nhl_jax.errors import UsageError
 from nhl_jax.types import Array
 
 BACKBONES = {
@@ -53,6 +54,41 @@ def load_pretrained(name: str, backbone: nnx.Module, path: str) -> None:
             f'of {sorted(PRETRAINED)} or leave pretrained unset.'
         )
     PRETRAINED[name](backbone, path)
+
+
+def check_pretrained(name: str, input_shape: Sequence[int], path: str,
+                     **kwargs) -> None:
+    """Reads ``path`` and checks that it fits backbone ``name``; loads nothing.
+
+    Run before any file of a run is written, so that a truncated file, a
+    wrong architecture or NaN weights stop it at once; the backbone is
+    abstract (``nnx.eval_shape``), so no weights are allocated.
+
+    Args:
+      name: a key of ``PRETRAINED``.
+      input_shape: (H, W, C) of one image.
+      path: the weights file.
+      **kwargs: the backbone's own keyword arguments.
+
+    Raises:
+      UsageError: one line naming the file and its first problem (missing,
+        unreadable, NaN / inf, another architecture, torch not installed).
+    """
+    abstract = nnx.eval_shape(lambda: get_backbone(
+        name, input_shape, rngs=nnx.Rngs(0), **kwargs))
+    try:
+        PRETRAINED[name](abstract, path, check_only=True)
+    except ImportError:
+        raise UsageError(
+            f'pretrained file {path!r} is a torch file and reading it needs '
+            'PyTorch: pip install torch, or convert it to .npz (see the '
+            'README, pretrained backbones).') from None
+    except pretrained.WeightsMismatchError as e:
+        # Its first line names the first problem and the count.
+        raise UsageError(f'{str(e).splitlines()[0]}; use the weights of '
+                         f'torchvision\'s {name}.') from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
 
 
 def get_backbone(name: str, input_shape: Sequence[int], *, rngs: nnx.Rngs,
@@ -170,6 +206,7 @@ __all__ = [
     'ReActNet18',
     'SmallCNN',
     'get_backbone',
+    'check_pretrained',
     'load_pretrained',
     'max_pool_2x2',
     'preprocess',

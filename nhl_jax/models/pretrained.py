@@ -18,6 +18,7 @@ Layouts (torchvision -> Flax): conv ``weight [O, I, H, W]`` -> ``kernel
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -44,6 +45,14 @@ class WeightsNotFoundError(FileNotFoundError, ValueError):
 
     Both a FileNotFoundError and a ValueError, so either ``except`` works.
     """
+
+
+class WeightsFileError(ValueError):
+    """The weights file cannot be read, or holds NaN / inf values."""
+
+
+class WeightsMismatchError(ValueError):
+    """The file's keys or shapes do not match the model's."""
 
 
 class _Target(NamedTuple):
@@ -124,9 +133,28 @@ def _problems(expected: Mapping[str, _Target],
     return problems
 
 
+# What NumPy raises for a file that is not a (whole) .npz archive: a
+# truncated copy, a text file, a member cut short.
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError)
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return {k: archive[k] for k in archive.files}
+    try:
+        # Opened here: np.load leaves a file it refuses open.
+        with open(path, 'rb') as f:
+            archive = np.load(f, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy
+                raise ValueError('one array, not a state dict of named '
+                                 'tensors')
+            with archive:
+                return {k: archive[k] for k in archive.files}
+    except _NPZ_ERRORS as e:
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise WeightsFileError(
+            f'pretrained file {path!r} cannot be read as .npz '
+            f'({type(e).__name__}: {reason}); the file is truncated or not '
+            'a state dict: save it again with np.savez (see the README, '
+            'pretrained backbones).') from None
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
@@ -167,10 +195,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       WeightsNotFoundError: the file does not exist (the message says how to
         make one).
       ImportError: a torch file, but torch is not installed.
+      WeightsFileError: a ``.npz`` that cannot be read (truncated, text).
       ValueError: an unknown file suffix.
       TypeError: a torch file that holds no state dict.
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise WeightsNotFoundError(
             f'Pretrained weights file {path!r} not found. {_HOW_TO_GET}')
@@ -183,13 +212,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                      'torchvision state dict as .npz, .pth or .pt.')
 
 
-def load_torchvision_resnet(model: nnx.Module,
-                            path: str | os.PathLike) -> nnx.Module:
+def load_torchvision_resnet(model: nnx.Module, path: str | os.PathLike, *,
+                            check_only: bool = False) -> nnx.Module:
     """Copies a torchvision ResNet state dict into ``model`` in place.
 
-    Every key and shape is checked before anything is written, so on error
-    the model is unchanged. Values are cast to each variable's dtype and put
-    on its device / sharding.
+    Every key, shape and value is checked before anything is written, so
+    on error the model is unchanged. Values are cast to each variable's
+    dtype and put on its device / sharding.
 
     Args:
       model: a ``ResNet`` (e.g. ``ResNet50(...)``) whose architecture matches
@@ -197,42 +226,67 @@ def load_torchvision_resnet(model: nnx.Module,
       path: ``.npz`` (NumPy only) or ``.pth`` / ``.pt`` (needs torch) holding
         torchvision's state dict; ``fc.*`` and ``num_batches_tracked`` are
         ignored.
+      check_only: only check the file (``model`` may be abstract, from
+        ``nnx.eval_shape``); nothing is written.
 
     Returns:
       ``model``, for chaining.
 
     Raises:
       WeightsNotFoundError: the file does not exist.
+      WeightsFileError: the file cannot be read, or a tensor holds NaN/inf.
       ValueError: missing keys, unexpected keys or wrong shapes; the message
         names the file, the first offending key and expected vs got shapes.
       ImportError: a torch file, but torch is not installed.
     """
-    write_checked(_targets(model), read_state_dict(path), path)
+    write_checked(_targets(model), read_state_dict(path), path,
+                  write=not check_only)
     return model
 
 
-def write_checked(targets, state_dict, path) -> None:
+def write_checked(targets, state_dict, path, *, write: bool = True) -> None:
     """Writes ``state_dict`` into the targets' variables, all or nothing.
 
     Args:
       targets: {torchvision key: ``_Target``} of the model.
       state_dict: {torchvision key: array in torch layout}.
       path: the file it came from, for the error message.
+      write: False only checks (the targets may be abstract).
 
     Raises:
-      ValueError: naming the file, the first problem and the count, before
-        anything is written.
+      WeightsMismatchError: naming the file, the first problem and the
+        count, before anything is written.
+      WeightsFileError: a tensor the model uses holds NaN or inf.
     """
     problems = _problems(targets, state_dict)
     if problems:
         more = ''.join(f'\n  {p}' for p in problems[1:6])
         if len(problems) > 6:
             more += f'\n  ... and {len(problems) - 6} more'
-        raise ValueError(
-            f'{os.fspath(path)!r} does not match the model: {problems[0]}'
-            f' ({len(problems)} problem(s) in all){more}')
+        raise WeightsMismatchError(
+            f'pretrained file {os.fspath(path)!r} does not match the model: '
+            f'{problems[0]} ({len(problems)} problem(s) in all){more}')
+    _check_finite(targets, state_dict, path)
+    if not write:
+        return
     for key, target in targets.items():
         _write(target.variable, target.to_flax(np.asarray(state_dict[key])))
+
+
+def _check_finite(targets, state_dict, path) -> None:
+    """Raises on the first NaN / inf tensor the model would load.
+
+    NaN weights would train silently: a ReLU or max can map NaN features
+    to finite values, so the loss alone may never show them.
+    """
+    for key in targets:
+        value = np.asarray(state_dict[key])
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(
+                value).all():
+            raise WeightsFileError(
+                f'pretrained file {os.fspath(path)!r}: tensor {key!r} has '
+                'non-finite values (NaN or inf); export the weights again '
+                'from the source model or use another file.')
 
 
 def _write(variable: nnx.Variable, value: np.ndarray) -> None:

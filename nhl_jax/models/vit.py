@@ -326,8 +326,8 @@ def torchvision_vit_shapes(model: VisionTransformer
     return {k: t.torch_shape for k, t in _targets(model).items()}
 
 
-def load_torchvision_vit(model: VisionTransformer,
-                         path: str | os.PathLike) -> VisionTransformer:
+def load_torchvision_vit(model: VisionTransformer, path: str | os.PathLike,
+                         *, check_only: bool = False) -> VisionTransformer:
     """Copies a torchvision ViT state dict into ``model`` in place.
 
     Every key and shape is checked before anything is written, so on error
@@ -342,18 +342,21 @@ def load_torchvision_vit(model: VisionTransformer,
         the image size).
       path: ``.npz`` (NumPy only) or ``.pth`` / ``.pt`` (needs torch) holding
         torchvision's state dict; ``heads.*`` is ignored.
+      check_only: only check the file (``model`` may be abstract, from
+        ``nnx.eval_shape``); nothing is written.
 
     Returns:
       ``model``, for chaining.
 
     Raises:
       WeightsNotFoundError: the file does not exist.
+      WeightsFileError: the file cannot be read, or a tensor holds NaN/inf.
       ValueError: missing keys, unexpected keys or wrong shapes; the message
         names the file, the first offending key and expected vs got shapes.
       ImportError: a torch file, but torch is not installed.
     """
     write_checked(_targets(model), _without_heads(read_state_dict(path)),
-                  path)
+                  path, write=not check_only)
     return model
 
 

@@ -55,10 +55,15 @@ def _check_classifier_pretrained(config) -> None:
             f'classifier backbone {name!r} has no pretrained weights loader; '
             f'choose one of {sorted(models.PRETRAINED)} or leave '
             'odh.classifier_pretrained unset.')
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise UsageError(
             f'odh.classifier_pretrained file {path!r} does not exist; see the '
             'README (pretrained backbones) for how to make it.')
+    # Read before the run writes anything (see nhl_jax.config).
+    spec = data.get_spec(config.dataset, config.get('data_dir'))
+    models.check_pretrained(name, data.spec_image_shape(spec), path,
+                            **dict(config.odh.get('classifier_kwargs', {})))
 
 
 def _check_numbers(odh) -> None:

@@ -79,6 +79,24 @@ def _preemption():
 
 
 _NO_STEP = np.iinfo(np.int32).max
+# Step metrics that count failures: summed over a round, never logged.
+GUARDS = ('nonfinite', 'nonfinite_params')
+
+
+def guarded(step):
+    """``step`` that also counts non-finite parameters after its update.
+
+    The loss alone can miss NaN weights or features: a max or a where that
+    maps NaN to 0 (a ReLU, a hinge) leaves the loss finite while the
+    weights are not. The check is one reduction fused into the step.
+    """
+    def step_fn(state, batch, consts):
+        state, metrics = step(state, batch, consts)
+        flags = [~jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)
+                 if jnp.issubdtype(x.dtype, jnp.inexact)]
+        bad = jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
+        return state, {**metrics, 'nonfinite_params': bad.astype(jnp.int32)}
+    return step_fn
 
 
 def _ahead(batches, mesh, batch_size: int, depth: int = 2):
@@ -222,7 +240,7 @@ class _Loop:
         consts = system.consts(spec, splits)
         self.consts = (None if consts is None
                        else parallel.replicate(consts, mesh))
-        self.steps = {name: step_lib.compile_step(fn, mesh)
+        self.steps = {name: step_lib.compile_step(guarded(fn), mesh)
                       for name, fn in setup.steps.items()}
         self.hooks = {name: step_lib.compile_hook(fn, mesh)
                       for name, fn in setup.hooks.items()}
@@ -300,7 +318,9 @@ class _Loop:
             # Accumulate on device; read back rarely so steps stay async.
             sums = metrics if sums is None else jax.tree.map(
                 jnp.add, sums, metrics)
-            failed = metrics['nonfinite'].any() | ~jnp.isfinite(metrics['loss'])
+            failed = (metrics['nonfinite'].any()
+                      | ~jnp.isfinite(metrics['loss'])
+                      | (metrics['nonfinite_params'] > 0))
             bad_step = jnp.minimum(bad_step,
                                    jnp.where(failed, state.step, _NO_STEP))
             done += 1
@@ -325,17 +345,28 @@ class _Loop:
     def _check_finite(self, progress, r, stage) -> None:
         if progress['first_bad_step'] is None:
             return
-        bits = self.setup.bits
-        counts = np.atleast_1d(progress['sums']['nonfinite'])
+        bits, sums = self.setup.bits, progress['sums']
+        counts = np.atleast_1d(sums['nonfinite'])
         bad = ([b for b, n in zip(bits, counts) if n]
                if len(counts) == len(bits) else [])
-        raise FloatingPointError(
-            f'loss became non-finite at step {progress["first_bad_step"]} '
-            f'({self._where(r, stage)}) for length(s) '
-            f'{bad or list(bits)}; the last checkpoint (step '
-            f'{self.mngr.latest_step()}) is intact: lower the learning rate '
-            'or check the data, then --resume.'
-        )
+        what = (f'loss became non-finite at step {progress["first_bad_step"]} '
+                f'({self._where(r, stage)}) for length(s) {bad or list(bits)}')
+        if not counts.any() and sums['nonfinite_params']:
+            what = (f'parameters became non-finite at step '
+                    f'{progress["first_bad_step"]} ({self._where(r, stage)}) '
+                    'while the loss stayed finite (NaN/inf weights or '
+                    'features)')
+        raise FloatingPointError(f'{what}; {self._restart_hint()}')
+
+    def _restart_hint(self) -> str:
+        """Where a run stopped by a non-finite value can go on from."""
+        step = self.mngr.latest_step()
+        if step is None:
+            return ('no checkpoint was saved yet: lower the learning rate or '
+                    'check the data and the pretrained weights, then start '
+                    'again in another --workdir.')
+        return (f'the last checkpoint (step {step}) is intact: lower the '
+                'learning rate or check the data, then --resume.')
 
     def _check_hooks(self, hooks, r) -> None:
         counts = np.atleast_1d(hooks.get('nonfinite', 0))
@@ -344,15 +375,14 @@ class _Loop:
         bad = [b for b, n in zip(self.setup.bits, counts) if n]
         raise FloatingPointError(
             f'the end of {self.system.round_name} {r} became non-finite for '
-            f'length(s) {bad or list(self.setup.bits)}; the last checkpoint '
-            f'(step {self.mngr.latest_step()}) is intact: lower the learning '
-            'rate, then --resume.'
+            f'length(s) {bad or list(self.setup.bits)}; '
+            f'{self._restart_hint()}'
         )
 
     def _record(self, r, plan, progress, seconds, before, hooks, state):
         steps = progress['batches']
         means = {k: np.asarray(v) / steps for k, v in progress['sums'].items()
-                 if k != 'nonfinite'}
+                 if k not in GUARDS}
         result = RoundResult(means, steps, before,
                              self.system.round_info(self.setup, state), hooks)
         record = {'epoch': r, 'stage': plan.stage, 'train_seconds': seconds,

@@ -77,8 +77,76 @@ def _holds_run(workdir: str) -> bool:
         os.path.join(workdir, 'len_*', 'checkpoints', '*')))
 
 
+def _outputs(workdir: str) -> list[str]:
+    """The results and logs of an earlier run in ``workdir`` (relative)."""
+    found = [name for name in ('results.json', 'metrics.jsonl')
+             if os.path.exists(os.path.join(workdir, name))]
+    return found + sorted(os.path.relpath(p, workdir) for p in glob.glob(
+        os.path.join(workdir, 'len_*', 'metrics.jsonl')))
+
+
 # Fields a resumed run may change: they do not change what is computed.
 _FREE = frozenset({'epochs', 'log_every', 'profile_steps'})
+
+
+def check_workdir_policy(workdir: str, resume: bool) -> None:
+    """Refuses to overwrite, or to resume unchecked, an earlier run.
+
+    Without ``resume`` a workdir that holds checkpoints, results or a
+    metrics log is refused (a new run would truncate the log and replace
+    the results). With it, the run's config.json must be there (it is what
+    the new config is checked against), and so must its checkpoints when it
+    has results: a finished run without checkpoints cannot be continued.
+    A log without checkpoints is a run stopped before its first one:
+    ``resume`` starts it again. Writes nothing.
+
+    Raises:
+      UsageError: naming the workdir, what it holds and the fix.
+    """
+    checkpoints, outputs = _holds_run(workdir), _outputs(workdir)
+    if not resume:
+        if checkpoints:
+            raise UsageError(
+                f'{workdir} already holds a run; pass --resume to continue '
+                'it or choose another --workdir.')
+        if 'results.json' in outputs:
+            raise UsageError(
+                f'{workdir} already holds a run ({", ".join(outputs)}) whose '
+                'checkpoints are gone, so it cannot be continued; choose '
+                'another --workdir.')
+        if outputs:
+            raise UsageError(
+                f'{workdir} already holds a run ({", ".join(outputs)}) that '
+                'stopped before its first checkpoint; pass --resume to start '
+                'it again with the same config, or choose another --workdir.')
+        return
+    if not (checkpoints or outputs):
+        return  # nothing to resume: a new run
+    if not os.path.exists(os.path.join(workdir, 'config.json')):
+        held = 'checkpoints' if checkpoints else ', '.join(outputs)
+        raise UsageError(
+            f'workdir {workdir} has {held} but no config.json, so this '
+            "config cannot be checked against the run's; restore its "
+            'config.json or choose another --workdir.')
+    if not checkpoints and 'results.json' in outputs:
+        raise UsageError(
+            f'workdir {workdir} holds results.json but no checkpoints, so '
+            'there is nothing to resume (a new run would replace the '
+            'results); choose another --workdir.')
+
+
+def _read_config(path: str) -> dict:
+    """A run's saved config.json; a one-line error if it is corrupt."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        saved = e
+    if not isinstance(saved, dict):
+        raise UsageError(
+            f'{path} cannot be read as a run config ({saved}); restore it or '
+            'choose another --workdir.')
+    return saved
 
 
 def check_same_config(workdir: str, spec: RunSpec, resume: bool) -> None:
@@ -86,18 +154,15 @@ def check_same_config(workdir: str, spec: RunSpec, resume: bool) -> None:
 
     Without ``resume`` a workdir that already holds a run is refused (before
     its config.json is touched); with it, a run made with another config
-    (only ``epochs``, ``log_every`` and ``profile_steps`` may change).
+    (only ``epochs``, ``log_every`` and ``profile_steps`` may change); see
+    ``check_workdir_policy``.
     """
+    check_workdir_policy(workdir, resume)
     path = os.path.join(workdir, 'config.json')
-    if not resume and _holds_run(workdir):
-        raise UsageError(
-            f'{workdir} already holds a run; pass --resume to continue it or '
-            'choose another --workdir.'
-        )
     current = {k: v for k, v in spec.config.items() if k not in _FREE}
     if resume and os.path.exists(path):
-        with open(path) as f:
-            saved = {k: v for k, v in json.load(f).items() if k not in _FREE}
+        saved = {k: v for k, v in _read_config(path).items()
+                 if k not in _FREE}
         diff = sorted(k for k in set(saved) | set(current)
                       if saved.get(k) != current.get(k))
         if diff:
@@ -118,7 +183,8 @@ def training_runs(spec: RunSpec, workdir: str):
     return [(spec.bits, workdir)]
 
 
-def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, *, resume: bool = False,
+                       create_parents: bool = False) -> dict:
     """Trains and evaluates as configured; writes ``workdir/results.json``.
 
     Args:
@@ -126,12 +192,16 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False) -> dict:
         ``config.method`` picks the system (a base loss: NHL; 'mah'; 'odh').
       workdir: run directory (created; its parent must exist).
       resume: continue from the latest checkpoint in ``workdir``.
+      create_parents: create missing parents of ``workdir`` (after every
+        check); by default its parent must exist.
 
     Returns:
       The results dict written to ``results.json``.
     """
     spec = resolve(config)  # every check before anything is written
-    config_lib.check_workdir(workdir)
+    workdir = os.path.expanduser(workdir)
+    config_lib.check_workdir(workdir, create_parents=create_parents)
+    check_workdir_policy(workdir, resume)  # before the data are loaded
     system = systems.SYSTEMS[spec.system]
     splits = data.load_splits(spec.dataset, seed=spec.seed,
                               data_dir=spec.data_dir)

@@ -132,7 +132,9 @@ class StepLogger:
         """Adds the metrics of global step ``step`` (1-based, just run)."""
         if not self.every or not self.writer.enabled:
             return
-        metrics = {k: v for k, v in metrics.items() if k != 'nonfinite'}
+        # Failure counts (nonfinite, nonfinite_params) are not logged.
+        metrics = {k: v for k, v in metrics.items()
+                   if not k.startswith('nonfinite')}
         self._sums = metrics if self._sums is None else jax.tree.map(
             jnp.add, self._sums, metrics)
         self._count += 1
