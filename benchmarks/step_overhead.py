@@ -15,6 +15,14 @@ machine noise hits them alike; a variant's overhead is the median over
 rounds of its time divided by plain nested's time in the same round, minus
 one. Target for the dominance weighting: <= 3 % (the NHL paper reports
 about 11 %). Supersedes benchmarks/step_time.py.
+
+    python benchmarks/step_overhead.py --against-torch --rounds=9
+
+times the same steps against PyTorch's (``benchmarks/torch_step.py``; torch
+is optional) for single length, plain nested, + distillation, + weighting
+'paper' and full NHL, and the backbone's forward and forward + backward
+alone; each pair alternates round by round, and the table reports the
+median of the per-round ratios nhl_jax / PyTorch.
 """
 
 import argparse
@@ -89,6 +97,83 @@ def _time(step, state, batch, steps):
     return state, 1e3 * (time.perf_counter() - start) / steps
 
 
+TORCH_VARIANTS = {  # name -> (bits or None for all, weighting, distill)
+    'single length (64 bits)': ((64,), 'none', 0.0),
+    PLAIN: (None, 'none', 0.0),
+    'nested + distillation': (None, 'none', 0.1),
+    'nested + weighting paper': (None, 'paper', 0.0),
+    'full NHL (paper + distillation)': (None, 'paper', 0.1),
+}
+
+
+def _jax_backbone(args, backward: bool):
+    """The cnn backbone alone, jitted: features, or grad of sum(f^2)."""
+    from flax import nnx
+
+    from nhl_jax.models import small
+    graphdef, params = nnx.split(small.SmallCNN(tuple(args.shape),
+                                                rngs=nnx.Rngs(0)))
+    images = jax.numpy.asarray(
+        np.random.default_rng(0).random((args.batch_size, *args.shape)),
+        jax.numpy.float32)
+
+    def value(p):
+        return jax.numpy.sum(nnx.merge(graphdef, p)(images) ** 2)
+
+    fn = jax.jit(jax.grad(value) if backward
+                 else lambda p: nnx.merge(graphdef, p)(images))
+    return lambda: fn(params)
+
+
+def _time_call(fn, steps):
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = fn()
+    jax.block_until_ready(out)
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
+def against_torch(args):
+    """Prints nhl_jax / PyTorch step-time ratios from interleaved rounds."""
+    import torch_step  # benchmarks/torch_step.py; needs torch
+    bits = tuple(int(b) for b in args.bits.split(','))
+    pairs = {}
+    for name, (b, weighting, distill) in TORCH_VARIANTS.items():
+        b = b or bits
+        step, state, batch = _stepper(args, b, weighting, distill)
+        holder = [state]
+
+        def jax_call(step=step, holder=holder, batch=batch):
+            holder[0], metrics = step(holder[0], batch)
+            return metrics
+        pairs[name] = (jax_call, torch_step.TorchStep(
+            b, weighting=weighting, distill_weight=distill,
+            batch_size=args.batch_size))
+    for backward in (False, True):
+        name = ('backbone forward + backward' if backward
+                else 'backbone forward')
+        pairs[name] = (_jax_backbone(args, backward),
+                       torch_step.TorchBackbone(backward=backward,
+                                                batch_size=args.batch_size))
+    times = {name: ([], []) for name in pairs}
+    for _ in range(args.rounds):
+        for name, (jax_fn, torch_fn) in pairs.items():
+            times[name][0].append(_time_call(jax_fn, args.steps))
+            times[name][1].append(_time_call(torch_fn, args.steps))
+    torch = torch_step.torch
+    print(f'{args.method}, {args.backbone}, batch {args.batch_size}, bits '
+          f'{args.bits}, {jax.devices()[0].device_kind}, torch '
+          f'{torch.__version__} ({torch.get_num_threads()} threads), median '
+          f'of {args.rounds} interleaved rounds x {args.steps} steps')
+    print('| variant | nhl_jax ms | PyTorch ms | nhl_jax / PyTorch |')
+    print('|---|---|---|---|')
+    for name, (ours, theirs) in times.items():
+        ratio = statistics.median(a / b for a, b in zip(ours, theirs))
+        print(f'| {name} | {statistics.median(ours):.1f} | '
+              f'{statistics.median(theirs):.1f} | {ratio:.2f}x |')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--method', default='dpn')
@@ -103,7 +188,15 @@ def main():
     parser.add_argument('--smoke', action='store_true',
                         help='CI: digits MLP, 8/16 bits, plain nested, '
                              'paper and pcgrad, 1 round of 2 steps')
+    parser.add_argument('--against-torch', action='store_true',
+                        help='ratios to the same step in PyTorch (cnn)')
     args = parser.parse_args()
+    if args.against_torch:
+        if args.backbone != 'cnn' or args.method != 'dpn':
+            parser.error('--against-torch times the dpn step of the cnn.')
+        args.shape = (28, 28, 1)
+        against_torch(args)
+        return
     if args.smoke:
         args.backbone, args.bits, args.batch_size = 'mlp', '8,16', 32
         args.rounds, args.steps, args.only = 1, 2, 'paper,pcgrad'

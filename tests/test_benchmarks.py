@@ -72,3 +72,28 @@ def test_map_speed_prints_every_section():
     assert row[4].endswith('x')
     assert _rows(out, "nhl_jax retrieval_metrics (numpy, ties='stable')"
                  )[0][3] == 'yes'
+
+
+def test_conv_paths_prints_every_variant_of_every_case():
+    out = _smoke('conv_paths.py')
+    for variant in ('im2col', 'im2col-vjp', 'lax'):
+        assert len([r for r in _rows(out, 'small CNN, batch 2')
+                    if r[1] == variant]) == 1
+    (base,) = [r for r in _rows(out, 'small CNN, batch 2') if r[1] == 'im2col']
+    assert base[3] == '1.00x' and float(base[4]) > 0
+
+
+def test_torch_step_runs_every_variant_when_torch_is_installed():
+    torch = __import__('pytest').importorskip('torch')
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import torch_step
+    for weighting, distill in (('none', 0.0), ('paper', 0.1)):
+        step = torch_step.TorchStep((8, 16), weighting=weighting,
+                                    distill_weight=distill, batch_size=4)
+        first, second = float(step()), float(step())
+        assert torch.isfinite(torch.tensor([first, second])).all()
+        assert first != second  # Adam moved the weights
+    grads = [torch.ones(16, 3), -2 * torch.ones(16, 3)]
+    # Length 2 anti-dominates length 1 (cosine -1): its weight is capped.
+    weights = torch_step.paper_weights(grads, (8, 16))
+    assert weights[1] < weights[0] and abs(float(weights.sum()) - 2) < 1e-6

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from nhl_jax.layers import LECUN_NORMAL, PARAM_DTYPE, im2col_3x3
+from nhl_jax.layers import LECUN_NORMAL, PARAM_DTYPE, conv3x3
 from nhl_jax.types import Array
 
 
@@ -235,9 +235,9 @@ def _binary_matmul(x: Array, kernel: Array, dtype=None) -> Array:
 class BinaryConv3x3(nnx.Module):
     """Bias-free 3x3 conv (padding 1) with binary weights alpha * sign(W).
 
-    Computed as im2col + matmul (see ``nhl_jax.layers``). Its inputs
-    are the +-1 output of an ``RSign``; the zero padding stays 0, as in
-    ReActNet's ``F.conv2d(sign(x), W_b, padding=1)``.
+    Computed as a +-1 convolution (``nhl_jax.layers.conv3x3``) scaled by
+    alpha. Its inputs are the +-1 output of an ``RSign``; the zero padding
+    stays 0, as in ReActNet's ``F.conv2d(sign(x), W_b, padding=1)``.
 
     Attributes:
       kernel: latent real weights [3, 3, C_in, C_out].
@@ -273,10 +273,13 @@ class BinaryConv3x3(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """Maps +-1 inputs [B, H, W, C_in] to [B, H', W', C_out]."""
-        if self.dtype is not None:
-            x = x.astype(self.dtype)  # im2col's nine copies in dtype
-        patches = im2col_3x3(x, self.stride)  # [B, H', W', 9 C_in]
-        return _binary_matmul(patches, self.kernel[...], self.dtype)
+        kernel = self.kernel[...]
+        dtype = dtypes.canonicalize_dtype(x, kernel, dtype=self.dtype)
+        # In float32 the +-1 sums are exact integers in any order, so this
+        # equals the packed XNOR-popcount layer bit for bit.
+        out = conv3x3(x.astype(dtype), ste_sign(kernel).astype(dtype),
+                      self.stride)
+        return out * _per_channel(weight_scale(kernel).astype(dtype), out)
 
 
 class BinaryDense(nnx.Module):

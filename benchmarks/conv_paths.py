@@ -1,0 +1,181 @@
+r"""Which 3x3 convolution path is fastest here, forward and with gradients.
+
+    python benchmarks/conv_paths.py --rounds=9
+
+Compares, on the current backend, for the small CNN's two convolutions
+(batch 64, 28x28x1 -> 32 and 14x14x32 -> 64) and for the whole small CNN
+(conv-relu-pool twice, fc256):
+- ``im2col``: nine shifted slices, one matmul, differentiated by JAX (the
+  library's form before), with 2x2 max-pooling as reshape + max;
+- ``im2col-vjp``: the same forward with a custom VJP whose kernel gradient
+  is one matmul over the patches and whose input gradient is the
+  convolution of the (dilated) output gradient with the flipped kernel,
+  again as im2col + matmul;
+- ``lax``: ``lax.conv_general_dilated`` (``nhl_jax.layers.conv3x3``, the
+  library's form now), reshape + max pooling;
+- ``lax+reduce_window``: the same with ``lax.reduce_window`` pooling.
+The machine drifts, so the variants alternate in short blocks and the
+table reports medians and the median per-round ratio to ``im2col``.
+"""
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nhl_jax import layers
+from nhl_jax.models import small
+
+
+def conv_im2col(x, k, stride=1):
+    """The former form: im2col + matmul, differentiated by JAX."""
+    return layers.im2col_3x3(x, stride) @ k.reshape(-1, k.shape[-1])
+
+
+def _dilated(dy, h, w, stride):
+    """dy with stride - 1 zeros between entries, zero-padded to [B, H, W]."""
+    b, ho, wo, o = dy.shape
+    if stride > 1:
+        z = jnp.zeros((b, ho, stride, wo, stride, o), dy.dtype)
+        dy = z.at[:, :, 0, :, 0].set(dy).reshape(b, ho * stride, wo * stride,
+                                                 o)
+        dy = dy[:, :stride * (ho - 1) + 1, :stride * (wo - 1) + 1]
+    return jnp.pad(dy, ((0, 0), (0, h - dy.shape[1]), (0, w - dy.shape[2]),
+                        (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_im2col_vjp(x, k, stride=1):
+    """im2col forward; gradients written as matmuls over patches."""
+    return conv_im2col(x, k, stride)
+
+
+def _vjp_fwd(x, k, stride):
+    return conv_im2col(x, k, stride), (x, k)
+
+
+def _vjp_bwd(stride, res, dy):
+    x, k = res
+    _, h, w, c = x.shape
+    o = k.shape[-1]
+    patches = layers.im2col_3x3(x, stride).reshape(-1, 9 * c)
+    dk = (patches.T @ dy.reshape(-1, o)).reshape(k.shape)
+    flipped = k[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * o, c)
+    dx = layers.im2col_3x3(_dilated(dy, h, w, stride)) @ flipped
+    return dx, dk
+
+
+conv_im2col_vjp.defvjp(_vjp_fwd, _vjp_bwd)
+
+
+def pool_reduce_window(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                                 (1, 2, 2, 1), 'VALID')
+
+
+VARIANTS = {  # name: (conv(x, k, stride), pool)
+    'im2col': (conv_im2col, layers.max_pool_2x2),
+    'im2col-vjp': (conv_im2col_vjp, layers.max_pool_2x2),
+    'lax': (layers.conv3x3, layers.max_pool_2x2),
+    'lax+reduce_window': (layers.conv3x3, pool_reduce_window),
+}
+
+
+def layer_fns(shape, rng):
+    """{variant: (forward, forward + backward)} jitted, with their inputs."""
+    b, h, cin, cout = shape
+    x = jnp.asarray(rng.standard_normal((b, h, h, cin)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
+    fns = {}
+    for name, (conv, _) in VARIANTS.items():
+        if name == 'lax+reduce_window':
+            continue
+        loss = functools.partial(lambda x, k, conv: jnp.sum(conv(x, k) ** 2),
+                                 conv=conv)
+        fns[name] = (jax.jit(lambda x, k, conv=conv: conv(x, k)),
+                     jax.jit(jax.grad(loss, argnums=(0, 1))))
+    return fns, (x, k)
+
+
+def cnn_fns(batch, rng):
+    """The small CNN's forward and forward + backward per variant."""
+    x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1)), jnp.float32)
+    graphdef, params = nnx.split(small.SmallCNN((28, 28, 1),
+                                                rngs=nnx.Rngs(0)))
+
+    def forward(p, conv, pool):
+        model = nnx.merge(graphdef, p)
+        h = x
+        for layer in model.convs:
+            h = pool(jax.nn.relu(conv(h, layer.kernel[...])
+                                 + layer.bias[...]))
+        return jax.nn.relu(model.fc(h.reshape(h.shape[0], -1)))
+
+    fns = {}
+    for name, (conv, pool) in VARIANTS.items():
+        f = functools.partial(forward, conv=conv, pool=pool)
+        fns[name] = (jax.jit(f),
+                     jax.jit(jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))))
+    return fns, (params,)
+
+
+def timed(fn, args, steps):
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(fns, args, rounds, steps):
+    """Median ms and median ratio to 'im2col' of each variant's two fns."""
+    times = {n: ([], []) for n in fns}
+    for _ in range(rounds):  # interleaved: every variant in every round
+        for name, pair in fns.items():
+            for i, fn in enumerate(pair):
+                times[name][i].append(timed(fn, args, steps))
+    base = times['im2col']
+    return {name: [(1e3 * np.median(t[i]),
+                    np.median(np.array(t[i]) / np.array(base[i])))
+                   for i in (0, 1)]
+            for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--rounds', type=int, default=9)
+    parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--smoke', action='store_true')
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.steps, args.batch = 1, 1, 2
+    rng = np.random.default_rng(0)
+    cases = {f'conv 28x28x1->32, batch {args.batch}':
+             layer_fns((args.batch, 28, 1, 32), rng),
+             f'conv 14x14x32->64, batch {args.batch}':
+             layer_fns((args.batch, 14, 32, 64), rng),
+             f'small CNN, batch {args.batch}': cnn_fns(args.batch, rng)}
+    print(f'\n{jax.default_backend()}, median of {args.rounds} interleaved '
+          f'rounds of {args.steps} calls; ratio: median per-round ratio to '
+          'im2col\n')
+    print('| case | variant | forward ms | vs im2col | forward + backward '
+          'ms | vs im2col |')
+    print('|---|---|---|---|---|---|')
+    for case, (fns, inputs) in cases.items():
+        for name, ((f_ms, f_r), (g_ms, g_r)) in measure(
+                fns, inputs, args.rounds, args.steps).items():
+            print(f'| {case} | {name} | {f_ms:.2f} | {f_r:.2f}x | '
+                  f'{g_ms:.2f} | {g_r:.2f}x |')
+
+
+if __name__ == '__main__':
+    main()
