@@ -17,7 +17,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +30,7 @@ from nhl_jax import models, parallel, train
 from nhl_jax.config import UsageError
 from nhl_jax.data import files, listfile
 from nhl_jax.models import pretrained
+from tests import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The smallest run that trains: digits (8x8), the MLP, one epoch.
@@ -52,15 +52,8 @@ def _single_host(monkeypatch):
 
 
 def _flags(args) -> flags.FlagValues:
-    """run.py's flags, defined on a fresh ``FlagValues`` and parsed."""
-    argv = ['run.py', *args]
-    flag_values = flags.FlagValues()
-    with warnings.catch_warnings():
-        # ml_collections loads the config with the deprecated load_module().
-        warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
-        run.define_flags(flag_values, argv)
-        run.parse_flags(argv, flag_values)
-    return flag_values
+    """run.py's flags parsed from ``run.py *args``."""
+    return cli.flags_of(*args)
 
 
 def _usage_error(args) -> str:

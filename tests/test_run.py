@@ -11,14 +11,13 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 
 import pytest
-from absl import flags
 
 from experiments import run
 from nhl_jax import systems, train
 from nhl_jax.config import UsageError
+from tests import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,17 +28,7 @@ def _run(*args, cwd=ROOT):
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
-def _flags(*args) -> flags.FlagValues:
-    """run.py's flags, defined and parsed from ``run.py *args``."""
-    argv = ['run.py', *args]
-    flag_values = flags.FlagValues()
-    with warnings.catch_warnings():
-        # ml_collections loads the config file with importlib's deprecated
-        # load_module(); the command line does too, there unseen.
-        warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
-        run.define_flags(flag_values, argv)
-        run.parse_flags(argv, flag_values)
-    return flag_values
+_flags = cli.flags_of
 
 
 def _parse(*args):
