@@ -37,7 +37,7 @@ def test_table_reports_mean_and_std_over_seeds():
                         '0.100 (0.600 ± 0.100) | 3.0 | 50% | 7 |')
 
 
-@pytest.mark.parametrize('dataset', ['digits'])
+@pytest.mark.parametrize('dataset', ['digits', 'mnist5k'])
 def test_readme_results_have_a_row_per_registered_method(dataset):
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
