@@ -11,9 +11,12 @@ Compares, on the current backend, for the small CNN's two convolutions
   is one matmul over the patches and whose input gradient is the
   convolution of the (dilated) output gradient with the flipped kernel,
   again as im2col + matmul;
-- ``lax``: ``lax.conv_general_dilated`` (``nhl_jax.layers.conv3x3``, the
-  library's form now), reshape + max pooling;
-- ``lax+reduce_window``: the same with ``lax.reduce_window`` pooling.
+- ``lax``: ``lax.conv_general_dilated`` differentiated by JAX
+  (``nhl_jax.layers.conv3x3``, the library's form), reshape + max pooling;
+- ``lax-vjp``: the same forward, with the kernel gradient as one matmul
+  over im2col patches and the input gradient as XLA's forward
+  convolution of the dilated output gradient with the flipped kernel;
+- ``lax+reduce_window``: ``lax`` with ``lax.reduce_window`` pooling.
 The machine drifts, so the variants alternate in short blocks and the
 table reports medians and the median per-round ratio to ``im2col``.
 """
@@ -39,40 +42,64 @@ def conv_im2col(x, k, stride=1):
     return layers.im2col_3x3(x, stride) @ k.reshape(-1, k.shape[-1])
 
 
-def _dilated(dy, h, w, stride):
-    """dy with stride - 1 zeros between entries, zero-padded to [B, H, W]."""
+def dilate_to(dy, h, w, stride):
+    """dy [B, H', W', O] with stride - 1 zeros between its entries, then
+    zero-padded at the end to [B, H, W, O]: convolved ('SAME') with the
+    flipped, channel-transposed kernel it gives the input gradient."""
     b, ho, wo, o = dy.shape
     if stride > 1:
-        z = jnp.zeros((b, ho, stride, wo, stride, o), dy.dtype)
-        dy = z.at[:, :, 0, :, 0].set(dy).reshape(b, ho * stride, wo * stride,
-                                                 o)
+        spread = jnp.zeros((b, ho, stride, wo, stride, o), dy.dtype)
+        dy = spread.at[:, :, 0, :, 0].set(dy).reshape(
+            b, ho * stride, wo * stride, o)
         dy = dy[:, :stride * (ho - 1) + 1, :stride * (wo - 1) + 1]
     return jnp.pad(dy, ((0, 0), (0, h - dy.shape[1]), (0, w - dy.shape[2]),
                         (0, 0)))
 
 
+def _kernel_grad(x, dy, stride, shape):
+    """dL/dW [3, 3, C, O] = im2col(x)^T dy, one matmul over the patches."""
+    patches = layers.im2col_3x3(x, stride).reshape(-1, 9 * x.shape[-1])
+    return (patches.T @ dy.reshape(-1, dy.shape[-1])).reshape(shape)
+
+
+def _flipped(k):
+    return k[::-1, ::-1].transpose(0, 1, 3, 2)  # [3, 3, O, C]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_im2col_vjp(x, k, stride=1):
-    """im2col forward; gradients written as matmuls over patches."""
+    """im2col forward; both gradients as im2col matmuls."""
     return conv_im2col(x, k, stride)
 
 
-def _vjp_fwd(x, k, stride):
-    return conv_im2col(x, k, stride), (x, k)
-
-
-def _vjp_bwd(stride, res, dy):
+def _im2col_vjp_bwd(stride, res, dy):
     x, k = res
-    _, h, w, c = x.shape
-    o = k.shape[-1]
-    patches = layers.im2col_3x3(x, stride).reshape(-1, 9 * c)
-    dk = (patches.T @ dy.reshape(-1, o)).reshape(k.shape)
-    flipped = k[::-1, ::-1].transpose(0, 1, 3, 2).reshape(9 * o, c)
-    dx = layers.im2col_3x3(_dilated(dy, h, w, stride)) @ flipped
-    return dx, dk
+    _, h, w, _ = x.shape
+    flipped = _flipped(k).reshape(-1, x.shape[-1])
+    dx = layers.im2col_3x3(dilate_to(dy, h, w, stride)) @ flipped
+    return dx, _kernel_grad(x, dy, stride, k.shape)
 
 
-conv_im2col_vjp.defvjp(_vjp_fwd, _vjp_bwd)
+conv_im2col_vjp.defvjp(lambda x, k, s: (conv_im2col(x, k, s), (x, k)),
+                       _im2col_vjp_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_lax_vjp(x, k, stride=1):
+    """XLA's convolution; kernel gradient as one im2col matmul, input
+    gradient as XLA's forward convolution of the dilated dy."""
+    return layers.conv3x3(x, k, stride)
+
+
+def _lax_vjp_bwd(stride, res, dy):
+    x, k = res
+    _, h, w, _ = x.shape
+    dx = layers.conv3x3(dilate_to(dy, h, w, stride), _flipped(k))
+    return dx, _kernel_grad(x, dy, stride, k.shape)
+
+
+conv_lax_vjp.defvjp(lambda x, k, s: (layers.conv3x3(x, k, s), (x, k)),
+                    _lax_vjp_bwd)
 
 
 def pool_reduce_window(x):
@@ -84,6 +111,7 @@ VARIANTS = {  # name: (conv(x, k, stride), pool)
     'im2col': (conv_im2col, layers.max_pool_2x2),
     'im2col-vjp': (conv_im2col_vjp, layers.max_pool_2x2),
     'lax': (layers.conv3x3, layers.max_pool_2x2),
+    'lax-vjp': (conv_lax_vjp, layers.max_pool_2x2),
     'lax+reduce_window': (layers.conv3x3, pool_reduce_window),
 }
 
@@ -95,7 +123,7 @@ def layer_fns(shape, rng):
     k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
     fns = {}
     for name, (conv, _) in VARIANTS.items():
-        if name == 'lax+reduce_window':
+        if name.endswith('reduce_window'):
             continue
         loss = functools.partial(lambda x, k, conv: jnp.sum(conv(x, k) ** 2),
                                  conv=conv)

@@ -76,7 +76,7 @@ def test_map_speed_prints_every_section():
 
 def test_conv_paths_prints_every_variant_of_every_case():
     out = _smoke('conv_paths.py')
-    for variant in ('im2col', 'im2col-vjp', 'lax'):
+    for variant in ('im2col', 'im2col-vjp', 'lax', 'lax-vjp'):
         assert len([r for r in _rows(out, 'small CNN, batch 2')
                     if r[1] == variant]) == 1
     (base,) = [r for r in _rows(out, 'small CNN, batch 2') if r[1] == 'im2col']
@@ -97,3 +97,26 @@ def test_torch_step_runs_every_variant_when_torch_is_installed():
     # Length 2 anti-dominates length 1 (cosine -1): its weight is capped.
     weights = torch_step.paper_weights(grads, (8, 16))
     assert weights[1] < weights[0] and abs(float(weights.sum()) - 2) < 1e-6
+
+
+@__import__('pytest').mark.parametrize('stride', [1, 2])
+def test_conv_paths_custom_vjps_give_xla_gradients(stride):
+    # Only correct alternatives make the timing comparison mean anything.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import conv_paths
+    from nhl_jax import layers
+    rng = np.random.default_rng(stride)
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 3)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+
+    def grads(conv):
+        return jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k, stride))),
+                        argnums=(0, 1))(x, k)
+
+    expected = grads(layers.conv3x3)
+    for conv in (conv_paths.conv_im2col_vjp, conv_paths.conv_lax_vjp):
+        for got, want in zip(grads(conv), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
