@@ -89,12 +89,25 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
     assert epochs == [1, 2, 3, 4]
 
 
+def _logged_step(workdir) -> int:
+    """The last step of a 'step' record in metrics.jsonl (0: none yet)."""
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if not os.path.exists(path):
+        return 0
+    try:
+        records = runlog.read_jsonl(path, kind='step')
+    except ValueError:  # a line caught half-written
+        return 0
+    return records[-1]['step'] if records else 0
+
+
 def test_sigterm_checkpoints_mid_run_and_resumes_exactly(uninterrupted,
                                                          tmp_path):
     workdir = str(tmp_path / 'run')
-    proc = _start(workdir)
-    log = os.path.join(workdir, 'metrics.jsonl')
-    _wait_for(lambda: os.path.exists(log) and os.path.getsize(log) > 0, proc)
+    # Step records every 4 steps: wait until epoch 2 (steps 32-62) is a few
+    # steps in, so the signal lands mid-epoch however fast the steps are.
+    proc = _start(workdir, '--config.log_every=4')
+    _wait_for(lambda: _logged_step(workdir) >= 36, proc)
     # Saves are asynchronous: the epoch's checkpoint may still be in flight.
     before = max(_finished_steps(workdir), default=0)
     proc.send_signal(signal.SIGTERM)
