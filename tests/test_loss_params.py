@@ -254,7 +254,9 @@ def test_dsdh_epoch_update_is_the_reference_dcc(zero_start):
 
 
 PARAM_LOSSES = [('greedyhash', {}), ('dshsd', {}), ('dsdh', {}),
-                ('orthohash', {'learn_codebook': True})]
+                ('orthohash', {'learn_codebook': True}),
+                ('daph', {}),  # an epoch update, no parameters
+                ('pcdh', {})]  # parameters and the backbone features
 
 
 @pytest.mark.parametrize('name, kwargs', PARAM_LOSSES)
