@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nhl_jax import losses, objective
-from nhl_jax.losses import _centers, _common
+from nhl_jax.losses import _common
 from tests import numpy_reference as ref
 from tests import numpy_reference_params as ref_params
 from tests import test_losses
@@ -93,9 +93,9 @@ def test_nested_csq_beyond_2k_fills_rows_that_pass_at_every_length():
     tables, _ = _tables('csq', num_classes=20, centers='nested')
     np.testing.assert_array_equal(tables[0], tables[-1][:, :8])
     # At 8 bits no 17th code is 3 bits away from all 16 rows of [H; -H].
-    assert not bool(_centers.csq_separated(jnp.asarray(tables[0])))
+    assert not bool(_common.csq_separated(jnp.asarray(tables[0])))
     for t in tables[1:]:
-        assert bool(_centers.csq_separated(jnp.asarray(t)))
+        assert bool(_common.csq_separated(jnp.asarray(t)))
 
 
 def _distinct_rows(t):

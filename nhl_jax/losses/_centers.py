@@ -37,29 +37,10 @@ def check_mode(method: str, centers) -> str | None:
     return None
 
 
-def first_accepted(candidates: Array, ok: Array) -> Array:
-    """``candidates[r]`` for the first r with ``ok[r]``, else the last one.
-
-    Args:
-      candidates: [R, ...] draws.
-      ok: [R] bool, which draws pass.
-    """
-    last = ok.shape[0] - 1
-    return candidates[jnp.where(ok.any(), jnp.argmax(ok), last)]
-
-
 def rows_distinct(table: Array) -> Array:
     """Whether every two rows of the ±1 ``table`` [C, K] differ (a bool)."""
     off_diag = ~np.eye(table.shape[0], dtype=bool)
     return jnp.all(_common.pairwise_hamming(table)[off_diag] > 0)
-
-
-def csq_separated(table: Array) -> Array:
-    """CSQ's acceptance test (CVPR 2020, Alg. 1): min d > K/4, mean d >= K/2."""
-    k = table.shape[1]
-    off_diag = ~np.eye(table.shape[0], dtype=bool)
-    d = _common.pairwise_hamming(table)[off_diag]
-    return (d.min() > k / 4) & (d.mean() >= k / 2)
 
 
 def nested_hadamard_centers(key: PRNGKey, num_classes: int,
@@ -98,11 +79,8 @@ def nested_hadamard_centers(key: PRNGKey, num_classes: int,
     extra = num_classes - rows.shape[0]
     if extra <= 0:
         return rows
-    keys = jax.random.split(key, retries)
-    fills = jax.vmap(
-        lambda k: _common.balanced_signs(k, extra, kmax, kmax // 2))(keys)
-    candidates = jax.vmap(lambda f: jnp.concatenate([rows, f]))(fills)
-    passed = jnp.stack([jax.vmap(csq_separated)(candidates[:, :, :b])
+    candidates = _common.filled_candidates(key, rows, extra, retries)
+    passed = jnp.stack([jax.vmap(_common.csq_separated)(candidates[:, :, :b])
                         for b in bits]).sum(0)  # [R]
     return candidates[jnp.argmax(passed)]
 
@@ -130,7 +108,7 @@ def distinct_targets(key: PRNGKey, num_classes: int, bits: int, p: float,
     candidates = jax.vmap(
         lambda k: _common.balanced_signs(k, num_classes, bits, num_neg))(keys)
     ok = jax.vmap(rows_distinct)(candidates[:, :, :prefix])
-    return first_accepted(candidates, ok)
+    return _common.first_accepted(candidates, ok)
 
 
 def nested_states(key: PRNGKey, num_classes: int, bits: Sequence[int],

@@ -197,14 +197,37 @@ def hadamard_centers(
     extra = num_classes - rows.shape[0]
     if extra <= 0:
         return rows
+    candidates = filled_candidates(key, rows, extra, retries)
+    return first_accepted(candidates, jax.vmap(csq_separated)(candidates))
+
+
+def filled_candidates(key: PRNGKey, rows: Array, extra: int,
+                      retries: int) -> Array:
+    """``retries`` draws of ``rows`` [R0, K] followed by ``extra`` balanced
+    random rows (K/2 entries -1), as [retries, R0 + extra, K]."""
+    bits = rows.shape[1]
     keys = jax.random.split(key, retries)
     fills = jax.vmap(lambda k: balanced_signs(k, extra, bits, bits // 2))(keys)
-    candidates = jax.vmap(lambda f: jnp.concatenate([rows, f]))(fills)
-    off_diag = ~np.eye(num_classes, dtype=bool)
-    dists = jax.vmap(pairwise_hamming)(candidates)[:, off_diag]  # [R, C(C-1)]
-    ok = (dists.min(-1) > bits / 4) & (dists.mean(-1) >= bits / 2)
-    first_ok = jnp.where(ok.any(), jnp.argmax(ok), retries - 1)
-    return candidates[first_ok]
+    return jax.vmap(lambda f: jnp.concatenate([rows, f]))(fills)
+
+
+def csq_separated(table: Array) -> Array:
+    """CSQ's acceptance test (CVPR 2020, Alg. 1): min d > K/4, mean d >= K/2."""
+    k = table.shape[1]
+    off_diag = ~np.eye(table.shape[0], dtype=bool)
+    d = pairwise_hamming(table)[off_diag]
+    return (d.min() > k / 4) & (d.mean() >= k / 2)
+
+
+def first_accepted(candidates: Array, ok: Array) -> Array:
+    """``candidates[r]`` for the first r with ``ok[r]``, else the last one.
+
+    Args:
+      candidates: [R, ...] draws.
+      ok: [R] bool, which draws pass.
+    """
+    last = ok.shape[0] - 1
+    return candidates[jnp.where(ok.any(), jnp.argmax(ok), last)]
 
 
 def centers_state(
