@@ -24,15 +24,7 @@ from absl import logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import results_table
 from experiments.configs import default
-from nhl_jax import index, inference, train
-
-
-def epoch_codes(workdir: str, bits: int) -> np.ndarray:
-    """[N, K] ±1 database codes of the run's last model."""
-    out = inference.export_codes(workdir, splits=('database',))
-    codes = index.load_codes(out['paths']['database'])
-    packed = index.codes_of_length(codes, bits)
-    return 2.0 * np.unpackbits(packed, axis=1, count=bits) - 1.0
+from nhl_jax import train
 
 
 def trace(spec: str, args) -> list[dict]:
@@ -49,7 +41,7 @@ def trace(spec: str, args) -> list[dict]:
             config.loss_kwargs = kwargs
             results = train.train_and_evaluate(config, workdir,
                                                resume=epoch > 1)
-            codes = epoch_codes(workdir, bits)
+            codes = results_table.database_codes(workdir, (bits,))[bits]
             mean = codes.mean(0)  # [K]
             cosine = (float(mean @ previous / (np.linalg.norm(mean)
                                                * np.linalg.norm(previous)
@@ -57,7 +49,7 @@ def trace(spec: str, args) -> list[dict]:
                       if previous is not None else float('nan'))
             rows.append({
                 'epoch': epoch, 'map': results['map_last'][str(bits)],
-                'one_sided': float(np.mean(np.abs(mean) >= 0.9)),
+                'one_sided': results_table.one_sided(codes),
                 'mean_rms': float(np.sqrt(np.mean(mean ** 2))),
                 'cosine': cosine,
                 'distinct': len(np.unique(codes, axis=0))})

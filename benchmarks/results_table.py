@@ -62,16 +62,27 @@ def run_one(spec: str, args, bits, seed: int) -> dict:
         return {**results, **collapse(workdir, bits)}
 
 
-def collapse(workdir: str, bits) -> dict:
-    """One-sided bits (longest code) and distinct codes (shortest)."""
+def database_codes(workdir: str, bits) -> dict[int, np.ndarray]:
+    """{b: [N, b] ±1 database codes} of the run's last model, per length."""
     database = inference.export_codes(workdir, splits=('database',))
     codes = index.load_codes(database['paths']['database'])
-    longest = np.unpackbits(index.codes_of_length(codes, bits[-1]), axis=1,
-                            count=bits[-1])
-    ones = longest.mean(0)
-    shortest = index.codes_of_length(codes, bits[0])
-    return {'one_sided': float(np.mean(np.maximum(ones, 1 - ones) >= 0.95)),
-            'distinct': len(np.unique(shortest, axis=0))}
+    return {b: 2.0 * np.unpackbits(index.codes_of_length(codes, b), axis=1,
+                                   count=b) - 1.0
+            for b in bits}
+
+
+def one_sided(codes: np.ndarray) -> float:
+    """Share of the bits of ±1 ``codes`` [N, K] on which >= 95 % of the
+    rows take one sign."""
+    ones = (codes > 0).mean(0)
+    return float(np.mean(np.maximum(ones, 1 - ones) >= 0.95))
+
+
+def collapse(workdir: str, bits) -> dict:
+    """One-sided bits (longest code) and distinct codes (shortest)."""
+    codes = database_codes(workdir, (bits[0], bits[-1]))
+    return {'one_sided': one_sided(codes[bits[-1]]),
+            'distinct': len(np.unique(codes[bits[0]], axis=0))}
 
 
 def cell(values) -> str:
