@@ -10,26 +10,8 @@ from nhl_jax import losses
 from tests import numpy_reference as ref
 from tests import numpy_reference_params as ref_params
 from tests import test_losses_more
-
-B, C, K, N = 6, 3, 8, 12
-
-
-def _labels(rng, kind):
-    """[B, C] float labels: one-hot, multi-hot, or one class (no negatives)."""
-    if kind == 'onehot':
-        return np.eye(C, dtype=np.float32)[rng.integers(0, C, B)]
-    if kind == 'multihot':
-        y = (rng.random((B, C)) < 0.4).astype(np.float32)
-        y[np.arange(B), rng.integers(0, C, B)] = 1.0  # >= 1 label per row
-        return y
-    return np.eye(C, dtype=np.float32)[np.zeros(B, int)]
-
-
-def _batch(seed=0, kind='multihot', scale=1.5):
-    rng = np.random.default_rng(seed)
-    codes = (scale * rng.standard_normal((B, K))).astype(np.float32)
-    index = rng.permutation(N)[:B].astype(np.int32)
-    return codes, _labels(rng, kind), index
+from tests.loss_batches import KINDS, B, C, K, N
+from tests.loss_batches import batch as _batch
 
 
 def _state(name, seed=0):
@@ -125,7 +107,6 @@ NAMES = sorted(losses.LOSSES)
 REFERENCED = sorted({'csq', 'dch', 'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh',
                      'greedyhash', 'dshsd', 'orthohash', 'dsdh', 'daph',
                      'pcdh'})
-KINDS = ['onehot', 'multihot', 'single_class']
 
 
 def test_registry_has_the_seven_losses():

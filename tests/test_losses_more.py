@@ -10,29 +10,12 @@ import pytest
 
 from nhl_jax import losses
 from tests import numpy_reference_more as ref
+from tests.loss_batches import KINDS, B, C, K, N
+from tests.loss_batches import batch as _batch
+from tests.loss_batches import labels as _labels
 
-B, C, K, N = 6, 3, 8, 12
 BANK = ['dbdh', 'dhn', 'dpsh', 'idhn', 'isdh']
 NAMES = sorted(BANK + ['dfh', 'hashnet', 'qsmih', 'shcir'])
-KINDS = ['onehot', 'multihot', 'single_class']
-
-
-def _labels(rng, kind, rows=B):
-    """[rows, C] labels: one-hot, multi-hot, or one class (no negatives)."""
-    if kind == 'onehot':
-        return np.eye(C, dtype=np.float32)[rng.integers(0, C, rows)]
-    if kind == 'multihot':
-        y = (rng.random((rows, C)) < 0.4).astype(np.float32)
-        y[np.arange(rows), rng.integers(0, C, rows)] = 1.0
-        return y
-    return np.eye(C, dtype=np.float32)[np.zeros(rows, int)]
-
-
-def _batch(seed=0, kind='multihot', scale=1.5):
-    rng = np.random.default_rng(seed)
-    codes = (scale * rng.standard_normal((B, K))).astype(np.float32)
-    index = rng.permutation(N)[:B].astype(np.int32)
-    return codes, _labels(rng, kind), index
 
 
 def _state(name, seed=0, step=45):

@@ -7,11 +7,11 @@ import pytest
 
 from nhl_jax import losses, objective
 from nhl_jax.losses import _common
+from tests import loss_batches, test_losses
 from tests import numpy_reference as ref
 from tests import numpy_reference_params as ref_params
-from tests import test_losses
+from tests.loss_batches import C, K, N
 
-B, C, K, N = test_losses.B, test_losses.C, test_losses.K, test_losses.N
 BITS = (8, 16, 32)
 
 
@@ -23,9 +23,9 @@ def _tables(name, num_classes=10, bits=BITS, seed=0, **kw):
     return [np.asarray(s.centers) for s in states], states
 
 
-@pytest.mark.parametrize('kind', test_losses.KINDS)
+@pytest.mark.parametrize('kind', loss_batches.KINDS)
 def test_dsh_batch_pairs_match_the_paper_reference(kind):
-    codes, labels, index = test_losses._batch(seed=2, kind=kind)
+    codes, labels, index = loss_batches.batch(seed=2, kind=kind)
     loss = losses.get('dsh', pairs='batch')
     state = loss.init(jax.random.key(0), num_train=N, num_classes=C, bits=K)
     value, new = jax.jit(loss.apply)(state, codes, labels, index)
@@ -35,7 +35,7 @@ def test_dsh_batch_pairs_match_the_paper_reference(kind):
 
 
 def test_dsh_batch_pairs_differ_from_the_bank():
-    codes, labels, index = test_losses._batch(seed=2)
+    codes, labels, index = loss_batches.batch(seed=2)
     state = test_losses._state('dsh')
     bank, _ = losses.get('dsh').apply(state, codes, labels, index)
     batch, _ = losses.get('dsh', pairs='batch').apply(
@@ -145,7 +145,7 @@ def test_daph_epoch_update_matches_the_reference():
 
 
 def test_daph_writes_tanh_codes_into_its_bank():
-    codes, labels, index = test_losses._batch(seed=4)
+    codes, labels, index = loss_batches.batch(seed=4)
     state = test_losses._state('daph')
     _, new = losses.get('daph').apply(state, codes, labels, index)
     np.testing.assert_allclose(new.codes[index], np.tanh(codes), rtol=1e-6)
@@ -154,7 +154,7 @@ def test_daph_writes_tanh_codes_into_its_bank():
 
 @pytest.mark.parametrize('kind', ['onehot', 'multihot'])
 def test_pcdh_multi_label_branch_matches_the_reference(kind):
-    codes, labels, index = test_losses._batch(seed=6, kind=kind)
+    codes, labels, index = loss_batches.batch(seed=6, kind=kind)
     kw = test_losses._params('pcdh')
     loss = losses.get('pcdh', multi_label=True)
     value, _ = loss.apply(losses.EmptyState(), codes, labels, index, **kw)
@@ -164,7 +164,7 @@ def test_pcdh_multi_label_branch_matches_the_reference(kind):
 
 
 def test_pcdh_classifier_trains_only_w_and_features_get_a_gradient():
-    codes, labels, index = test_losses._batch(seed=6)
+    codes, labels, index = loss_batches.batch(seed=6)
     kw = test_losses._params('pcdh')
     state = losses.EmptyState()
 
@@ -180,7 +180,7 @@ def test_pcdh_classifier_trains_only_w_and_features_get_a_gradient():
 
 
 def test_objective_passes_features_and_refuses_without():
-    codes, labels, index = test_losses._batch(seed=6)
+    codes, labels, index = loss_batches.batch(seed=6)
     loss = losses.get('pcdh')
     obj = objective.nhl_objective(loss, (4, 8))
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
