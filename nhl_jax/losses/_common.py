@@ -395,3 +395,13 @@ def soft_pairs(state, codes: Array, labels: Array, index: Array,
     hard = (s > 0.99).astype(jnp.float32) + (s < 0.01).astype(jnp.float32)
     theta = alpha * v @ bank.codes.T  # [B, N]
     return SoftPairs(v, bank, s, hard, theta, pair_nll(theta, s))
+
+
+def squared_distances(u: Array, bank: Array) -> Array:
+    """||u_i - U_j||^2 as [B, N] without the [B, N, K] difference tensor."""
+    sq = (
+        jnp.sum(u * u, -1)[:, None]
+        - 2.0 * u @ bank.T
+        + jnp.sum(bank * bank, -1)[None, :]
+    )
+    return jnp.maximum(sq, 0.0)

@@ -75,12 +75,10 @@ def dfh(
     """
 
     def init_fn(key, *, num_train, num_classes, bits):
-        del key
-        return DFHState(
-            codes=jnp.zeros((num_train, bits), jnp.float32),
-            labels=jnp.zeros((num_train, num_classes), jnp.float32),
-            centers=jnp.zeros((bits, num_classes), jnp.float32),
-        )
+        bank = _common.bank_init(key, num_train=num_train,
+                                 num_classes=num_classes, bits=bits)
+        return DFHState(*bank, centers=jnp.zeros((bits, num_classes),
+                                                 jnp.float32))
 
     def center_objective(v, y, b, target):
         intra = jnp.mean((v @ y.T - b.T) ** 2)

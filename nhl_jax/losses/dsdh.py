@@ -76,13 +76,11 @@ def dsdh(mu: float = 1.0, nu: float = 1.0, eta: float = 55.0,
     """
 
     def init_fn(key, *, num_train, num_classes, bits):
-        del key
-        return DSDHState(
-            codes=jnp.zeros((num_train, bits), jnp.float32),
-            labels=jnp.zeros((num_train, num_classes), jnp.float32),
-            binary=jnp.zeros((num_train, bits), jnp.float32),
-            w=jnp.zeros((bits, num_classes), jnp.float32),
-        )
+        bank = _common.bank_init(key, num_train=num_train,
+                                 num_classes=num_classes, bits=bits)
+        return DSDHState(*bank,
+                         binary=jnp.zeros((num_train, bits), jnp.float32),
+                         w=jnp.zeros((bits, num_classes), jnp.float32))
 
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)

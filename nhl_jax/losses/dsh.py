@@ -60,15 +60,12 @@ def dsh(alpha: float = 0.1, margin: float | None = None, *,
                          f'{pairs!r}.')
 
     def init_fn(key, *, num_train, num_classes, bits):
-        del key
-        return DSHState(
-            codes=jnp.zeros((num_train, bits), jnp.float32),
-            labels=jnp.zeros((num_train, num_classes), jnp.float32),
-        )
+        return DSHState(*_common.bank_init(
+            key, num_train=num_train, num_classes=num_classes, bits=bits))
 
     def value(codes, labels, others, other_labels):
         m = 2.0 * codes.shape[-1] if margin is None else margin
-        dist = _squared_distances(codes, others)  # [B, N] or [B, B]
+        dist = _common.squared_distances(codes, others)  # [B, N] or [B, B]
         dissimilar = 1.0 - _common.similarity(labels, other_labels)
         pair = 0.5 * (1.0 - dissimilar) * dist + 0.5 * dissimilar * (
             jnp.maximum(m - dist, 0.0)
@@ -91,13 +88,3 @@ def dsh(alpha: float = 0.1, margin: float | None = None, *,
     if pairs == 'batch':
         return HashLoss(_common.stateless_init, batch_apply)
     return HashLoss(init_fn, apply_fn)
-
-
-def _squared_distances(u: Array, bank: Array) -> Array:
-    """||u_i - U_j||^2 as [B, N] without the [B, N, K] difference tensor."""
-    sq = (
-        jnp.sum(u * u, -1)[:, None]
-        - 2.0 * u @ bank.T
-        + jnp.sum(bank * bank, -1)[None, :]
-    )
-    return jnp.maximum(sq, 0.0)

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import optax
 
 from nhl_jax.losses import _common
-from nhl_jax.losses.dsh import _squared_distances
 from nhl_jax.losses.greedyhash import linear_init
 from nhl_jax.types import Array, HashLoss
 
@@ -16,7 +15,7 @@ def contrastive(x: Array, labels: Array, margin: float) -> Array:
     D_ij = ||x_i - x_j||^2 and d_ij = 1[y_i . y_j = 0] (PCDH's pair term,
     the hinge squared unlike DSH's).
     """
-    dist = _squared_distances(x, x)
+    dist = _common.squared_distances(x, x)
     d = 1.0 - _common.similarity(labels, labels)
     return jnp.mean(0.5 * (1.0 - d) * dist
                     + 0.5 * d * jnp.maximum(margin - dist, 0.0) ** 2)
