@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tests import parallel_worker
+from tests import multiprocess, parallel_worker
 
 WORKER = os.path.join(os.path.dirname(__file__), 'parallel_worker.py')
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('localhost', 0))
-        return s.getsockname()[1]
 
 
 SHARDED = ['dsh', 'conflict', 'classifier', 'orthohash', 'dsdh',
@@ -60,13 +53,7 @@ def test_sharded_step_equals_single_device_step(method, sharded):
 
 def test_two_processes_reach_the_single_process_parameters(tmp_path):
     out = tmp_path / 'params.npz'
-    port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, WORKER, 'process', str(i), str(port), str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs[0][-3000:]
+    multiprocess.run_two_workers(WORKER, out)
     with np.load(out) as f:
         multi = [f[k] for k in sorted(f.files, key=lambda k: int(k[4:]))]
     single = parallel_worker.single_process_params()
@@ -78,17 +65,10 @@ def test_two_processes_reach_the_single_process_parameters(tmp_path):
 def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
     from experiments.configs import default
     from nhl_jax import train
-    port = _free_port()
-    args = ['--dataset=digits', '--bits=8,16', '--epochs=1',
-            '--num_processes=2',
-            f'--coordinator_address=localhost:{port}',
-            f'--workdir={tmp_path / "multi"}']
-    run = os.path.join(os.path.dirname(WORKER), '..', 'experiments', 'run.py')
-    procs = [subprocess.Popen([sys.executable, run, *args, f'--process_id={i}'],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:]
+    codes, outs = _finish(_two_processes(
+        '--dataset=digits', '--bits=8,16', '--epochs=1',
+        f'--workdir={tmp_path / "multi"}'))
+    assert codes == [0, 0], outs[0][1][-3000:]
     assert 'mAP (best)' in outs[0][0] and 'mAP' not in outs[1][0]
     multi = json.loads((tmp_path / 'multi' / 'results.json').read_text())
     lines = (tmp_path / 'multi' / 'metrics.jsonl').read_text().splitlines()
@@ -104,7 +84,7 @@ def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
 
 def _two_processes(*args):
     """Starts experiments/run.py as process 0 and 1 of a gloo run."""
-    port = _free_port()
+    port = multiprocess.free_port()
     run = os.path.join(os.path.dirname(WORKER), '..', 'experiments', 'run.py')
     return [subprocess.Popen(
         [sys.executable, run, *args, '--num_processes=2',

@@ -1,22 +1,15 @@
 """Encoding over a mesh gives the codes and mAP of one device."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
-from tests import sharded_eval_worker
+from tests import multiprocess, sharded_eval_worker
 
 WORKER = os.path.join(os.path.dirname(__file__), 'sharded_eval_worker.py')
 KEYS = ('query', 'database', 'outputs', *sharded_eval_worker.EVALUATORS)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('localhost', 0))
-        return s.getsockname()[1]
 
 
 def test_four_devices_give_the_codes_and_map_of_one(tmp_path):
@@ -37,13 +30,7 @@ def test_four_devices_give_the_codes_and_map_of_one(tmp_path):
 
 def test_two_processes_give_the_codes_and_map_of_one(tmp_path):
     out = tmp_path / 'codes.npz'
-    port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, WORKER, 'process', str(i), str(port), str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs[0][-3000:]
+    multiprocess.run_two_workers(WORKER, out)
     single = sharded_eval_worker.encode_and_score()
     with np.load(out) as f:
         for key in KEYS:
