@@ -3,7 +3,6 @@
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,11 +29,27 @@ def stateless_init(key, *, num_train, num_classes, bits) -> EmptyState:
     return EmptyState()
 
 
-def check_batch(codes: Array, labels: Array, index: Array) -> None:
-    """Static shape checks shared by every ``apply`` (free under jit)."""
-    chex.assert_rank([codes, labels, index], [2, 2, 1])
-    chex.assert_equal_shape_prefix([codes, labels, index], 1)
-    chex.assert_type(index, int)
+def check_batch(codes: Array, labels: Array, index: Array, *,
+                name: str = 'loss') -> None:
+    """Static checks shared by every ``apply`` (free under jit): ranks, one
+    batch size, integer rows.
+
+    Raises:
+      ValueError: one line naming the problem (``name``: the loss).
+    """
+    if jnp.ndim(codes) != 2 or jnp.ndim(labels) != 2 or jnp.ndim(index) != 1:
+        raise ValueError(
+            f'{name}: codes, labels and index must be [B, K], [B, C] and '
+            f'[B], got shapes {jnp.shape(codes)}, {jnp.shape(labels)}, '
+            f'{jnp.shape(index)}.')
+    if not jnp.shape(codes)[0] == jnp.shape(labels)[0] == jnp.shape(index)[0]:
+        raise ValueError(
+            f'{name}: codes, labels and index disagree on the batch size: '
+            f'{jnp.shape(codes)[0]}, {jnp.shape(labels)[0]}, '
+            f'{jnp.shape(index)[0]}.')
+    if not jnp.issubdtype(jnp.result_type(index), jnp.integer):
+        raise ValueError(f'{name}: index must be integer rows, got dtype '
+                         f'{jnp.result_type(index)}.')
 
 
 def _state_sizes(state) -> tuple[int | None, int | None]:
@@ -55,24 +70,15 @@ def _state_sizes(state) -> tuple[int | None, int | None]:
 def check_inputs(name: str, state, codes, labels, index) -> None:
     """Bad batches as one-line errors, before the loss runs.
 
-    Shapes always (free under jit): ranks, the batch size, the class
-    count against the state. Values when they are concrete (eager calls;
+    Shapes always (free under jit): ``check_batch`` and the class count
+    against the state. Values when they are concrete (eager calls;
     under jit the trainer checked its data at load): labels in {0, 1}
     and rows of ``index`` in [0, N).
 
     Raises:
       ValueError: naming the problem and the fix.
     """
-    if jnp.ndim(codes) != 2 or jnp.ndim(labels) != 2 or jnp.ndim(index) != 1:
-        raise ValueError(
-            f'{name}: codes, labels and index must be [B, K], [B, C] and '
-            f'[B], got shapes {jnp.shape(codes)}, {jnp.shape(labels)}, '
-            f'{jnp.shape(index)}.')
-    if not jnp.shape(codes)[0] == jnp.shape(labels)[0] == jnp.shape(index)[0]:
-        raise ValueError(
-            f'{name}: codes, labels and index disagree on the batch size: '
-            f'{jnp.shape(codes)[0]}, {jnp.shape(labels)[0]}, '
-            f'{jnp.shape(index)[0]}.')
+    check_batch(codes, labels, index, name=name)
     n, c = _state_sizes(state)
     if c is not None and jnp.shape(labels)[1] != c:
         raise ValueError(
@@ -89,9 +95,6 @@ def check_inputs(name: str, state, codes, labels, index) -> None:
             f'{np.unique(y)[:5].tolist()}; one-hot encode class ids first '
             '(jax.nn.one_hot).')
     idx = np.asarray(index)
-    if not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f'{name}: index must be integer rows, got dtype '
-                         f'{idx.dtype}.')
     if idx.size and (idx.min() < 0 or (n is not None and idx.max() >= n)):
         raise ValueError(
             f'{name}: index must lie in [0, {n if n is not None else "N"}), '
