@@ -1,24 +1,30 @@
-r"""Which 3x3 convolution path is fastest here, forward and with gradients.
+r"""Which 3x3 convolution and pooling path is fastest here, with gradients.
 
     python benchmarks/conv_paths.py --rounds=9
 
 Compares, on the current backend, for the small CNN's two convolutions
 (batch 64, 28x28x1 -> 32 and 14x14x32 -> 64) and for the whole small CNN
-(conv-relu-pool twice, fc256):
+(conv-relu-pool twice, fc256), each under XLA's default compiler options
+and under the library's (``nhl_jax.compiler.options``: on the CPU,
+YNNPACK for dots and reductions but not convolutions):
 - ``im2col``: nine shifted slices, one matmul, differentiated by JAX (the
-  library's form before), with 2x2 max-pooling as reshape + max;
+  library's form before ``lax``);
 - ``im2col-vjp``: the same forward with a custom VJP whose kernel gradient
   is one matmul over the patches and whose input gradient is the
   convolution of the (dilated) output gradient with the flipped kernel,
   again as im2col + matmul;
 - ``lax``: ``lax.conv_general_dilated`` differentiated by JAX
-  (``nhl_jax.layers.conv3x3``, the library's form), reshape + max pooling;
+  (``nhl_jax.layers.conv3x3``, the library's form);
 - ``lax-vjp``: the same forward, with the kernel gradient as one matmul
   over im2col patches and the input gradient as XLA's forward
-  convolution of the dilated output gradient with the flipped kernel;
-- ``lax+reduce_window``: ``lax`` with ``lax.reduce_window`` pooling.
+  convolution of the dilated output gradient with the flipped kernel.
+For the whole CNN, the pooling: ``max_pool_2x2`` (the library's: reshape +
+max, gradient to the first maximum of a window as torch's), ``jnp-max``
+(the same max differentiated by JAX, which splits ties) and
+``reduce_window``.
 The machine drifts, so the variants alternate in short blocks and the
-table reports medians and the median per-round ratio to ``im2col``.
+table reports medians and the median per-round ratio to the library's
+form (``lax`` with ``max_pool_2x2``, library options).
 """
 
 import argparse
@@ -33,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nhl_jax import layers
+from nhl_jax import compiler, layers
 from nhl_jax.models import small
 
 
@@ -107,28 +113,37 @@ def pool_reduce_window(x):
                                  (1, 2, 2, 1), 'VALID')
 
 
-VARIANTS = {  # name: (conv(x, k, stride), pool)
-    'im2col': (conv_im2col, layers.max_pool_2x2),
-    'im2col-vjp': (conv_im2col_vjp, layers.max_pool_2x2),
-    'lax': (layers.conv3x3, layers.max_pool_2x2),
-    'lax-vjp': (conv_lax_vjp, layers.max_pool_2x2),
-    'lax+reduce_window': (layers.conv3x3, pool_reduce_window),
-}
+def pool_jnp_max(x):
+    """Reshape + max differentiated by JAX (splits the gradient of ties)."""
+    return layers._windows(x).max(axis=(2, 4))
+
+
+CONVS = {'im2col': conv_im2col, 'im2col-vjp': conv_im2col_vjp,
+         'lax': layers.conv3x3, 'lax-vjp': conv_lax_vjp}
+POOLS = {'max_pool_2x2': layers.max_pool_2x2, 'jnp-max': pool_jnp_max,
+         'reduce_window': pool_reduce_window}
+OPTIONS = {'XLA default': {}, 'library': compiler.options()}
+BASELINE = ('lax', 'library')  # (variant, options), the library's form
+
+
+def _jit_both(fn, value):
+    """{options: (jit(fn), jit(grad(value)))} for each OPTIONS entry."""
+    return {name: (jax.jit(fn, compiler_options=opts or None),
+                   jax.jit(jax.grad(value, argnums=(0, 1)),
+                           compiler_options=opts or None))
+            for name, opts in OPTIONS.items()}
 
 
 def layer_fns(shape, rng):
-    """{variant: (forward, forward + backward)} jitted, with their inputs."""
+    """{(variant, options): (forward, forward + backward)}, inputs."""
     b, h, cin, cout = shape
     x = jnp.asarray(rng.standard_normal((b, h, h, cin)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
     fns = {}
-    for name, (conv, _) in VARIANTS.items():
-        if name.endswith('reduce_window'):
-            continue
-        loss = functools.partial(lambda x, k, conv: jnp.sum(conv(x, k) ** 2),
-                                 conv=conv)
-        fns[name] = (jax.jit(lambda x, k, conv=conv: conv(x, k)),
-                     jax.jit(jax.grad(loss, argnums=(0, 1))))
+    for name, conv in CONVS.items():
+        both = _jit_both(lambda x, k, conv=conv: conv(x, k),
+                         lambda x, k, conv=conv: jnp.sum(conv(x, k) ** 2))
+        fns.update({(name, opts): pair for opts, pair in both.items()})
     return fns, (x, k)
 
 
@@ -138,7 +153,7 @@ def cnn_fns(batch, rng):
     graphdef, params = nnx.split(small.SmallCNN((28, 28, 1),
                                                 rngs=nnx.Rngs(0)))
 
-    def forward(p, conv, pool):
+    def forward(p, unused, conv, pool):
         model = nnx.merge(graphdef, p)
         h = x
         for layer in model.convs:
@@ -146,12 +161,16 @@ def cnn_fns(batch, rng):
                                  + layer.bias[...]))
         return jax.nn.relu(model.fc(h.reshape(h.shape[0], -1)))
 
+    variants = {name: (conv, layers.max_pool_2x2)
+                for name, conv in CONVS.items()}
+    variants.update({f'lax + {name}': (layers.conv3x3, pool)
+                     for name, pool in POOLS.items() if name != 'max_pool_2x2'})
     fns = {}
-    for name, (conv, pool) in VARIANTS.items():
+    for name, (conv, pool) in variants.items():
         f = functools.partial(forward, conv=conv, pool=pool)
-        fns[name] = (jax.jit(f),
-                     jax.jit(jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))))
-    return fns, (params,)
+        both = _jit_both(f, lambda p, u, f=f: jnp.sum(f(p, u) ** 2))
+        fns.update({(name, opts): pair for opts, pair in both.items()})
+    return fns, (params, jnp.zeros(()))
 
 
 def timed(fn, args, steps):
@@ -164,13 +183,13 @@ def timed(fn, args, steps):
 
 
 def measure(fns, args, rounds, steps):
-    """Median ms and median ratio to 'im2col' of each variant's two fns."""
+    """Median ms and median ratio to BASELINE of each variant's two fns."""
     times = {n: ([], []) for n in fns}
     for _ in range(rounds):  # interleaved: every variant in every round
         for name, pair in fns.items():
             for i, fn in enumerate(pair):
                 times[name][i].append(timed(fn, args, steps))
-    base = times['im2col']
+    base = times[BASELINE]
     return {name: [(1e3 * np.median(t[i]),
                     np.median(np.array(t[i]) / np.array(base[i])))
                    for i in (0, 1)]
@@ -194,14 +213,15 @@ def main():
              f'small CNN, batch {args.batch}': cnn_fns(args.batch, rng)}
     print(f'\n{jax.default_backend()}, median of {args.rounds} interleaved '
           f'rounds of {args.steps} calls; ratio: median per-round ratio to '
-          'im2col\n')
-    print('| case | variant | forward ms | vs im2col | forward + backward '
-          'ms | vs im2col |')
-    print('|---|---|---|---|---|---|')
+          f'{BASELINE[0]} (max_pool_2x2) under the library options; library '
+          f'options: {OPTIONS["library"]}\n')
+    print('| case | variant | options | forward ms | ratio | forward + '
+          'backward ms | ratio |')
+    print('|---|---|---|---|---|---|---|')
     for case, (fns, inputs) in cases.items():
-        for name, ((f_ms, f_r), (g_ms, g_r)) in measure(
+        for (name, opts), ((f_ms, f_r), (g_ms, g_r)) in measure(
                 fns, inputs, args.rounds, args.steps).items():
-            print(f'| {case} | {name} | {f_ms:.2f} | {f_r:.2f}x | '
+            print(f'| {case} | {name} | {opts} | {f_ms:.2f} | {f_r:.2f}x | '
                   f'{g_ms:.2f} | {g_r:.2f}x |')
 
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax import data, evaluate, parallel
+from nhl_jax import compiler, data, evaluate, parallel
 from nhl_jax.data import pipeline
 
 
@@ -167,11 +167,11 @@ def _images_fn(ds):
 def _sharded_encoder(encode, mesh, signs: bool):
     """``encode`` jitted with the batch split over ``mesh``."""
     post = _packed_signs if signs else (lambda h: h)
-    return jax.jit(lambda p, r, x: post(encode(p, r, x)),
-                   in_shardings=(parallel.replicated(mesh),
-                                 parallel.replicated(mesh),
-                                 parallel.batch_sharding(mesh)),
-                   out_shardings=parallel.batch_sharding(mesh))
+    return compiler.jit(lambda p, r, x: post(encode(p, r, x)), mesh=mesh,
+                        in_shardings=(parallel.replicated(mesh),
+                                      parallel.replicated(mesh),
+                                      parallel.batch_sharding(mesh)),
+                        out_shardings=parallel.batch_sharding(mesh))
 
 
 def _packed_signs(h):

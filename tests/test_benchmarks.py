@@ -76,11 +76,13 @@ def test_map_speed_prints_every_section():
 
 def test_conv_paths_prints_every_variant_of_every_case():
     out = _smoke('conv_paths.py')
-    for variant in ('im2col', 'im2col-vjp', 'lax', 'lax-vjp'):
-        assert len([r for r in _rows(out, 'small CNN, batch 2')
-                    if r[1] == variant]) == 1
-    (base,) = [r for r in _rows(out, 'small CNN, batch 2') if r[1] == 'im2col']
-    assert base[3] == '1.00x' and float(base[4]) > 0
+    rows = _rows(out, 'small CNN, batch 2')
+    for variant in ('im2col', 'im2col-vjp', 'lax', 'lax-vjp', 'lax + jnp-max',
+                    'lax + reduce_window'):
+        assert sorted(r[2] for r in rows if r[1] == variant) == [
+            'XLA default', 'library']
+    (base,) = [r for r in rows if r[1:3] == ['lax', 'library']]
+    assert base[4] == base[6] == '1.00x' and float(base[3]) > 0
 
 
 def test_torch_step_runs_every_variant_when_torch_is_installed():

@@ -1,8 +1,11 @@
-"""The 3x3 convolution against a loop-based float64 NumPy convolution.
+"""The 3x3 convolution and 2x2 max-pooling against loop-based NumPy.
 
-Values and both gradients, for stride 1 and 2 and the channel counts and
-sizes the backbones use (small CNN 1->32 and 32->64 at 28 and 14 pixels,
-bnn_cnn's and ReActNet's stride-2 blocks at odd and even sizes).
+Values and both gradients of the convolution, for stride 1 and 2 and the
+channel counts and sizes the backbones use (small CNN 1->32 and 32->64 at
+28 and 14 pixels, bnn_cnn's and ReActNet's stride-2 blocks at odd and even
+sizes), compiled both with XLA's default options and with the library's
+(``nhl_jax.compiler``). The pooling's gradient goes to the first maximum
+of each window, as torch's MaxPool2d.
 """
 
 import jax
@@ -10,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import layers
+from nhl_jax import compiler, layers
 
 
 def _conv_ref(x, k, stride):
@@ -51,17 +54,21 @@ SHAPES = [  # (B, H, C_in, C_out, stride)
 ]
 
 
+JITS = {'xla-default': jax.jit, 'library': compiler.jit}
+
+
+@pytest.mark.parametrize('jit', JITS.values(), ids=JITS.keys())
 @pytest.mark.parametrize('shape', SHAPES)
-def test_conv3x3_value_and_gradients_match_numpy(shape):
+def test_conv3x3_value_and_gradients_match_numpy(shape, jit):
     b, h, cin, cout, stride = shape
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal((b, h, h, cin)).astype(np.float32)
     k = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
-    out = jax.jit(layers.conv3x3, static_argnums=2)(x, k, stride)
+    out = jit(layers.conv3x3, static_argnums=2)(x, k, stride)
     expected = _conv_ref(x, k, stride)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
     dy = rng.standard_normal(expected.shape).astype(np.float32)
-    gx, gk = jax.jit(jax.grad(
+    gx, gk = jit(jax.grad(
         lambda x, k: jnp.sum(layers.conv3x3(x, k, stride) * dy),
         argnums=(0, 1)))(x, k)
     rx, rk = _grads_ref(x, k, dy, stride)
@@ -78,3 +85,39 @@ def test_conv3x3_equals_the_im2col_form():
         im2col = layers.im2col_3x3(x, stride) @ k.reshape(27, 5)
         np.testing.assert_allclose(layers.conv3x3(x, k, stride), im2col,
                                    rtol=1e-5, atol=1e-5)
+
+
+def _pool_ref(x, dy):
+    """(max-pool 2x2, its gradient to each window's first maximum)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    b, h, w, c = x.shape
+    out, dx = np.zeros((b, h // 2, w // 2, c)), np.zeros_like(x)
+    for n, p, q, ch in np.ndindex(*out.shape):
+        window = [(2 * p + i, 2 * q + j) for i in (0, 1) for j in (0, 1)]
+        values = [x[n, r, s, ch] for r, s in window]
+        first = int(np.argmax(values))  # argmax: the first of equal maxima
+        out[n, p, q, ch] = values[first]
+        r, s = window[first]
+        dx[n, r, s, ch] = dy[n, p, q, ch]
+    return out, dx
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 6, 3), (2, 7, 5, 2), (1, 28, 28, 4)])
+def test_max_pool_2x2_and_its_gradient_match_numpy_with_ties(shape):
+    rng = np.random.default_rng(sum(shape))
+    # Few distinct values: most windows hold tied maxima.
+    x = rng.integers(-1, 2, shape).astype(np.float32)
+    dy = rng.standard_normal((shape[0], shape[1] // 2, shape[2] // 2,
+                              shape[3])).astype(np.float32)
+    expected, expected_dx = _pool_ref(x, dy)
+    grad = lambda x: jax.vjp(layers.max_pool_2x2, x)[1](dy)[0]
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), expected)
+    np.testing.assert_array_equal(grad(jnp.asarray(x)), expected_dx)
+    np.testing.assert_array_equal(jax.jit(grad)(jnp.asarray(x)),
+                                  expected_dx)
+
+
+def test_max_pool_2x2_keeps_bfloat16():
+    x = jnp.arange(32, dtype=jnp.bfloat16).reshape(1, 4, 4, 2)
+    y, vjp = jax.vjp(layers.max_pool_2x2, x)
+    assert y.dtype == vjp(jnp.ones_like(y))[0].dtype == jnp.bfloat16

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nhl_jax import data, models, parallel
+from nhl_jax import compiler, data, models, parallel
 from nhl_jax.data import augment as augment_lib
 from nhl_jax.nested import check_bits
 from nhl_jax.odh import config as odh_config
@@ -125,7 +125,7 @@ def create_train_state(spec: base.RunSpec, info: base.DataInfo, bits=None):
     state = step_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, rest=rest,
         opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=None)
-    tables = jax.jit(odh_step.center_tables(graphdef))
+    tables = compiler.jit(odh_step.center_tables(graphdef))
     setup = step_lib.Setup(graphdef, tx, bits, steps, {},
                            odh_step.encode(graphdef), static=tables)
     return setup, state

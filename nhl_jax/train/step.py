@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nhl_jax import parallel
+from nhl_jax import compiler, parallel
 from nhl_jax.types import Array
 
 
@@ -226,20 +226,21 @@ def compile_step(step: Callable, mesh=None) -> Callable:
       The compiled ``step(state, batch, consts)``.
     """
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        return compiler.jit(step, donate_argnums=0)
     repl = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(repl, parallel.batch_sharding(mesh),
-                                       repl),
-                   out_shardings=(repl, repl), donate_argnums=0)
+    return compiler.jit(step, mesh=mesh,
+                        in_shardings=(repl, parallel.batch_sharding(mesh),
+                                      repl),
+                        out_shardings=(repl, repl), donate_argnums=0)
 
 
 def compile_hook(hook: Callable, mesh=None) -> Callable:
     """A hook ``(state, consts) -> (state, metrics)`` jitted, state donated."""
     if mesh is None:
-        return jax.jit(hook, donate_argnums=0)
+        return compiler.jit(hook, donate_argnums=0)
     repl = parallel.replicated(mesh)
-    return jax.jit(hook, in_shardings=(repl, repl),
-                   out_shardings=(repl, repl), donate_argnums=0)
+    return compiler.jit(hook, mesh=mesh, in_shardings=(repl, repl),
+                        out_shardings=(repl, repl), donate_argnums=0)
 
 
 def compile_encode(setup: Setup) -> Callable:
@@ -248,4 +249,6 @@ def compile_encode(setup: Setup) -> Callable:
     ``nhl_jax.evaluation.encode_dataset(..., mesh=)`` shards its batches
     over the mesh, so this one function serves one device and many.
     """
+    # Plain jax.jit: it runs nested in evaluation's jit, which carries the
+    # compiler options (JAX takes them on top-level jits only).
     return jax.jit(setup.encode)

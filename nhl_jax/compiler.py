@@ -1,0 +1,75 @@
+"""``jax.jit`` with the XLA options this project measured on each platform.
+
+On the CPU (jax 0.10.2), XLA hands convolutions to YNNPACK by default
+(``xla_cpu_experimental_ynn_fusion_type``). For the small CNN that is the
+slow path: the kernel gradient of its second convolution runs on one
+thread for 11 of the step's 25 ms while the other core idles, and its
+forward takes 3.0 ms against 1.7 ms in XLA's own convolution. Keeping
+YNNPACK for dots and reductions only makes the backbone's forward +
+backward 1.8x faster and the full NHL step 1.6x faster
+(``benchmarks/step_overhead.py --against-torch``,
+``benchmarks/conv_paths.py``). Every jit of the library goes through
+``jit`` below, so a user's own ``jax.jit`` is unaffected; users can take
+the same options with ``nhl_jax.compiler.jit`` or ``options()``.
+
+The option is XLA-internal and may change name; it is therefore probed
+once per process on a tiny function and dropped (with the default
+compilation) where this XLA rejects it. A ``--xla_cpu_experimental_ynn_
+fusion_type`` in ``XLA_FLAGS`` wins over ours.
+"""
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+YNN_FUSION = 'xla_cpu_experimental_ynn_fusion_type'
+
+# YNNPACK for single dots and for reductions (the conv bias gradients:
+# without it XLA's reduce-window form takes 2.2 ms a step), not for
+# convolutions.
+CPU_OPTIONS = {YNN_FUSION: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+                           'LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def options(platform: str | None = None) -> dict:
+    """The compiler options for ``platform`` (None: the default backend).
+
+    Args:
+      platform: 'cpu', 'gpu', 'tpu', ... as ``jax.Device.platform``.
+
+    Returns:
+      A dict for ``jax.jit(..., compiler_options=)``, possibly empty.
+    """
+    platform = platform or jax.default_backend()
+    if platform != 'cpu' or YNN_FUSION in os.environ.get('XLA_FLAGS', ''):
+        return {}
+    return dict(CPU_OPTIONS) if _accepted(tuple(CPU_OPTIONS.items())) else {}
+
+
+@functools.cache
+def _accepted(items: tuple) -> bool:
+    """Whether this XLA compiles with these options (probed once)."""
+    try:
+        jax.jit(jnp.sin, compiler_options=dict(items)).lower(
+            jnp.zeros((), jnp.float32)).compile()
+    except Exception:  # noqa: BLE001 - any rejection means: do not use them
+        return False
+    return True
+
+
+def jit(fun: Callable, *, mesh=None, **kwargs) -> Callable:
+    """``jax.jit(fun, **kwargs)`` plus ``options`` for the mesh's platform.
+
+    Args:
+      fun: the function to compile.
+      mesh: the ``jax.sharding.Mesh`` it runs on (None: default backend).
+      **kwargs: ``jax.jit``'s keyword arguments (shardings, donation, ...).
+
+    Returns:
+      The jitted function.
+    """
+    platform = mesh.devices.flat[0].platform if mesh is not None else None
+    return jax.jit(fun, compiler_options=options(platform) or None, **kwargs)
