@@ -39,6 +39,7 @@ from experiments.configs import default
 from nhl_jax import compiler, objective, train
 
 PLAIN = 'nested, plain'
+FULL = 'full NHL (paper + distillation)'
 
 
 def _variants(bits, only=None):
@@ -55,7 +56,7 @@ def _variants(bits, only=None):
         objective.get_weighting(name, bits)  # unknown name: fail now
         variants[f'nested + weighting {name}'] = (bits, name, 0.0)
     if only is None:
-        variants['full NHL (paper + distillation)'] = (bits, 'paper', 0.1)
+        variants[FULL] = (bits, 'paper', 0.1)
     return variants
 
 
@@ -102,7 +103,7 @@ TORCH_VARIANTS = {  # name -> (bits or None for all, weighting, distill)
     PLAIN: (None, 'none', 0.0),
     'nested + distillation': (None, 'none', 0.1),
     'nested + weighting paper': (None, 'paper', 0.0),
-    'full NHL (paper + distillation)': (None, 'paper', 0.1),
+    FULL: (None, 'paper', 0.1),
 }
 
 
@@ -173,6 +174,14 @@ def against_torch(args):
         ratio = statistics.median(a / b for a, b in zip(ours, theirs))
         print(f'| {name} | {statistics.median(ours):.1f} | '
               f'{statistics.median(theirs):.1f} | {ratio:.2f}x |')
+    (ours_full, torch_full), (ours_plain, torch_plain) = (
+        times[FULL], times[PLAIN])
+    cross = statistics.median(a / b for a, b in zip(ours_full, torch_plain))
+    print(f'\nfull NHL (nhl_jax) / plain nested (PyTorch): {cross:.2f}x')
+    for label, full, plain in (('nhl_jax', ours_full, ours_plain),
+                               ('PyTorch', torch_full, torch_plain)):
+        extras = statistics.median(a / b for a, b in zip(full, plain)) - 1
+        print(f'NHL extras over plain nested, {label}: {100 * extras:+.1f} %')
 
 
 def main():

@@ -86,14 +86,25 @@ def cascade_distill(
             f'{sorted(TOPOLOGIES)}.'
         )
     m = len(outputs)
-    teachers = TOPOLOGIES[topology]
-    terms = [
-        jnp.mean(
-            jnp.stack(
-                [similarity_distill(outputs[k], outputs[t])
-                 for t in teachers(k, m)]
-            )
-        )
-        for k in range(m - 1)
-    ]
+    terms = [length_distill(outputs[k], outputs, k, topology=topology)
+             for k in range(m - 1)]
     return jnp.stack(terms) if terms else jnp.zeros((0,), jnp.float32)
+
+
+def length_distill(student: Array, outputs: Sequence[Array], k: int, *,
+                   topology: str = 'adjacent') -> Array:
+    """L_dis(k): the term of length k < M - 1 of ``cascade_distill``.
+
+    Args:
+      student: [B, b_k] length k's outputs (the gradient flows into it).
+      outputs: M per-length outputs, short to long; only the teachers of
+        length k are read, with no gradient.
+      k: the student's length index.
+      topology: a key of ``TOPOLOGIES``.
+
+    Returns:
+      Scalar loss.
+    """
+    teachers = TOPOLOGIES[topology](k, len(outputs))
+    return jnp.mean(jnp.stack([similarity_distill(student, outputs[t])
+                               for t in teachers]))

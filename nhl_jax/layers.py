@@ -3,12 +3,11 @@
 Below both packages, so that ``nhl_jax.bnn`` needs nothing from
 ``nhl_jax.models`` (whose registry lists the binary backbones too).
 
-CPU-friendly forms: on a CPU, XLA's backward passes of ``lax.conv`` and of
-``reduce_window`` max-pooling dominate a small CNN's step (measured:
-73 ms vs 43 ms per step for the MNIST CNN). A 3x3 convolution as nine
-shifted slices and one matmul (``im2col_3x3``, ``PatchConv3x3``), and 2x2
-max-pooling as a reshape and a max (``max_pool_2x2``), compute the same
-functions with cheaper gradients.
+Fast forms on the CPU: every 3x3 convolution is XLA's own
+(``conv3x3``), compiled with ``nhl_jax.compiler``'s options, which keep
+it out of YNNPACK; 2x2 max-pooling is a reshape and a max whose gradient
+is written out (``max_pool_2x2``). ``im2col_3x3`` stays for the packed
+binary layer. ``benchmarks/conv_paths.py`` measures the alternatives.
 
 torch-compatible forms: ``torch_conv``, ``torch_batch_norm`` and
 ``max_pool_3x3_s2`` pad, initialise and normalise as torchvision's ResNet
@@ -127,11 +126,10 @@ def conv3x3(x: Array, kernel: Array, stride: int = 1) -> Array:
     """3x3 convolution with zero padding 1 (torch's ``padding=1``).
 
     XLA's own convolution, differentiated by JAX, on every backend. On
-    this project's CPU (jax 0.10.2) it gives the fastest NHL train step of
-    the small CNN: im2col + matmul takes 1.22x its time, and a custom VJP
-    with the kernel gradient as one matmul over im2col patches 1.11x,
-    although that VJP is faster for each layer alone
-    (``benchmarks/conv_paths.py``).
+    this project's CPU (jax 0.10.2) and under ``nhl_jax.compiler``'s
+    options it gives the fastest NHL train step of the small CNN, ahead
+    of im2col + matmul and of custom VJPs with the kernel gradient as one
+    matmul over im2col patches (``benchmarks/conv_paths.py``).
 
     Args:
       x: [B, H, W, C_in].

@@ -9,7 +9,11 @@ distillation of ``nhl_jax.distill`` and weights w from a weighting rule of
 ``weighting='none'``). One ``jax.grad`` of ``apply`` is one backward pass
 through the network: rules that read gradients get them from head-only
 per-length output gradients computed inside (the fast path of NHL,
-arXiv 2412.08922, Eq. (6)-(7)), and the weights carry no gradient.
+arXiv 2412.08922, Eq. (6)-(7)), and the weights carry no gradient. Those
+per-length gradients, one vjp of each length's own objective, also give
+the total's gradient on the codes, so the losses are differentiated once:
+with them the weighting `paper` costs 0.15 ms a step over plain nested
+instead of 0.8 ms (small CNN, 5 lengths, batch 64, CPU).
 """
 
 import functools
@@ -106,6 +110,20 @@ class NHLObjective(NamedTuple):
     epoch_update: Callable[..., tuple[Any, ...]] | None = None
 
 
+def _linearised(value: Array, grads, primals) -> Array:
+    """``value`` whose gradient on ``primals`` is ``grads``, taken as given.
+
+    sg(value) + sum <sg(g), x - sg(x)>: the same value, and a first-order
+    gradient that costs one multiply-add instead of a backward pass.
+    """
+    total = jax.lax.stop_gradient(value)
+    for g, x in zip(jax.tree.leaves(grads), jax.tree.leaves(primals)):
+        if g.dtype != jax.dtypes.float0:  # integer leaves have no gradient
+            total = total + jnp.vdot(jax.lax.stop_gradient(g),
+                                     x - jax.lax.stop_gradient(x))
+    return total
+
+
 def nhl_objective(
     loss: HashLoss,
     bits: Sequence[int],
@@ -182,31 +200,71 @@ def nhl_objective(
         fn = functools.partial(per_length, loss_params=loss_params,
                                features=features)
         if rule.uses_products:
-            objs, products, (new_states, base, dis) = _with_products(
-                fn, h, states, labels, index, features)
+            objs, grads, primals, (new_states, base, dis) = _per_length_grads(
+                h, states, labels, index, loss_params, features)
+            products = _products(grads, features)
         else:
             objs, (new_states, base, dis) = fn(h, states, labels, index)
             products = None
         info = rule.weigh(weighting_state, products=products,
                           losses=jax.lax.stop_gradient(objs))
-        total = jnp.sum(jax.lax.stop_gradient(info.weights) * objs)
+        weights = jax.lax.stop_gradient(info.weights)
+        if rule.uses_products:
+            total = sum(w * _linearised(o, g, x) for w, o, g, x in zip(
+                weights, objs, grads, primals))
+        else:
+            total = jnp.sum(weights * objs)
         metrics = NHLMetrics(*jax.lax.stop_gradient((base, dis, objs)), info)
         return total, (new_states, metrics)
 
-    def _with_products(fn, h, states, labels, index, features):
-        """Objectives and Q [M, M, M] from one vjp over the M objectives."""
+    def _per_length_grads(h, states, labels, index, loss_params, features):
+        """Each objective and its gradient on its own inputs, one vjp each.
+
+        Objective k reads only code k (its teachers are stop-gradient), its
+        loss parameters and, for losses that read them, the features. So
+        its vjp on those inputs is one backward pass of length k alone,
+        and the M of them give both the rule's products and the total's
+        gradient (``_linearised``): no second backward through the losses.
+        """
         if features is None:
             raise ValueError(
                 f'weighting={weighting!r} needs the hash-layer input: call '
                 'apply(..., features=x) with x the [B, D] backbone features.'
             )
-        objs, vjp_fn, aux = jax.vjp(
-            lambda h_: fn(h_, states, labels, index), h, has_aux=True
-        )
-        (out_grads,) = jax.vmap(vjp_fn)(jnp.eye(m, dtype=objs.dtype))
+        codes = split_codes(h, bits)
+        params = loss_params if loss_params is not None else (None,) * m
+        own_features = features if loss.features else None
+        objs, grads, primals, auxes = [], [], [], []
+        for k in range(m):
+            primal = (codes[k], params[k], own_features)
+            value, vjp_fn, aux = jax.vjp(
+                functools.partial(length_objective, k, codes, states[k],
+                                  labels, index), *primal, has_aux=True)
+            objs.append(value)
+            grads.append(vjp_fn(jnp.ones_like(value)))
+            primals.append(primal)
+            auxes.append(aux)
+        new_states, base, dis = zip(*auxes)
+        return (jnp.stack(objs), grads, primals,
+                (tuple(new_states), jnp.stack(base), jnp.stack(dis)))
+
+    def length_objective(k, codes, state, labels, index, code, params,
+                         features):
+        """L_k(code) + lambda L_dis(k), and (new state, L_k, L_dis(k))."""
+        value, new_state = one_loss(state, code, labels, index, params,
+                                    features)
+        dis = (distill.length_distill(code, codes, k, topology=topology)
+               if k < m - 1 else jnp.zeros((), value.dtype))
+        return value + distill_weight * dis, (new_state, value, dis)
+
+    def _products(grads, features):
+        """Q [M, M, M] of the per-length head gradients (Eq. (6)-(7))."""
+        out_grads = jnp.stack([
+            jnp.pad(g[0], ((0, 0), (0, bits[-1] - b)))
+            for g, b in zip(grads, bits)])  # [M, B, K_max]
         columns = weighting_lib.column_products_from_outputs(
             jax.lax.stop_gradient(features), jax.lax.stop_gradient(out_grads))
-        return objs, weighting_lib.prefix_products(columns, bits), aux
+        return weighting_lib.prefix_products(columns, bits)
 
     def update_weighting(state, metrics):
         return rule.update(state, metrics.info)

@@ -107,6 +107,10 @@ def _sharded(method):
     return {
         'devices': len(mesh.devices.flat),
         'params': _max_diff(state.params, host4.params),
+        'params_by_leaf': {
+            jax.tree_util.keystr(path): _max_diff(x, y) for (path, x), y in
+            zip(jax.tree_util.tree_leaves_with_path(state.params),
+                jax.tree.leaves(host4.params))},
         'loss_states': _max_diff(state.extra.loss_states,
                                  host4.extra.loss_states),
         'weights': _max_diff(state.extra.weighting.weights,

@@ -155,6 +155,40 @@ def test_weights_carry_no_gradient():
                                atol=1e-7)
 
 
+@pytest.mark.parametrize('rule', ['paper', 'pcgrad'])
+@pytest.mark.parametrize('name', ['pcdh', 'dpn'])
+def test_gradient_rules_give_the_gradient_of_the_weighted_sum(name, rule):
+    # The product rules take the total's gradient from each length's own
+    # vjp; it must equal autodiff of sum_k w_k obj_k with w held fixed, on
+    # the codes, the features (PCDH reads them) and the loss parameters.
+    params, x, labels, index = _setup(1)
+    loss = losses.get(name)
+    obj = nhl_objective(loss, BITS, distill_weight=0.1, weighting=rule)
+    states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
+    loss_params = (obj.init_params(jax.random.key(1), num_classes=C)
+                   if obj.init_params is not None else None)
+    features, h = _forward(params, x)
+
+    def total(obj, h, f, p):
+        return obj.apply(states, h, labels, index, features=f,
+                         loss_params=p)
+
+    value, (_, metrics) = total(obj, h, features, loss_params)
+    fixed = nhl_objective(loss, BITS, distill_weight=0.1, weighting='static',
+                          weighting_kwargs={'weights': metrics.weights})
+    grads = jax.jit(jax.grad(lambda *a: total(obj, *a)[0],
+                             argnums=(0, 1, 2)))(h, features, loss_params)
+    expected = jax.grad(lambda *a: total(fixed, *a)[0], argnums=(0, 1, 2))(
+        h, features, loss_params)
+    np.testing.assert_allclose(value, total(fixed, h, features,
+                                            loss_params)[0], rtol=1e-6)
+    chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-6)
+    if name == 'pcdh':  # the features' and parameters' gradients are there
+        assert float(jnp.abs(grads[1]).sum()) > 0
+        assert all(float(jnp.abs(g).sum()) > 0
+                   for g in jax.tree.leaves(grads[2]))
+
+
 def test_distill_weight_zero_leaves_base_losses():
     params, x, labels, index = _setup()
     obj = nhl_objective(losses.get('dpn'), BITS, distill_weight=0.0)

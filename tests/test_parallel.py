@@ -39,12 +39,18 @@ def test_sharded_step_equals_single_device_step(method, sharded):
         assert result[key] <= 1e-6, (key, result)
     # Adam divides by sqrt(v): the rounding of a near-zero gradient (the batch
     # sum runs in another order on 4 devices) can move a weight by a few
-    # 1e-6 after 3 steps; measured 2.1e-6 for 'classifier', < 1e-6 else.
-    # PCDH's feature term sum_ij ||f_i - f_j||^2 ignores a shift of the
-    # features, so the last layer's bias gets a gradient that is rounding
-    # alone: 1.6e-5 measured, on that bias only.
-    tolerance = {'classifier': 1e-5, 'pcdh': 5e-5}.get(method, 1e-6)
-    assert result['params'] <= tolerance
+    # 1e-6 after 3 steps; measured 2.1e-6 for 'classifier' and 1.1e-6 for
+    # PCDH's head, < 1e-6 else.
+    leaves = dict(result['params_by_leaf'])
+    if method == 'pcdh':
+        # PCDH's feature term sum_ij ||f_i - f_j||^2 ignores a shift of the
+        # features, so the backbone's last bias gets a gradient that is
+        # rounding alone, and Adam moves it by up to lr a step whatever the
+        # gradient's size: only that bound holds (1.1e-4 measured).
+        bias = leaves.pop("['backbone']['layers'][1]['bias'].value")
+        assert bias <= 2 * 1e-3 * parallel_worker.STEPS
+    tolerance = {'classifier': 1e-5, 'pcdh': 1e-5}.get(method, 1e-6)
+    assert max(leaves.values()) <= tolerance, leaves
     assert result['compiles'] == 1
     assert result['replicated']  # state (banks included) on every device
     if method == 'conflict':
