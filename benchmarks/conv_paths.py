@@ -25,6 +25,13 @@ max, gradient to the first maximum of a window as torch's), ``jnp-max``
 The machine drifts, so the variants alternate in short blocks and the
 table reports medians and the median per-round ratio to the library's
 form (``lax`` with ``max_pool_2x2``, library options).
+
+    python benchmarks/conv_paths.py --backbones --rounds=5
+
+times instead every convolutional backbone of the library as it is
+(``nhl_jax.models.get_backbone``: cnn and bnn_cnn on 28x28x1, resnet18 and
+reactnet18 on 32x32x3 fed as they are, batch 16, train mode) under both
+option sets; ratio to the library options.
 """
 
 import argparse
@@ -126,10 +133,10 @@ OPTIONS = {'XLA default': {}, 'library': compiler.options()}
 BASELINE = ('lax', 'library')  # (variant, options), the library's form
 
 
-def _jit_both(fn, value):
+def _jit_both(fn, value, argnums=(0, 1)):
     """{options: (jit(fn), jit(grad(value)))} for each OPTIONS entry."""
     return {name: (jax.jit(fn, compiler_options=opts or None),
-                   jax.jit(jax.grad(value, argnums=(0, 1)),
+                   jax.jit(jax.grad(value, argnums=argnums),
                            compiler_options=opts or None))
             for name, opts in OPTIONS.items()}
 
@@ -173,6 +180,31 @@ def cnn_fns(batch, rng):
     return fns, (params, jnp.zeros(()))
 
 
+BACKBONES = {  # name: (input shape, keyword arguments)
+    'cnn': ((28, 28, 1), {}), 'bnn_cnn': ((28, 28, 1), {}),
+    'resnet18': ((32, 32, 3), {'input_size': None}),
+    'reactnet18': ((32, 32, 3), {'input_size': None}),
+}
+
+
+def backbone_fns(name, batch, rng):
+    """One backbone's forward and forward + backward per option set."""
+    from nhl_jax import models
+    shape, kwargs = BACKBONES[name]
+    model = models.get_backbone(name, shape, rngs=nnx.Rngs(0), **kwargs)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+
+    def forward(p, r, x):  # train mode: the batch statistics are inputs
+        # Fresh Variables of this trace, which BatchNorm may update.
+        return nnx.merge(graphdef, p, jax.tree.map(lambda v: v, r))(x)
+
+    both = _jit_both(forward, lambda p, r, x: jnp.sum(forward(p, r, x) ** 2),
+                     argnums=0)
+    return ({(name, opts): pair for opts, pair in both.items()},
+            (params, rest, x))
+
+
 def timed(fn, args, steps):
     jax.block_until_ready(fn(*args))
     start = time.perf_counter()
@@ -189,7 +221,8 @@ def measure(fns, args, rounds, steps):
         for name, pair in fns.items():
             for i, fn in enumerate(pair):
                 times[name][i].append(timed(fn, args, steps))
-    base = times[BASELINE]
+    base = times[BASELINE if BASELINE in times else
+                 next(k for k in times if k[1] == 'library')]
     return {name: [(1e3 * np.median(t[i]),
                     np.median(np.array(t[i]) / np.array(base[i])))
                    for i in (0, 1)]
@@ -202,10 +235,14 @@ def main():
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--smoke', action='store_true')
+    parser.add_argument('--backbones', action='store_true',
+                        help='every conv backbone under both option sets')
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.steps, args.batch = 1, 1, 2
     rng = np.random.default_rng(0)
+    if args.backbones:
+        return backbones(args, rng)
     cases = {f'conv 28x28x1->32, batch {args.batch}':
              layer_fns((args.batch, 28, 1, 32), rng),
              f'conv 14x14x32->64, batch {args.batch}':
@@ -222,6 +259,24 @@ def main():
         for (name, opts), ((f_ms, f_r), (g_ms, g_r)) in measure(
                 fns, inputs, args.rounds, args.steps).items():
             print(f'| {case} | {name} | {opts} | {f_ms:.2f} | {f_r:.2f}x | '
+                  f'{g_ms:.2f} | {g_r:.2f}x |')
+
+
+def backbones(args, rng):
+    """Prints each backbone's times under XLA's and the library options."""
+    batch = 16 if args.batch == 64 else args.batch
+    print(f'\n{jax.default_backend()}, batch {batch}, median of '
+          f'{args.rounds} interleaved rounds of {args.steps} calls; ratio: '
+          f'median per-round ratio to the library options '
+          f'{OPTIONS["library"]}\n')
+    print('| backbone | options | forward ms | ratio | forward + backward ms '
+          '| ratio |')
+    print('|---|---|---|---|---|---|')
+    for name in BACKBONES:
+        fns, inputs = backbone_fns(name, batch, rng)
+        for (_, opts), ((f_ms, f_r), (g_ms, g_r)) in measure(
+                fns, inputs, args.rounds, args.steps).items():
+            print(f'| {name} | {opts} | {f_ms:.2f} | {f_r:.2f}x | '
                   f'{g_ms:.2f} | {g_r:.2f}x |')
 
 

@@ -8,12 +8,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _smoke(script: str) -> str:
+def _smoke(script: str, *flags: str) -> str:
     env = dict(os.environ, JAX_PLATFORMS='cpu',
                # Compile fast: the smoke runs check the scripts, not speed.
                XLA_FLAGS='--xla_backend_optimization_level=0')
     done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'benchmarks', script), '--smoke'],
+        [sys.executable, os.path.join(ROOT, 'benchmarks', script), '--smoke',
+         *flags],
         check=False, capture_output=True, text=True, env=env, cwd=ROOT,
         timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -83,6 +84,15 @@ def test_conv_paths_prints_every_variant_of_every_case():
             'XLA default', 'library']
     (base,) = [r for r in rows if r[1:3] == ['lax', 'library']]
     assert base[4] == base[6] == '1.00x' and float(base[3]) > 0
+
+
+def test_conv_paths_times_every_conv_backbone_under_both_options():
+    out = _smoke('conv_paths.py', '--backbones')
+    for name in ('cnn', 'bnn_cnn', 'resnet18', 'reactnet18'):
+        rows = _rows(out, name)
+        assert sorted(r[1] for r in rows) == ['XLA default', 'library']
+        (ours,) = [r for r in rows if r[1] == 'library']
+        assert ours[3] == ours[5] == '1.00x' and float(ours[4]) > 0
 
 
 def test_torch_step_runs_every_variant_when_torch_is_installed():
