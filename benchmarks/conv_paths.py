@@ -272,7 +272,9 @@ def backbones(args, rng):
     print('| backbone | options | forward ms | ratio | forward + backward ms '
           '| ratio |')
     print('|---|---|---|---|---|---|')
-    for name in BACKBONES:
+    # The smoke run checks the script: one float and one binary backbone.
+    names = ('cnn', 'bnn_cnn') if args.smoke else BACKBONES
+    for name in names:
         fns, inputs = backbone_fns(name, batch, rng)
         for (_, opts), ((f_ms, f_r), (g_ms, g_r)) in measure(
                 fns, inputs, args.rounds, args.steps).items():

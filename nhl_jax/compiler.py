@@ -6,16 +6,20 @@ slow path: the kernel gradient of its second convolution runs on one
 thread for 11 of the step's 25 ms while the other core idles, and its
 forward takes 3.0 ms against 1.7 ms in XLA's own convolution. Keeping
 YNNPACK for dots and reductions only makes the backbone's forward +
-backward 1.8x faster and the full NHL step 1.6x faster
-(``benchmarks/step_overhead.py --against-torch``,
-``benchmarks/conv_paths.py``). Every jit of the library goes through
-``jit`` below, so a user's own ``jax.jit`` is unaffected; users can take
-the same options with ``nhl_jax.compiler.jit`` or ``options()``.
+backward 2.2x faster (``benchmarks/conv_paths.py``) and the full NHL
+train step 1.6x faster (25.6 against 15.7 ms, interleaved). The
+library's jits that run networks (train steps and hooks, the evaluation
+encoder, ODH's centre tables) go through ``jit`` below; a user's own
+``jax.jit`` is unaffected, and can take the same options with
+``nhl_jax.compiler.jit`` or ``options()``.
+JAX takes compiler options on top-level jits only, so a function that
+runs nested inside another jit (``train.compile_encode``) stays a plain
+``jax.jit`` and gets the outer one's options.
 
 The option is XLA-internal and may change name; it is therefore probed
 once per process on a tiny function and dropped (with the default
-compilation) where this XLA rejects it. A ``--xla_cpu_experimental_ynn_
-fusion_type`` in ``XLA_FLAGS`` wins over ours.
+compilation) where this XLA rejects it. The option in ``XLA_FLAGS``
+(``--xla_cpu_experimental_ynn_fusion_type=...``) wins over ours.
 """
 
 import functools

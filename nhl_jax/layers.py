@@ -45,9 +45,10 @@ def max_pool_2x2(x: Array) -> Array:
     The gradient goes to the first maximum of each window in row-major
     order, as torch's (JAX's own max splits it among ties, which costs a
     count and a divide; ties are common after ReLU and in binary nets).
-    Written as the mask of that maximum, the backward pass takes 0.9x the
-    small CNN's forward + backward time of the differentiated max
-    (``benchmarks/conv_paths.py``).
+    Written as the mask of that maximum, the small CNN's forward +
+    backward takes 0.85x the time it takes with the differentiated max
+    (``benchmarks/conv_paths.py``). Forward-mode differentiation
+    (``jax.jvp``) is not defined for it (a custom VJP).
 
     Args:
       x: [B, H, W, C], any float dtype (kept).

@@ -88,11 +88,28 @@ def test_conv_paths_prints_every_variant_of_every_case():
 
 def test_conv_paths_times_every_conv_backbone_under_both_options():
     out = _smoke('conv_paths.py', '--backbones')
-    for name in ('cnn', 'bnn_cnn', 'resnet18', 'reactnet18'):
+    for name in ('cnn', 'bnn_cnn'):  # the smoke run's two
         rows = _rows(out, name)
         assert sorted(r[1] for r in rows) == ['XLA default', 'library']
         (ours,) = [r for r in rows if r[1] == 'library']
         assert ours[3] == ours[5] == '1.00x' and float(ours[4]) > 0
+
+
+def test_against_torch_prints_every_ratio_when_torch_is_installed():
+    __import__('pytest').importorskip('torch')
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'benchmarks', 'step_overhead.py'),
+         '--against-torch', '--rounds=1', '--steps=1', '--batch_size=4',
+         '--bits=8,16'], check=False, capture_output=True, text=True,
+        env=dict(os.environ, JAX_PLATFORMS='cpu'), cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ('single length (64 bits)', 'nested, plain',
+                 'full NHL (paper + distillation)', 'backbone forward',
+                 'backbone forward + backward'):
+        (row,) = _rows(done.stdout, name)
+        assert float(row[3].rstrip('x')) > 0
+    assert 'full NHL (nhl_jax) / plain nested (PyTorch):' in done.stdout
+    assert done.stdout.count('NHL extras over plain nested') == 2
 
 
 def test_torch_step_runs_every_variant_when_torch_is_installed():

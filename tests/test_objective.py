@@ -178,8 +178,8 @@ def test_gradient_rules_give_the_gradient_of_the_weighted_sum(name, rule):
                           weighting_kwargs={'weights': metrics.weights})
     grads = jax.jit(jax.grad(lambda *a: total(obj, *a)[0],
                              argnums=(0, 1, 2)))(h, features, loss_params)
-    expected = jax.grad(lambda *a: total(fixed, *a)[0], argnums=(0, 1, 2))(
-        h, features, loss_params)
+    expected = jax.jit(jax.grad(lambda *a: total(fixed, *a)[0],
+                                argnums=(0, 1, 2)))(h, features, loss_params)
     np.testing.assert_allclose(value, total(fixed, h, features,
                                             loss_params)[0], rtol=1e-6)
     chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-6)
