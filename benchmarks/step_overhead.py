@@ -22,7 +22,10 @@ times the same steps against PyTorch's (``benchmarks/torch_step.py``; torch
 is optional) for single length, plain nested, + distillation, + weighting
 'paper' and full NHL, and the backbone's forward and forward + backward
 alone; each pair alternates round by round, and the table reports the
-median of the per-round ratios nhl_jax / PyTorch.
+median of the per-round ratios nhl_jax / PyTorch. Then the full NHL step
+over PyTorch's plain nested step, and each framework's NHL extras (full
+over plain nested, timed back to back A B B A in every round, since a
+few per cent drown in the drift between blocks a whole round apart).
 """
 
 import argparse
@@ -159,10 +162,16 @@ def against_torch(args):
                        torch_step.TorchBackbone(backward=backward,
                                                 batch_size=args.batch_size))
     times = {name: ([], []) for name in pairs}
+    extras = ([], [])  # per round, full / plain of each framework
     for _ in range(args.rounds):
         for name, (jax_fn, torch_fn) in pairs.items():
             times[name][0].append(_time_call(jax_fn, args.steps))
             times[name][1].append(_time_call(torch_fn, args.steps))
+        for i in (0, 1):  # back to back, A B B A: the extras are small
+            plain, full = pairs[PLAIN][i], pairs[FULL][i]
+            a = _time_call(plain, args.steps)
+            b = _time_call(full, args.steps) + _time_call(full, args.steps)
+            extras[i].append(b / (a + _time_call(plain, args.steps)))
     torch = torch_step.torch
     print(f'{args.method}, {args.backbone}, batch {args.batch_size}, bits '
           f'{args.bits}, {jax.devices()[0].device_kind}, torch '
@@ -174,14 +183,13 @@ def against_torch(args):
         ratio = statistics.median(a / b for a, b in zip(ours, theirs))
         print(f'| {name} | {statistics.median(ours):.1f} | '
               f'{statistics.median(theirs):.1f} | {ratio:.2f}x |')
-    (ours_full, torch_full), (ours_plain, torch_plain) = (
-        times[FULL], times[PLAIN])
+    ours_full, torch_plain = times[FULL][0], times[PLAIN][1]
     cross = statistics.median(a / b for a, b in zip(ours_full, torch_plain))
     print(f'\nfull NHL (nhl_jax) / plain nested (PyTorch): {cross:.2f}x')
-    for label, full, plain in (('nhl_jax', ours_full, ours_plain),
-                               ('PyTorch', torch_full, torch_plain)):
-        extras = statistics.median(a / b for a, b in zip(full, plain)) - 1
-        print(f'NHL extras over plain nested, {label}: {100 * extras:+.1f} %')
+    for label, ratios in zip(('nhl_jax', 'PyTorch'), extras):
+        extra = statistics.median(ratios) - 1
+        print(f'NHL extras over plain nested, {label}: {100 * extra:+.1f} % '
+              '(full NHL vs plain nested back to back, A B B A per round)')
 
 
 def main():
