@@ -155,8 +155,8 @@ def test_weights_carry_no_gradient():
                                atol=1e-7)
 
 
-@pytest.mark.parametrize('rule', ['paper', 'pcgrad'])
-@pytest.mark.parametrize('name', ['pcdh', 'dpn'])
+@pytest.mark.parametrize(('name', 'rule'), [('pcdh', 'paper'),
+                                             ('dpn', 'pcgrad')])
 def test_gradient_rules_give_the_gradient_of_the_weighted_sum(name, rule):
     # The product rules take the total's gradient from each length's own
     # vjp; it must equal autodiff of sum_k w_k obj_k with w held fixed, on
