@@ -160,7 +160,7 @@ def cnn_fns(batch, rng):
     graphdef, params = nnx.split(small.SmallCNN((28, 28, 1),
                                                 rngs=nnx.Rngs(0)))
 
-    def forward(p, unused, conv, pool):
+    def forward(p, conv, pool):
         model = nnx.merge(graphdef, p)
         h = x
         for layer in model.convs:
@@ -175,9 +175,9 @@ def cnn_fns(batch, rng):
     fns = {}
     for name, (conv, pool) in variants.items():
         f = functools.partial(forward, conv=conv, pool=pool)
-        both = _jit_both(f, lambda p, u, f=f: jnp.sum(f(p, u) ** 2))
+        both = _jit_both(f, lambda p, f=f: jnp.sum(f(p) ** 2), argnums=0)
         fns.update({(name, opts): pair for opts, pair in both.items()})
-    return fns, (params, jnp.zeros(()))
+    return fns, (params,)
 
 
 BACKBONES = {  # name: (input shape, keyword arguments)
@@ -214,15 +214,14 @@ def timed(fn, args, steps):
     return (time.perf_counter() - start) / steps
 
 
-def measure(fns, args, rounds, steps):
-    """Median ms and median ratio to BASELINE of each variant's two fns."""
+def measure(fns, args, rounds, steps, baseline=BASELINE):
+    """Median ms and median ratio to ``baseline`` of each variant's fns."""
     times = {n: ([], []) for n in fns}
     for _ in range(rounds):  # interleaved: every variant in every round
         for name, pair in fns.items():
             for i, fn in enumerate(pair):
                 times[name][i].append(timed(fn, args, steps))
-    base = times[BASELINE if BASELINE in times else
-                 next(k for k in times if k[1] == 'library')]
+    base = times[baseline]
     return {name: [(1e3 * np.median(t[i]),
                     np.median(np.array(t[i]) / np.array(base[i])))
                    for i in (0, 1)]
@@ -277,7 +276,8 @@ def backbones(args, rng):
     for name in names:
         fns, inputs = backbone_fns(name, batch, rng)
         for (_, opts), ((f_ms, f_r), (g_ms, g_r)) in measure(
-                fns, inputs, args.rounds, args.steps).items():
+                fns, inputs, args.rounds, args.steps,
+                baseline=(name, 'library')).items():
             print(f'| {name} | {opts} | {f_ms:.2f} | {f_r:.2f}x | '
                   f'{g_ms:.2f} | {g_r:.2f}x |')
 
