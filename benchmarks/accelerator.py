@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import evaluate, train
+from nhl_jax import cli, retrieval, train
+from nhl_jax.cli.configs import default
 
 # backbone -> (image shape, backbone_kwargs).
 FULL = {
@@ -51,7 +51,7 @@ def _stepper(backbone, shape, kwargs, batch, dtype, weighting, distill):
     config.backbone_kwargs = dict(kwargs)
     info = train.DataInfo(shape, 10, {'train': 4 * batch, 'query': 1,
                                       'database': 1})
-    setup, state = train.create_train_state(train.resolve(config), info)
+    setup, state = cli.create_train_state(cli.resolve(config), info)
     step = train.compile_step(setup.steps['train'])
     rng = np.random.default_rng(0)
     data = jax.device_put({
@@ -103,7 +103,7 @@ def _map_seconds(queries: int, items: int) -> float:
     db = np.where(rng.random((items, 64)) < 0.5, -1, 1).astype(np.int8)
     labels = np.eye(10, dtype=np.float32)
     start = time.perf_counter()
-    evaluate.mean_average_precision(
+    retrieval.mean_average_precision(
         q, labels[rng.integers(0, 10, queries)], db,
         labels[rng.integers(0, 10, items)])
     return time.perf_counter() - start

@@ -23,8 +23,8 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import results_table
-from experiments.configs import default
-from nhl_jax import train
+from nhl_jax import cli
+from nhl_jax.cli.configs import default
 
 
 def trace(spec: str, args) -> list[dict]:
@@ -39,7 +39,7 @@ def trace(spec: str, args) -> list[dict]:
                                bits=(bits,), seed=args.seed, epochs=epoch,
                                eval_every=1, patience=args.epochs))
             config.loss_kwargs = kwargs
-            results = train.train_and_evaluate(config, workdir,
+            results = cli.train_and_evaluate(config, workdir,
                                                resume=epoch > 1)
             codes = results_table.database_codes(workdir, (bits,))[bits]
             mean = codes.mean(0)  # [K]

@@ -14,7 +14,7 @@ YNNPACK for dots and reductions but not convolutions):
   convolution of the (dilated) output gradient with the flipped kernel,
   again as im2col + matmul;
 - ``lax``: ``lax.conv_general_dilated`` differentiated by JAX
-  (``nhl_jax.layers.conv3x3``, the library's form);
+  (``nhl_jax.models.layers.conv3x3``, the library's form);
 - ``lax-vjp``: the same forward, with the kernel gradient as one matmul
   over im2col patches and the input gradient as XLA's forward
   convolution of the dilated output gradient with the flipped kernel.
@@ -46,8 +46,8 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nhl_jax import compiler, layers
-from nhl_jax.models import small
+from nhl_jax import compiler
+from nhl_jax.models import layers, small
 
 
 def conv_im2col(x, k, stride=1):

@@ -25,14 +25,14 @@ def _child(num_devices: int, backbone: str, steps: int) -> None:
     jax.config.update('jax_num_cpu_devices', num_devices)
     import numpy as np
     sys.path.insert(0, ROOT)
-    from experiments.configs import default
-    from nhl_jax import parallel, train
+    from nhl_jax import cli, parallel, train
+    from nhl_jax.cli.configs import default
     config = default.get_config()
     config.backbone = backbone
     shape = (28, 28, 1) if backbone == 'cnn' else (8, 8, 1)
     info = train.DataInfo(shape, 10, {'train': 2000, 'query': 1,
                                       'database': 1})
-    setup, state = train.create_train_state(train.resolve(config), info)
+    setup, state = cli.create_train_state(cli.resolve(config), info)
     mesh = parallel.make_mesh(num_devices)
     compiled = train.compile_step(setup.steps['train'], mesh)
 

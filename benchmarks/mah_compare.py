@@ -26,8 +26,8 @@ import tempfile
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import train
+from nhl_jax import cli
+from nhl_jax.cli.configs import default
 
 # Row label -> config fields ('mah': fields of config.mah).
 SYSTEMS = {
@@ -56,7 +56,7 @@ def run(name: str, *, dataset: str, bits, seed: int, smoke: bool) -> dict:
         config.update(_SMOKE)
         config.mah.update(_SMOKE_MAH)
     with tempfile.TemporaryDirectory() as workdir:
-        return train.train_and_evaluate(config, workdir)
+        return cli.train_and_evaluate(config, workdir)
 
 
 def _cell(results, b) -> str:

@@ -2,7 +2,7 @@
 
 Times, in one run on random ±1 codes and single-label data:
 
-1. mAP@all and mAP@1000: ``nhl_jax.evaluate.mean_average_precision`` with
+1. mAP@all and mAP@1000: ``nhl_jax.retrieval.mean_average_precision`` with
    stable ties and with ``ties='expected'`` (the tie-aware mAP, no sort),
    each on every CPU and on one thread, against a faithful copy of
    DeepHash-pytorch's per-query ``CalcTopMap`` loop (default, unstable
@@ -14,7 +14,7 @@ Times, in one run on random ±1 codes and single-label data:
    so its per-query APs must agree (max |difference| printed; it runs
    once). Where JAX's default backend is a GPU or TPU, the JAX backend
    (``backend='jax'``) is timed too.
-2. ``nhl_jax.metrics.retrieval_metrics``: several mAP@k in one call
+2. ``nhl_jax.retrieval.metrics.retrieval_metrics``: several mAP@k in one call
    against one ``mean_average_precision`` call per k, the full suite
    (mAP@k, precision/recall@k, radius 2, P-R curve), and
    ``precision_recall_curve`` alone.
@@ -43,7 +43,9 @@ import time
 import numpy as np
 import threadpoolctl
 
-from nhl_jax import evaluate, metrics
+from nhl_jax import retrieval
+from nhl_jax.retrieval import metrics, ranking
+from nhl_jax.retrieval import ties as ties_lib
 
 SEVERAL_K = (None, 100, 1000, 5000)
 SCALE_K = 1000
@@ -147,7 +149,7 @@ def make_data(args):
 def _methods(data, top_k, args):
     """(name, function) of every nhl_jax variant timed in section 1."""
     def ours(ties, num_threads, backend='numpy'):
-        return lambda: evaluate.mean_average_precision(
+        return lambda: retrieval.mean_average_precision(
             *data, top_k=top_k, ties=ties, num_threads=num_threads,
             backend=backend)
 
@@ -160,7 +162,7 @@ def _methods(data, top_k, args):
                 ours('expected', args.num_threads)),
                (f"nhl_jax, ties='expected', {every} threads",
                 ours('expected', every))]
-    if evaluate.resolve_backend('auto') == 'jax':
+    if ranking.resolve_backend('auto') == 'jax':
         methods += [(f'JAX backend, {ties} ties', ours(ties, None, 'jax'))
                     for ties in ('stable', 'expected')]
     return methods
@@ -175,7 +177,7 @@ def map_rows(data, args):
     """
     q_codes, q_labels, db_codes, db_labels = data
     num_items = len(db_codes)
-    evaluate.harmonic_numbers(1)  # import scipy.special before timing
+    ties_lib.harmonic_numbers(1)  # import scipy.special before timing
     sections = []
     for label, top_k in [('mAP@all', None), ('mAP@1000', 1000)]:
         ref_k = num_items if top_k is None else min(top_k, num_items)
@@ -203,7 +205,7 @@ def map_rows(data, args):
                          kind='stable', per_query=stable_aps)
         stable_s = time.perf_counter() - start
         diff = np.max(np.abs(
-            evaluate.average_precisions(*data, top_k=top_k) - stable_aps))
+            retrieval.average_precisions(*data, top_k=top_k) - stable_aps))
         # Same ties, same AP terms; only the summation order may differ.
         if diff > 1e-12:
             raise SystemExit(f'{label}: nhl_jax differs from the stable '
@@ -215,7 +217,7 @@ def map_rows(data, args):
 def suite_rows(data, args):
     """Section 2: several k at once, the full suite, the P-R curve."""
     def separate():
-        return {k: evaluate.mean_average_precision(
+        return {k: retrieval.mean_average_precision(
             *data, top_k=k, num_threads=args.num_threads)
             for k in SEVERAL_K}
 
@@ -300,7 +302,7 @@ def scale_child(args):
         seconds = time.perf_counter() - start
         result = dict(map=values[f'map@{SCALE_K}'],
                       precision=values[f'precision@{SCALE_K}'],
-                      backend=evaluate.resolve_backend('auto'))
+                      backend=ranking.resolve_backend('auto'))
     print(json.dumps(dict(result, seconds=seconds, peak_rss=_peak_rss())))
 
 
@@ -380,7 +382,7 @@ def parse_args():
     parser.add_argument('--scale-queries', type=int, default=10_000)
     parser.add_argument('--scale-database', type=int, default=1_000_000)
     parser.add_argument('--scale-ties', default='stable',
-                        choices=evaluate.TIE_POLICIES)
+                        choices=retrieval.TIE_POLICIES)
     parser.add_argument('--scale-child', choices=('nhl_jax', 'faiss'),
                         help=argparse.SUPPRESS)
     parser.add_argument('--smoke', action='store_true',
@@ -405,7 +407,7 @@ def main():
           f'interleaved blocks; {os.cpu_count()} CPUs; NumPy '
           f'{np.__version__}\n')
     print_map_rows(map_rows(data, args))
-    print('\n| nhl_jax.metrics | seconds |\n|---|---|')
+    print('\n| nhl_jax.retrieval.metrics | seconds |\n|---|---|')
     for label, seconds in suite_rows(data, args):
         print(f'| {label} | {seconds:.3f} |')
     print_scale_rows(scale_rows(args), args)

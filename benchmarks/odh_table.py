@@ -16,7 +16,7 @@ directory:
 
 The printed Markdown table gives the best mAP per length (last evaluation
 in brackets), the hashing network's size (deployed: binary layers packed
-to 1 bit, ``nhl_jax.bnn.packed.model_bytes``; and all-float32) and its
+to 1 bit, ``nhl_jax.models.bnn.packed.model_bytes``; and all-float32) and its
 inference time per image in eval mode (the float graph, and the packed
 XNOR-popcount graph for binary backbones), on this machine's default
 device. The warm-up classifier and the centre MLP are training-only and
@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments.configs import default, odh
-from nhl_jax import data, models, train
-from nhl_jax.bnn import packed
+from nhl_jax import cli, data, models
+from nhl_jax.cli.configs import default, odh
+from nhl_jax.models.bnn import packed
 from nhl_jax.odh import model as odh_model
 
 
@@ -122,7 +122,7 @@ def run(args) -> list[dict]:
         for variant in args.variants:
             config = VARIANTS[variant](dict(base, backbone=backbone))
             with tempfile.TemporaryDirectory() as workdir:
-                result = train.train_and_evaluate(config, workdir)
+                result = cli.train_and_evaluate(config, workdir)
             size, float_s, packed_s = _cost(backbone, shape, args.bits,
                                             config.method, batch)
             rows.append({'backbone': backbone, 'variant': variant,

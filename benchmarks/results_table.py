@@ -29,8 +29,9 @@ import numpy as np
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import index, inference, losses, train
+from nhl_jax import cli, losses, retrieval
+from nhl_jax.cli import inference
+from nhl_jax.cli.configs import default
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -58,15 +59,15 @@ def run_one(spec: str, args, bits, seed: int) -> dict:
     if args.weighting:
         config.weighting = args.weighting
     with tempfile.TemporaryDirectory() as workdir:
-        results = train.train_and_evaluate(config, workdir)
+        results = cli.train_and_evaluate(config, workdir)
         return {**results, **collapse(workdir, bits)}
 
 
 def database_codes(workdir: str, bits) -> dict[int, np.ndarray]:
     """{b: [N, b] ±1 database codes} of the run's last model, per length."""
     database = inference.export_codes(workdir, splits=('database',))
-    codes = index.load_codes(database['paths']['database'])
-    return {b: 2.0 * np.unpackbits(index.codes_of_length(codes, b), axis=1,
+    codes = retrieval.load_codes(database['paths']['database'])
+    return {b: 2.0 * np.unpackbits(retrieval.codes_of_length(codes, b), axis=1,
                                    count=b) - 1.0
             for b in bits}
 

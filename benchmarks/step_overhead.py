@@ -38,8 +38,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import compiler, objective, train
+from nhl_jax import cli, compiler, train
+from nhl_jax.cli.configs import default
+from nhl_jax.nhl import objective
 
 PLAIN = 'nested, plain'
 FULL = 'full NHL (paper + distillation)'
@@ -80,7 +81,7 @@ def _stepper(args, bits, weighting, distill_weight):
     config.bits = bits
     info = train.DataInfo(tuple(args.shape), 10,
                           {'train': 2000, 'query': 1, 'database': 1})
-    setup, state = train.create_train_state(train.resolve(config), info)
+    setup, state = cli.create_train_state(cli.resolve(config), info)
     compiled = train.compile_step(setup.steps['train'])
 
     def step(state, batch):

@@ -14,8 +14,8 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.configs import default
-from nhl_jax import train
+from nhl_jax import cli
+from nhl_jax.cli.configs import default
 
 # --smoke: seconds on digits, so CI checks the scripts, not the study.
 SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'epochs': 1, 'eval_every': 1,
@@ -55,7 +55,7 @@ def train_run(args, **fields) -> dict:
     if args.smoke:
         config.update(SMOKE)
     with tempfile.TemporaryDirectory() as workdir:
-        return train.train_and_evaluate(config, workdir)
+        return cli.train_and_evaluate(config, workdir)
 
 
 def mean_std(values) -> str:

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax import compiler, layers, parallel
+from nhl_jax import compiler, parallel
+from nhl_jax.models import layers
 
 
 def _has_ynn_convolution(hlo: str) -> bool:

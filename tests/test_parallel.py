@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tests import multiprocess, parallel_worker
+from tests.support import ROOT, multiprocess, parallel_worker
 
-WORKER = os.path.join(os.path.dirname(__file__), 'parallel_worker.py')
+WORKER = os.path.join(ROOT, 'tests', 'support', 'parallel_worker.py')
 
 
 SHARDED = ['dsh', 'conflict', 'classifier', 'orthohash', 'dsdh',
@@ -69,8 +69,8 @@ def test_two_processes_reach_the_single_process_parameters(tmp_path):
 
 
 def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
-    from experiments.configs import default
-    from nhl_jax import train
+    from nhl_jax import cli
+    from nhl_jax.cli.configs import default
     codes, outs = _finish(_two_processes(
         '--dataset=digits', '--bits=8,16', '--epochs=1',
         f'--workdir={tmp_path / "multi"}'))
@@ -82,7 +82,7 @@ def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
     assert len(rounds) == 1  # logged by process 0 only
     config = default.get_config()
     config.update(dict(dataset='digits', bits=(8, 16), epochs=1))
-    single = train.train_and_evaluate(config, str(tmp_path / 'single'))
+    single = cli.train_and_evaluate(config, str(tmp_path / 'single'))
     np.testing.assert_allclose([multi['map'][b] for b in ('8', '16')],
                                [single['map'][b] for b in ('8', '16')],
                                atol=1e-6)
@@ -91,7 +91,7 @@ def test_two_process_cli_run_writes_once_and_matches_one_process(tmp_path):
 def _two_processes(*args):
     """Starts experiments/run.py as process 0 and 1 of a gloo run."""
     port = multiprocess.free_port()
-    run = os.path.join(os.path.dirname(WORKER), '..', 'experiments', 'run.py')
+    run = os.path.join(ROOT, 'experiments', 'run.py')
     return [subprocess.Popen(
         [sys.executable, run, *args, '--num_processes=2',
          f'--coordinator_address=localhost:{port}', f'--process_id={i}'],

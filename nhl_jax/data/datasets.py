@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nhl_jax import runlog
+from nhl_jax.checks import is_int
 
 
 class ArrayDataset(NamedTuple):
@@ -193,7 +194,7 @@ def _check_class_ids(class_ids: np.ndarray) -> np.ndarray:
 
 def _check_protocol(protocol: Protocol) -> None:
     counts = protocol.query_per_class, protocol.train_per_class
-    if not all(_is_int(c) and c > 0 for c in counts):
+    if not all(is_int(c) and c > 0 for c in counts):
         raise ValueError(
             f'query_per_class and train_per_class must be positive ints, '
             f'got {counts}; pass e.g. Protocol(100, 500, True).'
@@ -205,13 +206,9 @@ def _check_protocol(protocol: Protocol) -> None:
         )
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def _check_seed(seed: int) -> None:
     # None would silently draw a fresh, unreproducible split.
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(
             f'seed must be a non-negative int, got {seed!r}; pass e.g. seed=0.'
         )

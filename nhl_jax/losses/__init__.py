@@ -22,7 +22,9 @@ from nhl_jax.losses import _common
 from nhl_jax.losses._common import BankState
 from nhl_jax.losses._common import CentersState
 from nhl_jax.losses._common import hadamard_centers
+from nhl_jax.losses._common import l2_normalize
 from nhl_jax.losses._common import label_targets
+from nhl_jax.losses._common import similarity
 from nhl_jax.losses.csq import csq
 from nhl_jax.losses.daph import DAPHState
 from nhl_jax.losses.daph import daph
@@ -141,6 +143,7 @@ __all__ = [
     'hashnet',
     'idhn',
     'isdh',
+    'l2_normalize',
     'label_targets',
     'lcdsh',
     'mdsh',
@@ -148,4 +151,5 @@ __all__ = [
     'pcdh',
     'qsmih',
     'shcir',
+    'similarity',
 ]

@@ -2,9 +2,10 @@
 
 ``nhl_jax.mah.adsh`` holds the maths (soft-balanced similarity, the ADSH loss
 per head, the weighted joint loss, the DCC update of the database codes);
-``nhl_jax.mah.step`` the state and jitted pieces; ``nhl_jax.mah.train`` the
-outer loop, evaluation and outputs (imported on demand: it pulls in the
-trainer).
+``nhl_jax.mah.step`` the state and jitted pieces; ``nhl_jax.mah.config``
+its settings; ``nhl_jax.mah.system`` its training system (the outer loop,
+evaluation and outputs; imported by the command layer, not here, so that
+the maths imports without the trainer).
 """
 
 from nhl_jax.mah.adsh import adsh_loss

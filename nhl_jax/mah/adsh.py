@@ -26,7 +26,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from nhl_jax.losses._common import similarity
+from nhl_jax.losses import similarity
 from nhl_jax.types import Array
 
 # The V update's sums decide signs: keep them in full float32 on GPUs too

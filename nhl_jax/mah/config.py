@@ -1,7 +1,7 @@
 """MAH's settings (``config.mah``) and their checks, run before any work.
 
-Fields (defaults in experiments/configs/default.py, the paper's in
-experiments/configs/mah.py):
+Fields (defaults in nhl_jax/cli/configs/default.py, the paper's in
+nhl_jax/cli/configs/mah.py):
 
 - ``outer_iterations``: outer iterations (paper: 41 on CIFAR-10);
 - ``epochs``: epochs over Omega per outer iteration (3);
@@ -23,14 +23,11 @@ experiments/configs/mah.py):
 
 import math
 
+from nhl_jax.checks import is_int
 from nhl_jax.errors import UsageError
 from nhl_jax.train.step import OPTIMIZERS
 
 V_SPLITS = ('database', 'train')
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_number(x) -> bool:
@@ -40,9 +37,9 @@ def _is_number(x) -> bool:
 
 # Field -> (test, what it must be).
 _FIELDS = {
-    'outer_iterations': (lambda x: _is_int(x) and x > 0, 'a positive int'),
-    'epochs': (lambda x: _is_int(x) and x > 0, 'a positive int'),
-    'num_samples': (lambda x: _is_int(x) and x > 0, 'a positive int'),
+    'outer_iterations': (lambda x: is_int(x) and x > 0, 'a positive int'),
+    'epochs': (lambda x: is_int(x) and x > 0, 'a positive int'),
+    'num_samples': (lambda x: is_int(x) and x > 0, 'a positive int'),
     'gamma': (lambda x: _is_number(x) and x >= 0, 'a number >= 0'),
     'weights': (lambda x: x is None or (
         isinstance(x, (tuple, list)) and len(x) > 0
@@ -52,11 +49,11 @@ _FIELDS = {
     'learning_rate': (lambda x: _is_number(x) and x > 0, 'a positive number'),
     'weight_decay': (lambda x: _is_number(x) and x >= 0, 'a number >= 0'),
     'lr_decay_after': (lambda x: isinstance(x, (tuple, list)) and all(
-        _is_int(d) and d >= 0 for d in x),
+        is_int(d) and d >= 0 for d in x),
         'a tuple of outer iterations (ints >= 0)'),
     'lr_decay_factor': (lambda x: _is_number(x) and x > 0,
                         'a positive number'),
-    'eval_every': (lambda x: _is_int(x) and x > 0, 'a positive int'),
+    'eval_every': (lambda x: is_int(x) and x > 0, 'a positive int'),
     'v_split': (lambda x: x in V_SPLITS, f'one of {list(V_SPLITS)}'),
 }
 
@@ -74,7 +71,7 @@ def check(config) -> None:
         raise UsageError(
             f'config.mah has unknown field(s) {unknown} and lacks {missing}; '
             f'its fields are {sorted(_FIELDS)} (see '
-            'experiments/configs/default.py).'
+            'nhl_jax/cli/configs/default.py).'
         )
     for name, (test, want) in _FIELDS.items():
         if not test(mah[name]):
@@ -104,7 +101,7 @@ def check_splits(spec, splits) -> None:
     """Raises if Omega does not fit in the split that owns V.
 
     Args:
-      spec: the resolved run (``nhl_jax.systems.RunSpec``).
+      spec: the resolved run (``nhl_jax.cli.registry.RunSpec``).
       splits: its loaded ``data.Splits``.
     """
     opts = spec.options

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from nhl_jax.bnn.backbones import BinaryCNN, ReActNet18
-from nhl_jax.layers import PatchConv3x3, max_pool_2x2
+from nhl_jax.models.bnn.backbones import BinaryCNN, ReActNet18
+from nhl_jax.models.layers import PatchConv3x3, max_pool_2x2
 from nhl_jax.models.resnet import ResNet18, ResNet50
 from nhl_jax.models.small import MLP, SmallCNN
 from nhl_jax.models.vit import ViT_B16, load_torchvision_vit
 from nhl_jax.models import pretrained
-from nhl_jax import heads
+from nhl_jax.models import heads
 from nhl_jax.errors import UsageError
 from nhl_jax.types import Array
 
@@ -29,7 +29,7 @@ BACKBONES = {
     'resnet18': ResNet18,
     'resnet50': ResNet50,
     'vit_b16': ViT_B16,
-    'bnn_cnn': BinaryCNN,  # binary (nhl_jax.bnn): FP stem and shortcuts
+    'bnn_cnn': BinaryCNN,  # binary (nhl_jax.models.bnn): FP stem and shortcuts
     'reactnet18': ReActNet18,
 }
 
@@ -162,7 +162,7 @@ class HashNet(nnx.Module):
             the same ``dtype`` (``get_backbone(..., dtype=dtype)``).
           bits: sorted code lengths.
           rngs: NNX random streams.
-          head: a key of ``nhl_jax.heads.HEADS``; NHL uses 'nested', MAH
+          head: a key of ``nhl_jax.models.heads.HEADS``; NHL uses 'nested', MAH
             also 'flat' and 'cascade' (read through ``head.codes``).
           dtype: computation dtype of the input normalisation and the head
             (e.g. ``jnp.bfloat16``); the parameters are float32.

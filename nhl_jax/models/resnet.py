@@ -17,7 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nhl_jax.layers import max_pool_3x3_s2, torch_batch_norm, torch_conv
+from nhl_jax.models.layers import (
+    max_pool_3x3_s2,
+    torch_batch_norm,
+    torch_conv,
+)
 from nhl_jax.types import Array
 
 

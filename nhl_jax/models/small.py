@@ -6,7 +6,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nhl_jax.layers import PARAM_DTYPE, PatchConv3x3, max_pool_2x2
+from nhl_jax.models.layers import (
+    PARAM_DTYPE,
+    PatchConv3x3,
+    max_pool_2x2,
+)
 from nhl_jax.types import Array
 
 

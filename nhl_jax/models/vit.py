@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nhl_jax.layers import PARAM_DTYPE
+from nhl_jax.models.layers import PARAM_DTYPE
 from nhl_jax.models.pretrained import (  # noqa: F401 (re-exported errors)
     WeightsNotFoundError,
     _identity,

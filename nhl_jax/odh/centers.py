@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nhl_jax.losses import _common
-from nhl_jax.nested import check_bits
+from nhl_jax.losses import hadamard_centers
+from nhl_jax.models.nested import check_bits
 from nhl_jax.types import Array
 
 
@@ -30,7 +30,7 @@ def sign_ste(x: Array) -> Array:
     """sign(x) in the forward pass (0 -> +1), identity gradient backward.
 
     The ``hash`` autograd function of the ODH code (torch.sign forward,
-    grad_output returned as is); 0 maps to +1 as in ``nhl_jax.evaluate``.
+    grad_output returned as is); 0 maps to +1 as in ``nhl_jax.retrieval``.
 
     Args:
       x: any shape.
@@ -111,7 +111,7 @@ class HadamardCenters(nnx.Module):
         self.bits = check_bits(bits)
         keys = jax.random.split(rngs.params(), len(self.bits))
         self.tables = nnx.List([
-            FixedTable(_common.hadamard_centers(k, num_classes, b))
+            FixedTable(hadamard_centers(k, num_classes, b))
             for k, b in zip(keys, self.bits)])
 
     def __call__(self, w: Array) -> tuple[Array, ...]:

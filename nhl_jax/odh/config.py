@@ -1,7 +1,7 @@
 """ODH's settings (``config.odh``) and their checks, run before any work.
 
-The fields and their defaults are in experiments/configs/default.py
-(``_odh``) and the paper's CIFAR-100 setting in experiments/configs/odh.py.
+The fields and their defaults are in nhl_jax/cli/configs/default.py
+(``_odh``) and the paper's CIFAR-100 setting in nhl_jax/cli/configs/odh.py.
 """
 
 import os
@@ -9,13 +9,14 @@ import os
 import numpy as np
 
 from nhl_jax import data, models
+from nhl_jax.checks import is_int
 from nhl_jax.errors import UsageError
 from nhl_jax.odh import centers as centers_lib
 
 
 def check(config) -> None:
     """Validates ``config.odh`` (the common fields are checked by
-    ``nhl_jax.config.check_config``); raises a one-line ``UsageError``."""
+    ``nhl_jax.cli.config.check_config``); raises a one-line ``UsageError``."""
     odh = config.odh
     if odh.centers not in centers_lib.CENTERS:
         raise UsageError(f'Unknown odh.centers {odh.centers!r}; choose one '
@@ -26,10 +27,10 @@ def check(config) -> None:
                          f'one of {sorted(models.BACKBONES)}.')
     _check_classifier_pretrained(config)
     for field in ('warmup_epochs', 'transition_epoch'):
-        if not _is_int(odh[field]) or odh[field] < 0:
+        if not is_int(odh[field]) or odh[field] < 0:
             raise UsageError(f'odh.{field} must be an int >= 0, got '
                              f'{odh[field]!r}.')
-    if not _is_int(odh.n_positive) or odh.n_positive < 1:
+    if not is_int(odh.n_positive) or odh.n_positive < 1:
         raise UsageError(f'odh.n_positive must be an int >= 1, got '
                          f'{odh.n_positive!r}.')
     if config.batch_size % odh.n_positive:
@@ -60,7 +61,7 @@ def _check_classifier_pretrained(config) -> None:
         raise UsageError(
             f'odh.classifier_pretrained file {path!r} does not exist; see the '
             'README (pretrained backbones) for how to make it.')
-    # Read before the run writes anything (see nhl_jax.config).
+    # Read before the run writes anything (see nhl_jax.cli.config).
     spec = data.get_spec(config.dataset, config.get('data_dir'))
     models.check_pretrained(name, data.spec_image_shape(spec), path,
                             **dict(config.odh.get('classifier_kwargs', {})))
@@ -83,10 +84,6 @@ def _check_numbers(odh) -> None:
     if not 0 <= odh.flip_prob <= 1:
         raise UsageError(f'odh.flip_prob must lie in [0, 1], got '
                          f'{odh.flip_prob!r}.')
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_classes(splits, n_positive: int) -> None:

@@ -12,7 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from nhl_jax.losses import _common
+from nhl_jax.losses import l2_normalize
 from nhl_jax.types import Array, PRNGKey
 
 
@@ -41,7 +41,7 @@ def hash_center_loss(h: Array, centers: Array, labels: Array, *,
     chex.assert_equal_shape_prefix([h, labels], 1)
     chex.assert_equal_shape_suffix([h, centers], 1)
     chex.assert_axis_dimension(labels, 1, centers.shape[0])
-    cos = _common.l2_normalize(h) @ _common.l2_normalize(centers).T  # [B, C]
+    cos = l2_normalize(h) @ l2_normalize(centers).T  # [B, C]
     log_p = jax.nn.log_softmax(cos / temperature, axis=-1)
     return jnp.mean(jnp.sum(-labels * log_p, axis=-1))
 
@@ -119,7 +119,7 @@ def aggregation_distill_loss(strong: Array, weak: Array, push: Array, *,
         axis=1)  # [G, 2n, K]
     mean = jnp.mean(x, axis=1, keepdims=True)  # [G, 1, K]
     a = push[:, :, None]
-    x = _common.l2_normalize(a * x + (1.0 - a) * mean)
+    x = l2_normalize(a * x + (1.0 - a) * mean)
     cos = jnp.einsum('gik,gjk->gij', x, x)  # [G, 2n, 2n]
     upper = jnp.triu(jnp.ones((2 * n_positive,) * 2, bool), k=1)
     per_group = (jnp.sum(jnp.where(upper[None], cos, 0.0), axis=(1, 2))

@@ -28,8 +28,8 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from nhl_jax import models
-from nhl_jax.layers import PARAM_DTYPE
-from nhl_jax.nested import NestedHashLayer
+from nhl_jax.models.layers import PARAM_DTYPE
+from nhl_jax.models.nested import NestedHashLayer
 from nhl_jax.odh import centers as centers_lib
 from nhl_jax.types import Array
 

@@ -1,52 +1,54 @@
-"""The one trainer of every system (NHL, MAH, ODH).
+"""The one trainer of every system; it knows no system by name.
 
-``train_and_evaluate(config, workdir)`` is the entry point (flax examples'
-layout); ``resolve`` turns a config into the explicit ``RunSpec`` that
-everything below it takes. The pieces:
+A system (NHL, MAH, ODH) implements the ``System`` protocol
+(``nhl_jax.train.system``); ``run_training(system, spec, workdir)`` runs
+any of them the same way, for a resolved ``RunSpec``. The pieces:
 
-- ``nhl_jax.train.trainer``: resolution, workdir policy, results, plots;
+- ``nhl_jax.train.system``: the plug-in contract (``System``, ``RunSpec``,
+  ``Round``, ``Schedule``, ``DataInfo``);
+- ``nhl_jax.train.trainer``: data, runs, results.json, final table, plots;
+- ``nhl_jax.train.workdir``: the run directory's policy (no overwrite,
+  resume only the same config);
 - ``nhl_jax.train.loop``: the round loop (``fit``), SIGTERM checkpoints,
   non-finite guard, evaluation schedule, best parameters and patience;
 - ``nhl_jax.train.step``: the train state, the optimizer factory, the step
-  skeleton and its one compile path.
+  skeleton and its one compile path;
+- ``nhl_jax.train.evaluation``: encoding splits and scoring them by name;
+- ``nhl_jax.train.checkpoint``, ``writer``, ``plots``, ``profile``.
 
-A system (``nhl_jax.systems``) supplies only what is its own.
+Resolving a config into a system and a spec is the command line's
+(``nhl_jax.cli``: ``train_and_evaluate(config, workdir)``).
 """
 
-from nhl_jax.systems.base import DataInfo, RunSpec
 from nhl_jax.train.loop import Preempted, fit, new_meta, params_digest
 from nhl_jax.train.loop import update_best
 from nhl_jax.train.step import Setup, TrainState, compile_encode, compile_hook
 from nhl_jax.train.step import compile_step, make_optimizer, make_train_step
 from nhl_jax.train.step import part_labels
-from nhl_jax.train.trainer import check_same_config, format_results
-from nhl_jax.train.trainer import make_results, resolve, train_and_evaluate
-from nhl_jax.train.trainer import training_runs
-
-
-def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
-    """``(Setup, TrainState)`` of ``spec``'s system for lengths ``bits``.
-
-    Args:
-      spec: from ``resolve(config)``.
-      info: image shape, classes and split sizes (``DataInfo.of(splits)``).
-      bits: lengths (default: ``spec.bits``).
-    """
-    from nhl_jax import systems
-    return systems.SYSTEMS[spec.system].create(spec, info, bits)
-
+from nhl_jax.train.system import DataInfo, Round, RoundResult, RunSpec
+from nhl_jax.train.system import Schedule, System
+from nhl_jax.train.trainer import check_batches, format_results, make_results
+from nhl_jax.train.trainer import run_training, training_runs
+from nhl_jax.train.workdir import check_same_config, check_workdir
+from nhl_jax.train.workdir import check_workdir_policy
 
 __all__ = [
     'DataInfo',
     'Preempted',
+    'Round',
+    'RoundResult',
     'RunSpec',
+    'Schedule',
     'Setup',
+    'System',
     'TrainState',
+    'check_batches',
     'check_same_config',
+    'check_workdir',
+    'check_workdir_policy',
     'compile_encode',
     'compile_hook',
     'compile_step',
-    'create_train_state',
     'fit',
     'format_results',
     'make_optimizer',
@@ -55,8 +57,7 @@ __all__ = [
     'new_meta',
     'params_digest',
     'part_labels',
-    'resolve',
-    'train_and_evaluate',
+    'run_training',
     'training_runs',
     'update_best',
 ]

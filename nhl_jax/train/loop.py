@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from nhl_jax import checkpoint, evaluation, parallel, runlog
-from nhl_jax.systems.base import DataInfo, RoundResult
-from nhl_jax.train import profile
+from nhl_jax import parallel, runlog
+from nhl_jax.train import checkpoint, evaluation, profile
 from nhl_jax.train import step as step_lib
 from nhl_jax.train import writer as writer_lib
+from nhl_jax.train.system import DataInfo, RoundResult
 
 
 class Preempted(Exception):
@@ -202,7 +202,7 @@ def fit(system, spec, splits, bits, workdir: str, *,
     every process).
 
     Args:
-      system: a ``nhl_jax.systems.System``.
+      system: a ``nhl_jax.cli.registry.System``.
       spec: the resolved ``RunSpec``.
       splits: the loaded ``data.Splits``.
       bits: lengths of this training run.

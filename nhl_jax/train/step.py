@@ -246,7 +246,7 @@ def compile_hook(hook: Callable, mesh=None) -> Callable:
 def compile_encode(setup: Setup) -> Callable:
     """``setup.encode`` jitted: ``(params, rest, images) -> [B, W]``.
 
-    ``nhl_jax.evaluation.encode_dataset(..., mesh=)`` shards its batches
+    ``nhl_jax.train.evaluation.encode_outputs(..., mesh=)`` shards its batches
     over the mesh, so this one function serves one device and many.
     """
     # Plain jax.jit: it runs nested in evaluation's jit, which carries the

@@ -1,0 +1,306 @@
+"""The one evaluation path of every system: encode splits, score by name.
+
+A system's encoder maps images to one row of continuous outputs [B, W];
+``CodeLayout`` says which columns are the code of each length (a prefix of
+a nested layer, or the block of one of MAH's heads). Evaluators are chosen
+by name, as big_vision chooses its evaluators::
+
+    maps = evaluate_lengths(encode, params, rest, splits, layout,
+                            evaluators=('symmetric',), top_k=None,
+                            mesh=mesh)
+    maps['symmetric']['16']  # mAP of the 16-bit codes
+
+- ``'symmetric'``: sign(net(query)) against sign(net(database)), the
+  standard protocol of every dataset, ties ordered by database index;
+- ``'symmetric_expected'``: the same codes, scored by the exact expectation
+  of mAP over random orders of equal-distance items (``ties='expected'`` of
+  ``nhl_jax.retrieval.ranking``), which does not depend on the database order;
+- ``'asymmetric'``: sign(net(query)) against learned database codes V of
+  the rows that own one (ADSH / MAH; ``extra_codes`` and their labels).
+
+Encoding runs on the training mesh when one is given: every global batch
+is split over all devices of all processes, each process loading only its
+rows (``parallel.process_slice``); the signs are taken on the devices and
+gathered once, as packed bits. Without a mesh, one device encodes.
+
+Evaluation reads only parameters and batch statistics; it never touches a
+loss state or memory bank.
+"""
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nhl_jax import compiler, data, parallel
+from nhl_jax.data import pipeline
+from nhl_jax.retrieval import codes
+from nhl_jax.retrieval.metrics import mean_average_precision
+
+
+class CodeLayout(NamedTuple):
+    """Where each length's code sits in an encoder's output row.
+
+    Attributes:
+      bits: the sorted code lengths.
+      nested: True when length b is the first b columns (NHL, ODH); False
+        when the lengths are consecutive blocks (MAH's flat / cascade heads
+        give sum(bits) columns).
+    """
+
+    bits: tuple[int, ...]
+    nested: bool = True
+
+    def columns(self, b: int) -> slice:
+        """The columns of length ``b`` in an output row."""
+        if self.nested:
+            return slice(0, b)
+        end = int(np.cumsum(self.bits)[self.bits.index(b)])
+        return slice(end - b, end)
+
+
+def encode_outputs(encode: Callable, params, rest, ds, batch_size: int, *,
+                   workers: int = 0, mesh=None) -> np.ndarray:
+    """Continuous outputs [N, W] of a whole dataset, in its row order.
+
+    Args:
+      encode: jitted ``(params, rest, images [B, H, W, C]) -> [B, W]``.
+      params: the parameters (host arrays, or device arrays replicated
+        over ``mesh``).
+      rest: the other model variables.
+      ds: an ``ArrayDataset`` or ``FileDataset``.
+      batch_size: images per forward pass (the last batch is padded);
+        with a mesh, the global batch, rounded up to a multiple of its
+        devices.
+      workers: decoding processes for file datasets (0: inline).
+      mesh: a data mesh (``parallel.make_mesh``) to split every batch
+        over, with each process loading only its rows; None encodes on
+        one device.
+    """
+    if mesh is not None:
+        return _encode_sharded(encode, params, rest, ds, batch_size,
+                               workers, mesh, signs=False)
+    outputs = []
+    for batch in data.eval_batches(ds, batch_size, workers=workers):
+        h = np.asarray(encode(params, rest, batch['image']))
+        outputs.append(h[: batch['valid']])
+    return np.concatenate(outputs)
+
+
+def encode_codes(encode: Callable, params, rest, ds, batch_size: int, *,
+                 workers: int = 0, mesh=None) -> np.ndarray:
+    """±1 codes [N, W] of a whole dataset: ``sign_codes`` of its outputs.
+
+    With a mesh, the signs are taken on the devices and gathered once as
+    packed bits, 1/32 of the float32 outputs. Arguments as
+    ``encode_outputs``.
+
+    Returns:
+      [N, W] int8 codes of -1 and +1 (+1 where an output is 0).
+
+    Raises:
+      ValueError: if an output is NaN (a diverged model has no sign).
+    """
+    if mesh is None:
+        return codes.sign_codes(encode_outputs(
+            encode, params, rest, ds, batch_size, workers=workers))
+    packed, nan, width = _encode_sharded(encode, params, rest, ds,
+                                         batch_size, workers, mesh,
+                                         signs=True)
+    if nan.any():  # the same error as sign_codes
+        codes.sign_codes(np.array([np.nan]))
+    bits = np.unpackbits(packed, axis=1, count=width)
+    return (2 * bits.astype(np.int8) - 1).astype(np.int8)
+
+
+def _encode_sharded(encode, params, rest, ds, batch_size, workers, mesh, *,
+                    signs):
+    """``encode_outputs`` / ``encode_codes`` over the devices of ``mesh``.
+
+    Returns:
+      [N, W] outputs, or ([N, ceil(W / 8)] uint8 packed signs, [N] bool
+      NaN rows, W) when ``signs``.
+    """
+    pipeline.check_source(ds)
+    devices = mesh.devices.size
+    batch = -(-batch_size // devices) * devices
+    fn = _sharded_encoder(encode, mesh, signs)
+    params, rest = parallel.replicate((params, rest), mesh)
+    outputs = []
+    for local in _process_images(ds, batch, workers):
+        images = parallel.global_batch({'image': local}, mesh, batch)['image']
+        outputs.append(fn(params, rest, images))
+    # One all-gather of every batch; the padding rows are all at the end.
+    gathered = parallel.to_host(_gather(mesh)(outputs))
+    num_rows = len(ds.labels)
+    if not signs:
+        return gathered[:num_rows]
+    packed, nan = gathered
+    width = jax.eval_shape(encode, params, rest, images).shape[1]
+    return packed[:num_rows], nan[:num_rows], width
+
+
+def _process_images(ds, batch: int, workers: int):
+    """This process's rows of every global batch, in order, padded.
+
+    The last global batch is padded with copies of the last row (as
+    ``data.eval_batches``), so every batch has one shape.
+    """
+    num_rows = len(ds.labels)
+    rows = parallel.process_slice(batch)
+    indices = [np.pad(np.arange(start, min(start + batch, num_rows)),
+                      (0, max(0, start + batch - num_rows)),
+                      mode='edge')[rows]
+               for start in range(0, num_rows, batch)]
+    dataset = grain.MapDataset.source(indices).map(_images_fn(ds))
+    return pipeline.iterate(dataset, workers, source=ds)
+
+
+def _images_fn(ds):
+    # A closure, not a partial: grain names transforms by their repr.
+    return lambda index: pipeline.gather_batch(ds, index)['image']
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_encoder(encode, mesh, signs: bool):
+    """``encode`` jitted with the batch split over ``mesh``."""
+    post = codes.pack_jax if signs else (lambda h: h)
+    return compiler.jit(lambda p, r, x: post(encode(p, r, x)), mesh=mesh,
+                        in_shardings=(parallel.replicated(mesh),
+                                      parallel.replicated(mesh),
+                                      parallel.batch_sharding(mesh)),
+                        out_shardings=parallel.batch_sharding(mesh))
+
+
+@functools.lru_cache(maxsize=16)
+def _gather(mesh):
+    """Concatenates per-batch outputs into one replicated array."""
+    return jax.jit(lambda outputs: jax.tree.map(
+        lambda *rows: jnp.concatenate(rows), *outputs),
+        out_shardings=parallel.replicated(mesh))
+
+
+class EvalInputs(NamedTuple):
+    """What an evaluator reads: binarised codes and labels of each side.
+
+    Attributes:
+      layout: the ``CodeLayout`` of the encoder.
+      query: [Q, W] ±1 codes of the query split.
+      query_labels: [Q, C].
+      database: [N, W] ±1 codes of the database split (None if no
+        evaluator needs them).
+      database_labels: [N, C].
+      learned: per length, [N_v, b_k] learned database codes (MAH's V), or
+        None for systems without them.
+      learned_labels: [N_v, C] labels of the rows that own them.
+    """
+
+    layout: CodeLayout
+    query: np.ndarray
+    query_labels: np.ndarray
+    database: np.ndarray | None
+    database_labels: np.ndarray
+    learned: tuple[np.ndarray, ...] | None = None
+    learned_labels: np.ndarray | None = None
+
+
+def symmetric(inputs: EvalInputs, *, top_k=None) -> dict[str, float]:
+    """mAP per length: network codes of the query vs of the database."""
+    return _symmetric(inputs, top_k, 'stable')
+
+
+def symmetric_expected(inputs: EvalInputs, *, top_k=None
+                       ) -> dict[str, float]:
+    """``symmetric``'s mAP, ties='expected': its exact expectation over
+    random orders of equal-distance items (``nhl_jax.retrieval``)."""
+    return _symmetric(inputs, top_k, 'expected')
+
+
+def _symmetric(inputs, top_k, ties):
+    layout = inputs.layout
+    return {str(b): float(mean_average_precision(
+        inputs.query[:, layout.columns(b)], inputs.query_labels,
+        inputs.database[:, layout.columns(b)], inputs.database_labels,
+        top_k=top_k, ties=ties)) for b in layout.bits}
+
+
+def asymmetric(inputs: EvalInputs, *, top_k=None) -> dict[str, float]:
+    """mAP per length: network codes of the query vs learned codes V.
+
+    References:
+      ADSH (Jiang and Li, AAAI 2018) and MAH, arXiv 1809.09329: queries are
+      encoded by the network, the database is its learned discrete codes.
+    """
+    if inputs.learned is None:
+        raise ValueError('the asymmetric evaluator needs learned database '
+                         'codes (MAH); use the symmetric one.')
+    layout = inputs.layout
+    return {str(b): float(mean_average_precision(
+        inputs.query[:, layout.columns(b)], inputs.query_labels,
+        codes.sign_codes(v), inputs.learned_labels, top_k=top_k))
+        for b, v in zip(layout.bits, inputs.learned)}
+
+
+# name -> evaluator(inputs, *, top_k) -> {str(bits): mAP}.
+EVALUATORS = {
+    'symmetric': symmetric,
+    'symmetric_expected': symmetric_expected,
+    'asymmetric': asymmetric,
+}
+
+# Evaluators that need the database split encoded by the network.
+_NEEDS_DATABASE = frozenset({'symmetric', 'symmetric_expected'})
+
+
+def get_evaluator(name: str) -> Callable:
+    """The evaluator ``name``; raises listing the valid names."""
+    if name not in EVALUATORS:
+        raise ValueError(f'Unknown evaluator {name!r}; choose one of '
+                         f'{sorted(EVALUATORS)}.')
+    return EVALUATORS[name]
+
+
+def evaluate_lengths(encode: Callable, params, rest, splits, layout, *,
+                     evaluators: Sequence[str] = ('symmetric',),
+                     batch_size: int = 500, top_k=None, workers: int = 0,
+                     learned=None, learned_labels=None, mesh=None
+                     ) -> Mapping[str, dict[str, float]]:
+    """Every named evaluator's mAP per length, each split encoded once.
+
+    Args:
+      encode: jitted ``(params, rest, images) -> [B, W]``.
+      params: parameters.
+      rest: other model variables.
+      splits: ``data.Splits`` (query and database are read).
+      layout: a ``CodeLayout`` (or a bits tuple: nested prefixes).
+      evaluators: keys of ``EVALUATORS``.
+      batch_size: images per forward pass.
+      top_k: mAP cut-off (None: all).
+      workers: decoding processes for file datasets.
+      learned: per length, learned database codes [N_v, b_k] (MAH's V).
+      learned_labels: [N_v, C] their labels.
+      mesh: the data mesh to encode over (``encode_outputs``); None
+        encodes on one device.
+
+    Returns:
+      {evaluator name: {str(bits): mAP}}.
+    """
+    if not isinstance(layout, CodeLayout):
+        layout = CodeLayout(tuple(layout))
+    fns = {name: get_evaluator(name) for name in evaluators}
+
+    def codes(ds):
+        return encode_codes(encode, params, rest, ds, batch_size,
+                            workers=workers, mesh=mesh)
+
+    inputs = EvalInputs(
+        layout, codes(splits.query), splits.query.labels,
+        codes(splits.database) if _NEEDS_DATABASE & set(fns) else None,
+        splits.database.labels,
+        None if learned is None else tuple(np.asarray(v) for v in learned),
+        learned_labels)
+    return {name: fn(inputs, top_k=top_k) for name, fn in fns.items()}

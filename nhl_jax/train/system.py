@@ -1,0 +1,244 @@
+"""The ``System`` interface: what a training system owns, and nothing else.
+
+The trainer (``nhl_jax.train``) owns the run: config resolution, workdir
+policy, the round loop with its data parallelism, SIGTERM checkpoints and
+resume, the non-finite guard, the evaluation schedule with best parameters
+per length and patience, orbax checkpoints, metrics.jsonl, results.json,
+the final table and the plots. A system supplies its own parts:
+
+- ``check`` / ``options``: validate and resolve its own config fields;
+- ``create``: its model, optimizer, state and pure steps (``Setup``);
+- ``plan``: what round ``r`` trains (stage, batches, hooks): NHL an epoch,
+  ODH an epoch of its warm-up / exploration / aggregation stage, MAH one
+  outer iteration (draw Omega, train on it, update V);
+- ``schedule``: how many rounds, when to evaluate and checkpoint;
+- ``evaluators`` and ``learned_codes``: how it is scored;
+- ``record`` / ``results``: the fields it logs and reports.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from nhl_jax import data, parallel
+from nhl_jax.train import evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A validated config, resolved once; nothing below reads a ConfigDict.
+
+    Defaults that depend on the dataset (backbone, top_k) are resolved here
+    and nowhere else.
+    """
+
+    system: str  # a key of nhl_jax.cli.registry.SYSTEMS
+    method: str  # what the user asked for: a base loss, 'mah' or 'odh'
+    dataset: str
+    data_dir: str | None
+    backbone: str
+    backbone_kwargs: Mapping[str, Any]
+    pretrained: str | None
+    bits: tuple[int, ...]
+    single_length: bool
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    data_workers: int | None  # None: automatic (nhl_jax.data.pipeline)
+    devices: int | None
+    epochs: int
+    eval_every: int
+    patience: int
+    top_k: int | None
+    learning_rate: float
+    weight_decay: float
+    backbone_learning_rate: float | None
+    freeze_backbone: bool
+    compute_dtype: str
+    log_every: int | None  # steps between step-scalar records (None: off)
+    profile_steps: tuple[int, int] | None  # (start, stop) global steps
+    options: Any  # the system's own resolved options (a NamedTuple)
+    config: Mapping[str, Any]  # the config as JSON (config.json)
+
+
+class DataInfo(NamedTuple):
+    """The shapes a system needs to build its state."""
+
+    image_shape: tuple[int, ...]  # (H, W, C)
+    num_classes: int  # C
+    sizes: Mapping[str, int]  # rows of each split: train, query, database
+
+    @classmethod
+    def of(cls, splits: data.Splits) -> 'DataInfo':
+        """The info of loaded splits."""
+        return cls(tuple(data.image_shape(splits.train)),
+                   int(splits.train.labels.shape[1]),
+                   {name: len(getattr(splits, name).labels)
+                    for name in data.Splits._fields})
+
+
+class Schedule(NamedTuple):
+    """Rounds of a run and when they are evaluated and checkpointed.
+
+    Round r (1-based) is evaluated when r > ``offset`` and ``r - offset``
+    is a multiple of ``eval_every``, and at the last round; it is
+    checkpointed after every evaluation, after round ``offset`` (the end of
+    a warm-up) and every ``checkpoint_every`` rounds.
+    """
+
+    rounds: int
+    eval_every: int
+    offset: int = 0
+    checkpoint_every: int | None = None
+
+    def evaluates(self, r: int) -> bool:
+        """Whether round ``r`` ends with an evaluation."""
+        main = r - self.offset
+        return main > 0 and (main % self.eval_every == 0 or r == self.rounds)
+
+    def checkpoints(self, r: int) -> bool:
+        """Whether round ``r`` ends with a checkpoint."""
+        every = self.checkpoint_every
+        return (self.evaluates(r) or (self.offset > 0 and r == self.offset)
+                or bool(every and r % every == 0))
+
+
+class Round(NamedTuple):
+    """What one round trains.
+
+    Attributes:
+      stage: the name logged, and the key of ``Setup.steps``.
+      num_batches: batches in the round.
+      batches: ``(state, start) -> iterator`` of this process's rows of
+        each global batch from batch ``start`` on (resuming mid-round);
+        ``state`` is the state after ``begin``.
+      begin: key of ``Setup.hooks`` run before the first batch, or None.
+      end: key of ``Setup.hooks`` run after the last batch, or None.
+    """
+
+    stage: str
+    num_batches: int
+    batches: Callable[[Any, int], Iterator[dict[str, np.ndarray]]]
+    begin: str | None = None
+    end: str | None = None
+
+
+class RoundResult(NamedTuple):
+    """What a finished round hands to ``System.record``.
+
+    Attributes:
+      means: per-step means of the step metrics (host arrays).
+      steps: steps of the round.
+      before: ``System.round_info`` at the start of the round.
+      after: ``System.round_info`` at its end.
+      hooks: the metrics the round's hooks returned (host arrays).
+    """
+
+    means: Mapping[str, Any]
+    steps: int
+    before: Any
+    after: Any
+    hooks: Mapping[str, Any]
+
+
+def per_length(bits, values) -> dict[str, float]:
+    """{str(b): float} of one value per length."""
+    return {str(b): float(v) for b, v in zip(bits, np.asarray(values))}
+
+
+def epoch_batches(spec: RunSpec, ds, epoch: int):
+    """The round's batches of one shuffled epoch of ``ds`` (every system)."""
+    def batches(state, start):
+        del state
+        return data.train_batches(
+            ds, spec.batch_size, seed=spec.seed, epoch=epoch,
+            rows=parallel.process_slice(spec.batch_size), start=start,
+            workers=spec.data_workers)
+    return batches
+
+
+class System:
+    """Base class of a training system; the defaults are NHL's.
+
+    Subclasses override what differs. Every method takes explicit arguments
+    (a ``RunSpec``, a ``Setup``, states); only ``check`` and ``options``
+    read the ConfigDict.
+    """
+
+    name = ''
+    # Evaluators by name (nhl_jax.train.evaluation.EVALUATORS); the first is the
+    # run's ``map``, selects the best parameters and drives patience; the
+    # tie-aware mAP (expected over random orders of equal distances) is
+    # reported beside it.
+    evaluators: tuple[str, ...] = ('symmetric', 'symmetric_expected')
+    single_length = True  # whether lengths may be trained one per run
+    heads: tuple[str, ...] = ('nested',)  # the heads it can train
+    round_name = 'epoch'  # what a round is called in progress lines
+
+    def check(self, config) -> None:
+        """Raises ``UsageError`` for a bad system field (before any work)."""
+        del config
+
+    def options(self, config) -> Any:
+        """The system's own fields of ``config`` as explicit options."""
+        del config
+
+    def check_data(self, spec: RunSpec, splits: data.Splits) -> None:
+        """Raises ``UsageError`` if the loaded data cannot train this run."""
+        del spec, splits
+
+    def schedule(self, spec: RunSpec) -> Schedule:
+        """Rounds and their evaluation / checkpoint points."""
+        return Schedule(spec.epochs, spec.eval_every)
+
+    def create(self, spec: RunSpec, info: DataInfo, bits):
+        """``(Setup, TrainState)`` of a run of lengths ``bits``."""
+        raise NotImplementedError
+
+    def layout(self, bits) -> evaluation.CodeLayout:
+        """Where each length's code is in the encoder output."""
+        return evaluation.CodeLayout(tuple(bits))
+
+    def consts(self, spec: RunSpec, splits: data.Splits) -> Any:
+        """Replicated arrays every step and hook reads (None: none)."""
+        del spec, splits
+
+    def plan(self, spec: RunSpec, splits: data.Splits, r: int) -> Round:
+        """What round ``r`` (1-based) trains."""
+        return Round('train', data.steps_per_epoch(
+            len(splits.train.labels), spec.batch_size),
+            epoch_batches(spec, splits.train, r))
+
+    def round_info(self, setup, state) -> Any:
+        """JSON-able host value taken at the start of a round (or None)."""
+        del setup, state
+
+    def record(self, spec: RunSpec, bits, r: int,
+               result: 'RoundResult') -> dict:
+        """The system's fields of round ``r``'s metrics.jsonl record."""
+        del spec, r
+        return {'losses': per_length(bits, result.means['losses'])}
+
+    def learned_codes(self, state, spec: RunSpec, splits: data.Splits):
+        """``(codes per length, labels)`` of learned database codes, or None."""
+        del state, spec, splits
+
+    def learned_split(self, spec: RunSpec) -> str | None:
+        """The split whose rows own learned database codes, or None."""
+        del spec
+
+    def snapshot(self, params, rest, extra, k: int) -> dict:
+        """What is kept as length ``k``'s best model (host pytrees)."""
+        del extra, k
+        return {'params': params, 'rest': rest}
+
+    def results(self, spec: RunSpec, info: DataInfo) -> dict:
+        """The system's own fields of results.json."""
+        del spec, info
+        return {}
+
+    def title(self, spec: RunSpec) -> str:
+        """The final table's title (before the mAP cut-off)."""
+        return f'{spec.method} on {spec.dataset}'

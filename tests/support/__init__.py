@@ -1,0 +1,17 @@
+"""What the tests share: paths, tiny configs, NumPy references, workers.
+
+- ``cli``: the train command's flags parsed in-process;
+- ``systems``: tiny configs of every system;
+- ``references``, ``references_deephash``, ``references_params``:
+  loop-based float64 NumPy references of the losses, weighting and
+  distillation, written from the papers;
+- ``loss_batches``, ``toy_losses``: the batches and the toy loss of the
+  loss tests;
+- ``multiprocess`` and the ``*_worker.py`` scripts: subprocess runs.
+"""
+
+import os
+
+# The checkout's root (where experiments/ and benchmarks/ are).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))

@@ -1,0 +1,86 @@
+"""Step scalars, TensorBoard events and profiler traces of a run."""
+
+import glob
+import os
+import types
+
+import jax.numpy as jnp
+import pytest
+
+from nhl_jax import cli, runlog
+from nhl_jax.cli.configs import default
+from nhl_jax.errors import UsageError
+from nhl_jax.train import writer as writer_lib
+
+
+def _config(**overrides):
+    config = default.get_config()
+    config.update(dict(dataset='digits', backbone='mlp', bits=(8, 16),
+                       epochs=2, eval_every=1, batch_size=32, log_every=10))
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('scalars') / 'run'
+    cli.train_and_evaluate(_config(profile_steps=(3, 5)), str(workdir))
+    return workdir
+
+
+def test_step_scalars_every_log_every_steps(run):
+    steps = runlog.read_jsonl(str(run / 'metrics.jsonl'), kind='step')
+    # 31 steps per epoch: the means over steps 1-10, 11-20, ..., 51-60.
+    assert [r['step'] for r in steps] == [10, 20, 30, 40, 50, 60]
+    assert [r['epoch'] for r in steps] == [1, 1, 1, 2, 2, 2]
+    for record in steps:
+        assert set(record['losses']) == set(record['weights']) == {'8', '16'}
+        assert set(record['anti_domination']) == {'8', '16'}
+        assert all(0 <= v <= 1 for v in record['anti_domination'].values())
+    rounds = runlog.read_jsonl(str(run / 'metrics.jsonl'))
+    assert [r['epoch'] for r in rounds] == [1, 2]
+
+
+def test_tensorboard_events_hold_the_same_scalars(run):
+    from tensorboard.backend.event_processing import event_accumulator
+    events = event_accumulator.EventAccumulator(str(run / 'tensorboard'))
+    events.Reload()
+    tags = set(events.Tags()['scalars'])
+    assert {'step/loss', 'step/losses/8', 'round/loss', 'round/map/16'} <= tags
+    logged = runlog.read_jsonl(str(run / 'metrics.jsonl'), kind='step')
+    values = [e.value for e in events.Scalars('step/losses/16')]
+    assert values == pytest.approx([r['losses']['16'] for r in logged],
+                                   rel=1e-6)
+
+
+def test_profile_steps_write_a_trace(run):
+    traces = glob.glob(str(run / 'profile' / 'plugins' / 'profile' / '*' /
+                           '*.xplane.pb'))
+    assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+
+
+def test_resume_logs_every_step_interval_once(tmp_path):
+    cli.train_and_evaluate(_config(epochs=1), str(tmp_path))
+    cli.train_and_evaluate(_config(), str(tmp_path), resume=True)
+    steps = runlog.read_jsonl(str(tmp_path / 'metrics.jsonl'), kind='step')
+    assert [r['step'] for r in steps] == [10, 20, 30, 40, 50, 60]
+
+
+def test_scalars_are_read_one_interval_late():
+    """The host reads an interval only once the next one has been run."""
+    written = []
+    fake = types.SimpleNamespace(
+        enabled=True, steps=lambda step, epoch, s: written.append(step))
+    logger = writer_lib.StepLogger(fake, (8,), every=5)
+    for step in range(1, 13):
+        logger.add(step, 1, {'loss': jnp.asarray(float(step))})
+        if step == 9:
+            assert written == [], written  # step 5 waits for step 10
+    assert written == [5]
+    logger.flush()
+    assert written == [5, 10]
+
+
+def test_bad_profile_steps_are_refused():
+    with pytest.raises(UsageError, match='profile_steps must be'):
+        cli.resolve(_config(profile_steps=(5, 2)))
