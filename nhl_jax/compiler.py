@@ -3,11 +3,11 @@
 On the CPU (jax 0.10.2), XLA hands convolutions to YNNPACK by default
 (``xla_cpu_experimental_ynn_fusion_type``). For the small CNN that is the
 slow path: the kernel gradient of its second convolution runs on one
-thread for 11 of the step's 25 ms while the other core idles, and its
-forward takes 3.0 ms against 1.7 ms in XLA's own convolution. Keeping
-YNNPACK for dots and reductions only makes the backbone's forward +
-backward 2.2x faster (``benchmarks/conv_paths.py``) and the full NHL
-train step 1.6x faster (25.6 against 15.7 ms, interleaved). The
+thread for a large part of the step while the other cores idle, and its
+forward is slower than XLA's own convolution. Keeping YNNPACK for dots
+and reductions only makes the backbone's forward + backward and the full
+NHL train step faster (``benchmarks/conv_paths.py``; the figures are in
+``benchmarks/RESULTS.md``). The
 library's jits that run networks (train steps and hooks, the evaluation
 encoder, ODH's centre tables) go through ``jit`` below; a user's own
 ``jax.jit`` is unaffected, and can take the same options with
@@ -32,8 +32,8 @@ import jax.numpy as jnp
 YNN_FUSION = 'xla_cpu_experimental_ynn_fusion_type'
 
 # YNNPACK for single dots and for reductions (the conv bias gradients:
-# without it XLA's reduce-window form takes 2.2 ms a step), not for
-# convolutions.
+# without it XLA's reduce-window form is slow; benchmarks/RESULTS.md),
+# not for convolutions.
 CPU_OPTIONS = {YNN_FUSION: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
                            'LIBRARY_FUSION_TYPE_REDUCE'}
 

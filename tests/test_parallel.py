@@ -31,7 +31,7 @@ def sharded(tmp_path_factory):
 @pytest.mark.parametrize('method', SHARDED)
 def test_sharded_step_equals_single_device_step(method, sharded):
     """DSH: the memory-bank scatter; 'conflict': weights that cap;
-    'classifier': a loss with its own parameters (tests/toy_losses.py);
+    'classifier': a loss with its own parameters (tests/support/toy_losses.py);
     the others: the base losses with parameters or an epoch update."""
     result = sharded[method]
     assert result['devices'] == 4

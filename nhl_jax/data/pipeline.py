@@ -27,21 +27,20 @@ from nhl_jax.data import files
 from nhl_jax.data.datasets import ArrayDataset, check_dataset
 
 # grain's default reads with 16 threads and a 500-element buffer. For a
-# numpy gather that is slower (0.4 s vs 0.1 s per 59,000-image 32x32x3
-# epoch on CPU) and can hold 500 batches in memory; callers who want
+# numpy gather that is slower than reading inline (benchmarks/RESULTS.md)
+# and can hold 500 batches in memory; callers who want
 # prefetching can add it to ``train_dataset(...)`` themselves.
 _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 # Decoding threads the automatic default starts for image files. Pillow
 # releases the GIL while it decodes, resizes and crops; timing the parts
-# of one 320x320 JPEG, ~15 % of its time (opening the file, the crop's
-# random draws, numpy copies) holds it, so threads cannot scale past ~6,
-# and 4 leave the GIL free most of the time for the main thread's step
-# dispatch. Measured (benchmarks/input_pipeline.py, 2
-# CPUs, 320x320 JPEGs, 16 batches of 64): 2 threads decode 1.8x as fast as
-# none (1174 vs 658 images/s), while 1 and 2 worker processes reach 269
-# and 341 images/s over the epoch: each starts an interpreter and imports
-# jax (1.5 s to the first batch) and copies every batch back.
+# of one JPEG, a small share of its time (opening the file, the crop's
+# random draws, numpy copies) holds it, so threads stop scaling after a
+# few, and 4 leave the GIL free most of the time for the main thread's
+# step dispatch. Threads decode faster than none and, over an epoch,
+# faster than worker processes (benchmarks/input_pipeline.py; figures in
+# benchmarks/RESULTS.md): each process starts an interpreter and imports
+# jax before its first batch, and copies every batch back.
 AUTO_THREADS = 4
 
 
@@ -202,7 +201,7 @@ def gather_batch(ds, index: np.ndarray,
 
 # The batch functions are closures rather than functools.partial because
 # grain names each transform by its repr, and a partial's repr prints the
-# arrays: ~4 ms per pipeline.
+# arrays, a cost on every pipeline built (benchmarks/RESULTS.md).
 def _batch_fn(ds, augment_seed):
     return lambda index: gather_batch(ds, index, augment_seed)
 
@@ -224,8 +223,8 @@ def train_dataset(ds: ArrayDataset, batch_size: int, *, seed: int,
 
     The epoch's order is one numpy permutation seeded by ``epoch_seed``,
     cut into index batches that grain maps to gathered batches. grain's own
-    per-record ``shuffle`` costs 1.6 ms per record at n = 23 and 44 us at
-    n = 2,000 (``index_shuffle``), 5-30x slower than this on CPU.
+    per-record ``shuffle`` (``index_shuffle``) is slower than this on CPU
+    (benchmarks/RESULTS.md).
 
     Args and returns: as ``train_batches``, but a ``grain.MapDataset`` of
     the batch dicts (``len`` is the number of steps).

@@ -46,7 +46,7 @@ def max_pool_2x2(x: Array) -> Array:
     order, as torch's (JAX's own max splits it among ties, which costs a
     count and a divide; ties are common after ReLU and in binary nets).
     Written as the mask of that maximum, the small CNN's forward +
-    backward takes 0.85x the time it takes with the differentiated max
+    backward is faster than with the differentiated max
     (``benchmarks/conv_paths.py``). Forward-mode differentiation
     (``jax.jvp``) is not defined for it (a custom VJP).
 

@@ -12,8 +12,9 @@ per-length output gradients computed inside (the fast path of NHL,
 arXiv 2412.08922, Eq. (6)-(7)), and the weights carry no gradient. Those
 per-length gradients, one vjp of each length's own objective, also give
 the total's gradient on the codes, so the losses are differentiated once:
-with them the weighting `paper` costs 0.15 ms a step over plain nested
-instead of 0.8 ms (small CNN, 5 lengths, batch 64, CPU).
+with them the weighting `paper` adds much less to a step over plain nested
+than a second differentiation would (``benchmarks/step_overhead.py``;
+figures in benchmarks/RESULTS.md).
 """
 
 import functools

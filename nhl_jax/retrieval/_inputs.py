@@ -63,7 +63,7 @@ def relevance_operands(q_y, db_y):
 
     Returns:
       ([Q], [N]) class ids when every row is one-hot (an id comparison is
-      several times faster than the matmul), else ([Q, C], [C, N]) float32
+      faster than the matmul), else ([Q, C], [C, N]) float32
       multi-hot operands of a matmul (exact for 0/1 values).
     """
     if np.all(q_y.sum(axis=1) == 1) and np.all(db_y.sum(axis=1) == 1):

@@ -81,7 +81,8 @@ class Hamming:
         num_queries = q_words.shape[1]
         dist = np.empty((num_queries, self.size), self.dtype)
         # Blocks of items whose [B, block] XOR buffer (about 1 MB) stays in
-        # cache: one [B, N] buffer made N = 10^6 three times slower.
+        # cache: one [B, N] buffer is slower at large N (benchmarks/
+        # RESULTS.md).
         block = max(1024, _XOR_BYTES // (8 * num_queries))
         xor = np.empty((num_queries, min(block, self.size)), np.uint64)
         for start in range(0, self.size, block):
@@ -166,9 +167,9 @@ class Ranking:
 
         The k-th smallest distance r of a row comes from its histogram
         (``count``); only the items at distance <= r, in row order, are
-        then sorted stably (k items plus the ties at r). At N = 10^6,
-        k = 1,000 and 64 bits this is 1.2 ns per item against 3 ns for a
-        partition of unique keys.
+        then sorted stably (k items plus the ties at r). For a k much
+        shorter than N this is faster than a partition of unique keys
+        (benchmarks/RESULTS.md).
         """
         rows = np.empty((len(dist), self.k), np.int64)
         for i, row in enumerate(dist):
@@ -242,8 +243,8 @@ def count(values, bins: int) -> np.ndarray:
 
     Long uint8 rows are counted two at a time: viewed as uint16, each
     value is one bin of a [bins, 256] table of (second, first) pairs,
-    whose two marginals add up to the counts. ``bincount`` costs about
-    1.5 ns per element plus its conversion to int64, so halving the
+    whose two marginals add up to the counts. ``bincount`` costs a fixed
+    time per element plus its conversion to int64, so halving the
     elements pays for the bins * 256 table from about 2 * bins * 256
     elements on (on either byte order: the marginals are symmetric).
 
@@ -297,8 +298,8 @@ def _one_blas_thread_each():
     """Limits BLAS to one thread per caller while the chunk threads run.
 
     Concurrent multi-threaded OpenBLAS calls (``ranking``'s relevance
-    matmul) contend with each other and with the sorting threads (on 2
-    cores, mAP@all took 0.6 s instead of 0.33 s). The limit is
+    matmul) contend with each other and with the sorting threads, which
+    slows mAP@all down (benchmarks/RESULTS.md). The limit is
     process-wide and is undone on exit; without the optional
     ``threadpoolctl`` nothing is limited.
     """

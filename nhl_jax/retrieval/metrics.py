@@ -48,8 +48,7 @@ Memory: queries go in chunks of ``chunk_size`` over ``num_threads`` threads;
 each chunk holds about 25 bytes per (query, item) pair (distances, relevance,
 the int64 sort order, the XOR words or the int64 histogram bins), so the
 peak is about 25 * chunk_size * N * threads bytes above float32 copies of the
-inputs: 160 MB for 10,000 x 200,000 at the default 16 queries on 2 threads
-(measured with tracemalloc at N = 200,000: 22 bytes per pair).
+inputs (a tracemalloc measurement is in benchmarks/RESULTS.md).
 """
 
 from collections.abc import Sequence

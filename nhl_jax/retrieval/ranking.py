@@ -132,8 +132,8 @@ def _numpy_query_stats(inputs, plan, expected, chunk_size, num_threads):
 
     if num_threads is None and not ranks:
         # Histograms are mostly bincount, which holds the GIL: a second
-        # thread gained nothing at 1,000 x 54,000 on 2 idle cores, and
-        # lost 25 % on busy ones.
+        # thread gains nothing on idle cores and loses on busy ones
+        # (benchmarks/map_speed.py; benchmarks/RESULTS.md).
         num_threads = 1
     chunks = hamming.map_chunks(run, len(inputs.q_codes), chunk_size,
                                 num_threads)

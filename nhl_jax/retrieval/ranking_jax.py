@@ -149,10 +149,10 @@ def _histograms(dist, rel, num_bits):
 
     One comparison-and-sum over the items per distance, in a loop over
     the K + 1 distances: the memory stays [B, N] (XLA's CPU backend
-    materialises a [B, N, K + 1] comparison summed at once: 7.5 GB at B =
-    256, N = 54,000), and unlike a scatter-add into K + 1 bins it has no
-    colliding updates. Relevance rides in bit 0 of the key, so each pass
-    reads one small array.
+    materialises a [B, N, K + 1] comparison summed at once, K + 1 times
+    that; benchmarks/RESULTS.md), and unlike a scatter-add into K + 1 bins
+    it has no colliding updates. Relevance rides in bit 0 of the key, so
+    each pass reads one small array.
     """
     bins = 2 * (num_bits + 1)
     dtype = jnp.uint8 if bins <= 256 else jnp.int32

@@ -121,8 +121,8 @@ def _accumulate(sums, bad_step, metrics, step):
     """The round's metric sums and first failed step, after one more step.
 
     On device, so steps stay async; one compiled call instead of an eager
-    op per metric leaf (a nested NHL step has dozens): the default run's
-    training loops took 22.5 s instead of 23.1 s on the CPU.
+    op per metric leaf (a nested NHL step has dozens), which shortens the
+    default run's training loops on the CPU (benchmarks/RESULTS.md).
     """
     failed = (metrics['nonfinite'].any() | ~jnp.isfinite(metrics['loss'])
               | (metrics['nonfinite_params'] > 0))

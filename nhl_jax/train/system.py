@@ -1,8 +1,8 @@
 """The ``System`` interface: what a training system owns, and nothing else.
 
-The trainer (``nhl_jax.train``) owns the run: config resolution, workdir
-policy, the round loop with its data parallelism, SIGTERM checkpoints and
-resume, the non-finite guard, the evaluation schedule with best parameters
+The trainer (``nhl_jax.train``) owns the run: the workdir policy, the
+round loop with its data parallelism, SIGTERM checkpoints and resume, the
+non-finite guard, the evaluation schedule with best parameters
 per length and patience, orbax checkpoints, metrics.jsonl, results.json,
 the final table and the plots. A system supplies its own parts:
 
@@ -14,6 +14,32 @@ the final table and the plots. A system supplies its own parts:
 - ``schedule``: how many rounds, when to evaluate and checkpoint;
 - ``evaluators`` and ``learned_codes``: how it is scored;
 - ``record`` / ``results``: the fields it logs and reports.
+
+The contract a system keeps, which the trainer relies on:
+
+1. ``create(spec, info, bits)`` returns ``(Setup, TrainState)``.
+   ``Setup.steps`` maps every stage name that ``plan`` can return
+   (``Round.stage``: free strings, e.g. 'train', 'warmup', 'outer') to a
+   pure ``step(state, batch, consts) -> (state, metrics)``;
+   ``Setup.hooks`` maps every name a ``Round`` gives as ``begin`` or
+   ``end`` to a pure ``hook(state, consts) -> (state, metrics)``.
+2. Every step's ``metrics`` hold ``'loss'`` (a scalar: the progress line
+   and metrics.jsonl's ``loss``) and ``'nonfinite'`` (int32 counts, one
+   per length or a scalar: a non-zero count stops the run with a
+   resumable checkpoint). The trainer adds ``'nonfinite_params'``. Every
+   other entry is averaged over the round and handed to ``record``
+   (``RoundResult.means``); the default ``record`` reads ``'losses'``
+   ([M], one per length). A hook may return ``'nonfinite'`` too.
+3. ``Setup.encode(params, rest, images)`` maps uint8 images [B, H, W, C]
+   to the continuous outputs [B, W] before the sign; ``layout(bits)``
+   says which columns hold each length's code.
+4. ``evaluators`` are names of ``nhl_jax.train.evaluation.EVALUATORS``;
+   the first is the run's ``map`` (best parameters, patience).
+5. ``check`` and ``options`` are the only methods that read the
+   ConfigDict; everything else takes the resolved ``RunSpec``.
+
+A system is registered by name in ``nhl_jax.cli.registry.SYSTEMS``; the
+trainer never names one.
 """
 
 import dataclasses

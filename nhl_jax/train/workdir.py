@@ -21,8 +21,8 @@ def check_workdir(workdir: str, *, create_parents: bool = False) -> None:
 
     It must be a directory that this process can write to, or not exist
     yet, in a parent directory that exists and that it can write to. With
-    ``create_parents`` (the CLI's default ``runs/<name>``) missing parents
-    are allowed; the nearest existing one must be writable.
+    ``create_parents`` (the command line's) missing parents are allowed;
+    the nearest existing one must be a directory it can write to.
     """
     if not workdir:
         raise UsageError(
@@ -36,6 +36,11 @@ def check_workdir(workdir: str, *, create_parents: bool = False) -> None:
     parent = os.path.dirname(os.path.abspath(workdir))
     while create_parents and not os.path.exists(parent):
         workdir, parent = parent, os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UsageError(
+            f'workdir parent {parent!r} is a file, not a directory; choose '
+            'another --workdir.'
+        )
     if not os.path.isdir(parent):
         raise UsageError(
             f'workdir parent {parent!r} does not exist; create it or choose '

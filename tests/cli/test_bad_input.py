@@ -198,6 +198,11 @@ def _home(tmp):
     (tmp / 'home').mkdir()  # HOME, for the cases of ~ in a path
 
 
+def _home_file(tmp):
+    _home(tmp)
+    (tmp / 'home' / 'file').write_text('')
+
+
 LIST = ['--dataset=nuswide_21', '--data_dir=<tmp>', '--backbone=mlp',
         '--bits=8', '--epochs=1']
 NPZ = '<tmp>/w.npz'
@@ -304,8 +309,8 @@ CASES = [
     ('read_only_parent', [*TINY, '--workdir=<tmp>/parent/run'],
      _read_only_parent,
      "workdir parent '<tmp>/parent' is not writable"),
-    ('home_workdir', [*TINY, '--workdir=~/missing/run'], _home,
-     "workdir parent '<home>/missing' does not exist"),
+    ('home_workdir', [*TINY, '--workdir=~/file/run'], _home_file,
+     "workdir parent '<home>/file' is a file, not a directory"),
     ('home_data_dir', ['--dataset=nuswide_21', '--data_dir=~/lists'],
      _home, "list file '<home>/lists/train.txt' does not exist"),
     ('home_pretrained', [*RESNET, '--config.pretrained=~/w.npz'],
@@ -485,12 +490,15 @@ def test_bad_multi_host_environment_is_one_line(monkeypatch):
         "--process_id (or NHL_PROCESS_ID) must be an integer, got 'one'.")
 
 
-def test_default_workdir_parent_is_made_only_after_every_check(tmp_path,
-                                                                monkeypatch):
-    """Without --workdir the run goes to ./runs/<name>; a bad flag must not
-    leave an empty ./runs behind."""
+@pytest.mark.parametrize('workdir', [[], ['--workdir=new/deep/run']])
+def test_missing_workdir_parents_are_made_only_after_every_check(
+        tmp_path, monkeypatch, workdir):
+    """Without --workdir the run goes to ./runs/<name>, and a --workdir's
+    missing parents are made too (mkdir -p); a bad flag must not leave an
+    empty ./runs or ./new behind."""
     monkeypatch.chdir(tmp_path)
     config = os.path.join(ROOT, 'experiments', 'configs', 'default.py')
-    error = _usage_error([f'--config={config}', *TINY, '--seed=-1'])
+    error = _usage_error([f'--config={config}', *TINY, *workdir,
+                          '--seed=-1'])
     assert error.startswith('seed must be'), error
     assert os.listdir(tmp_path) == []

@@ -5,7 +5,7 @@ exported codes (MAH: its learned database codes) reproduce the training
 evaluation and can be searched; only process 0 writes files; the
 non-finite guard; SIGTERM mid-round then a kill, and resume ends
 bit-identical; 4 fake devices equal 1 (a subprocess,
-tests/systems_worker.py).
+tests/support/systems_worker.py).
 """
 
 import json
@@ -92,7 +92,8 @@ def test_exported_codes_reproduce_the_evaluation_and_search(runs, name,
                                for p in plots.plot_workdir(workdir)}
 
 
-@pytest.mark.parametrize('name', ('mah', 'odh'))  # NHL: tests/test_encode.py
+# NHL: tests/cli/test_encode.py
+@pytest.mark.parametrize('name', ('mah', 'odh'))
 def test_search_command_encodes_image_queries(runs, name):
     """search.py restores the run and encodes query images with it."""
     workdir, _ = runs[name]

@@ -1,6 +1,6 @@
 """CIFAR-100 (ODH's protocol) offline, under tfds.testing.mock_data.
 
-As tests/test_cifar.py: every read runs under ``mock_data`` (which ignores
+As tests/data/test_cifar.py: every read runs under ``mock_data`` (which ignores
 data_dir); the tests only write the ``cifar100/<version>/`` marker that
 ``load_cifar100`` checks before calling tfds, so nothing is downloaded.
 """

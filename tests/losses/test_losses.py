@@ -103,7 +103,7 @@ def _param_references(name, state, codes, labels, index):
 
 NAMES = sorted(losses.LOSSES)
 # The losses whose reference is in _reference; tests/losses/test_deephash.py
-# checks the others against tests/numpy_reference_more.py.
+# checks the others against tests/support/references_deephash.py.
 REFERENCED = sorted({'csq', 'dch', 'dpn', 'dsh', 'dtsh', 'lcdsh', 'mdsh',
                      'greedyhash', 'dshsd', 'orthohash', 'dsdh', 'daph',
                      'pcdh'})

@@ -1,9 +1,9 @@
 """Base losses with their own trainable parameters and an epoch update.
 
-The toy loss of tests/toy_losses.py goes through the whole NHL trainer: its
-W is trained by the optimizer and checkpointed, its epoch update runs after
-every epoch, resume is exact and 4 devices equal 1 (tests/test_parallel.py,
-method 'classifier').
+The toy loss of tests/support/toy_losses.py goes through the whole NHL
+trainer: its W is trained by the optimizer and checkpointed, its epoch
+update runs after every epoch, resume is exact and 4 devices equal 1
+(tests/test_parallel.py, method 'classifier').
 """
 
 import jax
@@ -88,7 +88,7 @@ def test_epoch_update_runs_after_every_epoch_and_resume_is_exact(tmp_path):
 
 
 # The losses of the registry with parameters or an epoch update, checked
-# against tests/numpy_reference_params.py and through the trainer.
+# against tests/support/references_params.py and through the trainer.
 
 BP, CP, KP, NP_ = 5, 3, 8, 10
 

@@ -1,7 +1,7 @@
 """Subprocess helper of tests/test_parallel.py (not collected by pytest).
 
-    python tests/parallel_worker.py sharded <num_devices> <m1,m2,...> <out.json>
-    python tests/parallel_worker.py process <process_id> <port> <out.npz>
+    python tests/support/parallel_worker.py sharded <devices> <m1,m2,...> <out>
+    python tests/support/parallel_worker.py process <process_id> <port> <out>
 
 ``sharded``: with N fake CPU devices, runs the same steps with and without
 the mesh and writes the largest differences. ``process``: one of two gloo

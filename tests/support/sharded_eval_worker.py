@@ -1,7 +1,7 @@
-"""Subprocess helper of tests/test_sharded_eval.py (not collected by pytest).
+"""Subprocess helper of tests/train/test_sharded_evaluation.py (not a test).
 
-    python tests/sharded_eval_worker.py devices <num_devices> <out.npz>
-    python tests/sharded_eval_worker.py process <process_id> <port> <out.npz>
+    python tests/support/sharded_eval_worker.py devices <num_devices> <out.npz>
+    python tests/support/sharded_eval_worker.py process <rank> <port> <out.npz>
 
 ``devices``: with N fake CPU devices, encodes the digits splits on one
 device and over a mesh of all N, and writes both codes and mAPs.

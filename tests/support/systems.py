@@ -1,5 +1,5 @@
-"""Tiny configs of every system, shared by tests/test_systems.py and its
-subprocess worker (tests/systems_worker.py)."""
+"""Tiny configs of every system, shared by tests/cli/test_systems.py and its
+subprocess worker (tests/support/systems_worker.py)."""
 
 from nhl_jax.cli.configs import default
 

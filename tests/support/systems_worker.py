@@ -1,6 +1,6 @@
-"""Subprocess helper of tests/test_systems.py (not collected by pytest).
+"""Subprocess helper of tests/cli/test_systems.py (not collected by pytest).
 
-    python tests/systems_worker.py <num_devices> <workdir> <out.json>
+    python tests/support/systems_worker.py <num_devices> <workdir> <out.json>
 
 With N fake CPU devices, for every system: one step of each of its stages
 on one device and sharded over all N (the largest metric difference), and

@@ -85,7 +85,8 @@ def get_config():
 def _odh():
     """ODH (``--method=odh``, ACM MM 2024; nhl_jax/odh): offline defaults.
 
-    Paper values except where marked: they train mnist5k in ~1-2 min.
+    Paper values except where marked: they train mnist5k in minutes on a
+    CPU.
     ``--epochs`` counts the main epochs (after the warm-up).
     """
     odh = ml_collections.ConfigDict()
@@ -120,8 +121,8 @@ def _odh():
 def _mah():
     """MAH on the offline data (fields: nhl_jax/mah/config.py).
 
-    ``--method=mah --head=cascade --bits=4,8,16`` trains in about 1-2 min on
-    2 CPU cores with the small CNN. Departures from the paper's CIFAR-10
+    ``--method=mah --head=cascade --bits=4,8,16`` trains in minutes on a
+    CPU with the small CNN. Departures from the paper's CIFAR-10
     setup (the ``mah`` config), for a small network trained from
     scratch in minutes: Adam 1e-3 instead of SGD 1e-3 (SGD learns the CNN
     from scratch far slower: asymmetric mAP 0.26 / 0.62 / 0.74 at 4 / 8 / 16

@@ -1,6 +1,6 @@
 r"""ODH (one-bit deep hashing): binary backbone, semantic centres, two stages.
 
-Offline (the default argument, ``mnist5k``; ~1-2 min on 2 CPU cores)::
+Offline (the default argument, ``mnist5k``; minutes on a CPU)::
 
     nhl-jax train --config=odh \
         --backbone=bnn_cnn
