@@ -358,10 +358,7 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
     Args:
       config: a ConfigDict as in ``nhl_jax/cli/configs/default.py``;
         ``config.method`` picks the system (a base loss: NHL; 'mah'; 'odh').
-      workdir: run directory (created; its parent must exist).
-      resume: continue from the latest checkpoint in ``workdir``.
-      create_parents: create missing parents of ``workdir`` (after every
-        check); by default its parent must exist.
+      workdir, resume, create_parents: as in ``run_training``.
 
     Returns:
       The results dict written to ``results.json``.
@@ -386,7 +383,7 @@ def main(argv):
 
 
 def _flags_parser(argv):
-    """absl's parser, with run.py's one-line error for unknown fields."""
+    """absl's parser, with the one-line error of an unknown field."""
     try:
         define_flags()  # here, so that importing this module defines none
         argv = expand_config_path(argv)

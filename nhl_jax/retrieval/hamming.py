@@ -109,7 +109,7 @@ def key_layout(num_bits: int, num_items: int, *, signed: bool = False):
     """Bit layout of the ranking key ``dist << shift | row << 1 | flag``.
 
     Such keys are unique, so their order is the stable ranking with the
-    flag carried along (``nhl_jax.ranking_jax`` sorts them).
+    flag carried along (``ranking_jax`` sorts them).
 
     Args:
       num_bits: K, so distances take values 0..K.

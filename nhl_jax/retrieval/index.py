@@ -77,7 +77,7 @@ class HammingIndex(NamedTuple):
 
 def numpy_index(db_packed, bits: int, *,
                 chunk_size: int | None = None) -> HammingIndex:
-    """Exact Hamming search in NumPy (``nhl_jax.hamming``), in query chunks.
+    """Exact Hamming search in NumPy (``hamming``), in query chunks.
 
     Args:
       db_packed: [N, ceil(K / 8)] uint8 database codes (``pack_codes``).

@@ -62,7 +62,7 @@ from nhl_jax.retrieval import _inputs, codes, hamming, ranking
 def hamming_distances(q_codes, db_codes) -> np.ndarray:
     """All query-to-database Hamming distances, (K - q . b) / 2.
 
-    Computed exactly, by popcounts of packed bits (``nhl_jax.hamming``).
+    Computed exactly, by popcounts of packed bits (``hamming``).
     The full [Q, N] matrix is materialised; ``average_precisions`` works
     in query chunks and never does.
 

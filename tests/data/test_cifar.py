@@ -6,14 +6,12 @@ data_dir; the tests only create the ``cifar10/<version>/`` marker that
 ``load_cifar10`` checks before calling tfds.
 """
 
-import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -23,28 +21,13 @@ from nhl_jax.data import cifar
 from tests.support import ROOT
 
 tfds = pytest.importorskip('tensorflow_datasets')
-mocking = pytest.importorskip('tensorflow_datasets.testing.mocking')
+from tests.support.cifar import mock_cifar  # noqa: E402 (needs tfds)
 
 SIZES = {
     'cifar10': (1000, 5000, 54000),
     'cifar10-1': (1000, 5000, 59000),
     'cifar10-2': (10000, 50000, 50000),
 }
-
-
-def _mock_getitems(*args, generator, serialized=False):
-    # tfds 4.9.10's mock sets __getitems__ as a plain attribute, so no
-    # `self` is bound and every batched read raises TypeError.
-    del serialized
-    return [generator[k] for k in args[-1]]
-
-
-@contextlib.contextmanager
-def mock_cifar(**kwargs):
-    """tfds.testing.mock_data with batched reads working."""
-    with (mock.patch.object(mocking, '_getitems', _mock_getitems),
-          tfds.testing.mock_data(**kwargs)):
-        yield
 
 
 def _write_info(data_dir, **info):

@@ -15,7 +15,7 @@ from nhl_jax import data
 from nhl_jax.data import cifar
 
 tfds = pytest.importorskip('tensorflow_datasets')
-from tests.data.test_cifar import mock_cifar  # noqa: E402 (needs tfds)
+from tests.support.cifar import mock_cifar  # noqa: E402 (needs tfds)
 
 
 def _write_info(data_dir, **info):

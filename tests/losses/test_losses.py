@@ -10,59 +10,8 @@ from nhl_jax import losses
 from tests.losses import test_deephash
 from tests.support import references as ref
 from tests.support import references_params as ref_params
-from tests.support.loss_batches import KINDS, B, C, K, N
+from tests.support.loss_batches import KINDS, B, K, N, apply_kwargs, loss_state
 from tests.support.loss_batches import batch as _batch
-
-
-def _state(name, seed=0):
-    """A state as ``init`` builds it, with a non-empty DSH bank."""
-    state = losses.get(name).init(
-        jax.random.key(seed), num_train=N, num_classes=C, bits=K
-    )
-    if isinstance(state, losses.DSHState):
-        rng = np.random.default_rng(seed + 1)
-        state = losses.DSHState(
-            codes=jnp.asarray(rng.standard_normal((N, K)), jnp.float32),
-            labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
-        )
-    if isinstance(state, losses.DAPHState):
-        rng = np.random.default_rng(seed + 1)
-        signs = lambda: jnp.asarray(rng.choice([-1.0, 1.0], (N, K)),
-                                    jnp.float32)
-        state = losses.DAPHState(
-            codes=jnp.asarray(rng.uniform(-1, 1, (N, K)), jnp.float32),
-            other=jnp.asarray(rng.uniform(-1, 1, (N, K)), jnp.float32),
-            labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
-            binary=signs(), other_binary=signs())
-    if isinstance(state, losses.DSDHState):
-        rng = np.random.default_rng(seed + 1)
-        state = losses.DSDHState(
-            codes=jnp.asarray(rng.standard_normal((N, K)), jnp.float32),
-            labels=jnp.asarray(np.eye(C)[rng.integers(0, C, N)], jnp.float32),
-            binary=jnp.asarray(rng.choice([-1.0, 1.0], (N, K)), jnp.float32),
-            w=jnp.asarray(0.3 * rng.standard_normal((K, C)), jnp.float32),
-        )
-    return state
-
-
-D = 5  # feature width of the losses that read features
-
-
-def _params(name, seed=0):
-    """The keyword arguments of ``apply``: ``params`` and ``features``.
-
-    ``params`` for a loss with ``init_params``, ``features`` [B, D] for a
-    loss that reads them; ``{}`` for the others.
-    """
-    loss = losses.get(name)
-    kw = {}
-    if loss.init_params is not None:
-        kw['params'] = loss.init_params(jax.random.key(seed + 100),
-                                        num_classes=C, bits=K)
-    if loss.features:
-        rng = np.random.default_rng(seed + 200)
-        kw['features'] = rng.standard_normal((B, D)).astype(np.float32)
-    return kw
 
 
 def _reference(name, state, codes, labels, index):
@@ -83,7 +32,7 @@ def _reference(name, state, codes, labels, index):
 
 def _param_references(name, state, codes, labels, index):
     """References of the losses with parameters or an epoch update."""
-    kw = _params(name)
+    kw = apply_kwargs(name)
     params = kw.get('params')
     return {
         'daph': lambda: ref_params.daph(codes, labels, index, state.other,
@@ -117,7 +66,7 @@ def test_every_registered_loss_has_a_reference():
     assert set(NAMES) <= set(REFERENCED) | set(test_deephash.NAMES)
     for name in REFERENCED:
         codes, labels, index = _batch()
-        assert np.isfinite(_reference(name, _state(name), codes, labels,
+        assert np.isfinite(_reference(name, loss_state(name), codes, labels,
                                       index))
 
 
@@ -130,9 +79,9 @@ def test_unknown_name_lists_valid_names():
 @pytest.mark.parametrize('name', REFERENCED)
 def test_matches_numpy_reference(name, kind):
     codes, labels, index = _batch(seed=len(name), kind=kind)
-    state = _state(name)
+    state = loss_state(name)
     value, _ = jax.jit(losses.get(name).apply)(state, codes, labels, index,
-                                               **_params(name))
+                                               **apply_kwargs(name))
     expected = _reference(name, state, codes, labels, index)
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
 
@@ -141,8 +90,8 @@ def test_matches_numpy_reference(name, kind):
 def test_jit_equals_eager_and_state_is_stable(name):
     codes, labels, index = _batch(seed=3)
     loss = losses.get(name)
-    state = _state(name)
-    kw = _params(name)
+    state = loss_state(name)
+    kw = apply_kwargs(name)
     eager, eager_state = loss.apply(state, codes, labels, index, **kw)
     jitted, jit_state = jax.jit(loss.apply)(state, codes, labels, index, **kw)
     chex.assert_shape(eager, ())
@@ -158,8 +107,8 @@ def test_gradients_are_finite(name, scale):
     # scale 0: all-zero codes.
     codes, labels, index = _batch(seed=5, scale=scale)
     loss = losses.get(name)
-    state = _state(name)
-    kw = _params(name)
+    state = loss_state(name)
+    kw = apply_kwargs(name)
     grad = jax.grad(lambda u: loss.apply(state, u, labels, index, **kw)[0])(
         codes)
     chex.assert_shape(grad, (B, K))
@@ -181,8 +130,8 @@ def test_epoch_update_keeps_state_shapes_and_dtypes(name):
     loss = losses.get(name)
     if loss.epoch_update is None:
         pytest.skip('no epoch update')
-    state = _state(name)
-    params = _params(name).get('params')
+    state = loss_state(name)
+    params = apply_kwargs(name).get('params')
     new = jax.jit(loss.epoch_update)(state, params)
     chex.assert_trees_all_equal_shapes_and_dtypes(state, new)
     chex.assert_tree_all_finite(new)
@@ -195,8 +144,8 @@ SMOOTH = ['csq', 'dch', 'dpn', 'dtsh', 'lcdsh', 'mdsh', 'dshsd', 'orthohash',
 @pytest.mark.parametrize('name', SMOOTH)
 def test_gradient_matches_reference_finite_differences(name):
     codes, labels, index = _batch(seed=11, kind='multihot')
-    state = _state(name)
-    kw = _params(name)
+    state = loss_state(name)
+    kw = apply_kwargs(name)
     grad = jax.grad(
         lambda u: losses.get(name).apply(state, u, labels, index, **kw)[0]
     )(codes)
@@ -216,7 +165,7 @@ def test_gradient_matches_reference_finite_differences(name):
 
 def test_dsh_writes_the_bank_before_the_loss_and_grads_only_the_batch():
     codes, labels, index = _batch(seed=7)
-    state = _state('dsh')
+    state = loss_state('dsh')
     _, new = losses.get('dsh').apply(state, codes, labels, index)
     np.testing.assert_array_equal(new.codes[index], codes)
     np.testing.assert_array_equal(new.labels[index], labels)
@@ -232,7 +181,7 @@ def test_dsh_writes_the_bank_before_the_loss_and_grads_only_the_batch():
 def test_dsh_gradient_ignores_the_bank_path():
     """dL/du with the bank frozen at u equals the full jax.grad (bank is sg)."""
     codes, labels, index = _batch(seed=8)
-    state = _state('dsh')
+    state = loss_state('dsh')
     loss = losses.get('dsh')
     _, written = loss.apply(state, codes, labels, index)
     grad = jax.grad(lambda u: loss.apply(state, u, labels, index)[0])(codes)
@@ -249,7 +198,8 @@ def test_dsh_gradient_ignores_the_bank_path():
 
 def test_dtsh_without_valid_anchor_is_quantisation_only():
     codes, labels, index = _batch(kind='single_class')
-    value, _ = losses.get('dtsh').apply(_state('dtsh'), codes, labels, index)
+    value, _ = losses.get('dtsh').apply(loss_state('dtsh'), codes, labels,
+                                        index)
     quant = np.mean((codes - np.sign(codes)) ** 2)
     np.testing.assert_allclose(value, quant, rtol=1e-6)
 
@@ -258,7 +208,7 @@ def test_dtsh_memory_is_vectorised_not_looped():
     """The jaxpr has no loop over anchors: one [B, B, B] tensor, no while."""
     codes, labels, index = _batch()
     jaxpr = jax.make_jaxpr(losses.get('dtsh').apply)(
-        _state('dtsh'), codes, labels, index
+        loss_state('dtsh'), codes, labels, index
     )
     text = str(jaxpr)
     assert 'while' not in text and 'scan' not in text

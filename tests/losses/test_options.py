@@ -8,7 +8,6 @@ import pytest
 from nhl_jax import losses
 from nhl_jax.losses import _common
 from nhl_jax.nhl import objective
-from tests.losses import test_losses
 from tests.support import loss_batches
 from tests.support import references as ref
 from tests.support import references_params as ref_params
@@ -38,7 +37,7 @@ def test_dsh_batch_pairs_match_the_paper_reference(kind):
 
 def test_dsh_batch_pairs_differ_from_the_bank():
     codes, labels, index = loss_batches.batch(seed=2)
-    state = test_losses._state('dsh')
+    state = loss_batches.loss_state('dsh')
     bank, _ = losses.get('dsh').apply(state, codes, labels, index)
     batch, _ = losses.get('dsh', pairs='batch').apply(
         losses.EmptyState(), codes, labels, index)
@@ -136,7 +135,7 @@ def test_single_length_init_of_nested_centers_is_its_own_table():
 
 
 def test_daph_epoch_update_matches_the_reference():
-    state = test_losses._state('daph')
+    state = loss_batches.loss_state('daph')
     new = jax.jit(losses.get('daph').epoch_update)(state, None)
     b, h, z = ref_params.daph_update(state.codes, state.other, state.binary,
                                      state.other_binary)
@@ -148,7 +147,7 @@ def test_daph_epoch_update_matches_the_reference():
 
 def test_daph_writes_tanh_codes_into_its_bank():
     codes, labels, index = loss_batches.batch(seed=4)
-    state = test_losses._state('daph')
+    state = loss_batches.loss_state('daph')
     _, new = losses.get('daph').apply(state, codes, labels, index)
     np.testing.assert_allclose(new.codes[index], np.tanh(codes), rtol=1e-6)
     np.testing.assert_array_equal(new.other, state.other)
@@ -157,7 +156,7 @@ def test_daph_writes_tanh_codes_into_its_bank():
 @pytest.mark.parametrize('kind', ['onehot', 'multihot'])
 def test_pcdh_multi_label_branch_matches_the_reference(kind):
     codes, labels, index = loss_batches.batch(seed=6, kind=kind)
-    kw = test_losses._params('pcdh')
+    kw = loss_batches.apply_kwargs('pcdh')
     loss = losses.get('pcdh', multi_label=True)
     value, _ = loss.apply(losses.EmptyState(), codes, labels, index, **kw)
     expected = ref_params.pcdh(codes, labels, kw['params']['w'],
@@ -167,7 +166,7 @@ def test_pcdh_multi_label_branch_matches_the_reference(kind):
 
 def test_pcdh_classifier_trains_only_w_and_features_get_a_gradient():
     codes, labels, index = loss_batches.batch(seed=6)
-    kw = test_losses._params('pcdh')
+    kw = loss_batches.apply_kwargs('pcdh')
     state = losses.EmptyState()
 
     def value(u, f, beta):
@@ -187,7 +186,7 @@ def test_objective_passes_features_and_refuses_without():
     obj = objective.nhl_objective(loss, (4, 8))
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
     params = obj.init_params(jax.random.key(1), num_classes=C)
-    features = test_losses._params('pcdh')['features']
+    features = loss_batches.apply_kwargs('pcdh')['features']
     total, _ = obj.apply(states, codes, labels, index, features=features,
                          loss_params=params)
     assert np.isfinite(total)

@@ -14,14 +14,11 @@ from nhl_jax.nhl.objective import (
     get_weighting,
     nhl_objective,
 )
-from tests.nhl.test_objective import (
+from tests.support import objective_setup as toy
+from tests.support.objective_setup import (
     BITS,
     C,
     N,
-    _forward,
-    _per_length,
-    _setup,
-    _toy_loss,
 )
 
 M = 3
@@ -226,8 +223,8 @@ RULES = {  # name: (hyperparameters, transform on explicit gradients)
 @pytest.mark.parametrize('name', sorted(RULES))
 def test_fast_path_equals_transform_on_kernel_gradients(name):
     kwargs, make_tx = RULES[name]
-    params, x, labels, index = _setup(1)
-    loss = _toy_loss()  # its lengths conflict, so PCGrad projects
+    params, x, labels, index = toy.setup(1)
+    loss = toy.toy_loss()  # its lengths conflict, so PCGrad projects
     obj = nhl_objective(loss, BITS, distill_weight=0.1, weighting=name,
                         weighting_kwargs=kwargs)
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
@@ -236,20 +233,20 @@ def test_fast_path_equals_transform_on_kernel_gradients(name):
     w_state, tx_state = obj.init_weighting(key), tx.init(params)
 
     def fast(p, w_state):
-        features, h = _forward(p, x)
+        features, h = toy.forward(p, x)
         return obj.apply(states, h, labels, index, features=features,
                          weighting_state=w_state)
 
     fast_grad = jax.jit(jax.value_and_grad(fast, has_aux=True))
     objectives = jax.jit(
-        lambda p: _per_length(loss, states, p, x, labels, index, 0.1))
-    per_length = jax.jit(jax.jacrev(objectives))
+        lambda p: toy.per_length(loss, states, p, x, labels, index, 0.1))
+    jacobian = jax.jit(jax.jacrev(objectives))
     tx_update, update_weighting = jax.jit(tx.update), jax.jit(
         obj.update_weighting)
     weights = []
     for _ in range(2):  # the second step uses the updated state
         (_, (_, metrics)), grads = fast_grad(params, w_state)
-        updates, tx_state = tx_update(per_length(params), tx_state,
+        updates, tx_state = tx_update(jacobian(params), tx_state,
                                       losses=objectives(params))
         chex.assert_trees_all_close(grads, updates, rtol=1e-4, atol=1e-5)
         w_state = update_weighting(w_state, metrics)

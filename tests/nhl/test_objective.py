@@ -10,78 +10,23 @@ import pytest
 from nhl_jax import losses
 from nhl_jax.nhl import distill, weighting
 from nhl_jax.nhl.objective import nhl_objective
-
-BITS = (4, 8, 16)
-B, C, N, D_IN, D = 8, 3, 16, 6, 12
-
-
-def _setup(seed=0):
-    rng = np.random.default_rng(seed)
-    params = {
-        'body': jnp.asarray(rng.standard_normal((D_IN, D)), jnp.float32),
-        'head': {
-            # Small, as at initialisation: near h = 0 the per-length targets
-            # decide the gradient signs, so lengths can conflict.
-            'kernel': jnp.asarray(0.05 * rng.standard_normal((D, BITS[-1])),
-                                  jnp.float32),
-            'bias': jnp.asarray(0.1 * rng.standard_normal(BITS[-1]),
-                                jnp.float32),
-        },
-    }
-    x = jnp.asarray(rng.standard_normal((B, D_IN)), jnp.float32)
-    labels = jnp.asarray(np.eye(C)[rng.integers(0, C, B)], jnp.float32)
-    index = jnp.asarray(rng.permutation(N)[:B], jnp.int32)
-    return params, x, labels, index
-
-
-def _forward(params, x):
-    features = jnp.tanh(x @ params['body'])
-    head = params['head']
-    return features, features @ head['kernel'] + head['bias'][None, :]
-
-
-def _toy_loss():
-    """A user-defined HashLoss pulling each length towards its own target.
-
-    The shortest length's target is positive and the longer ones' negative,
-    so near h = 0 the longer lengths anti-dominate the shortest one.
-    """
-
-    def init(key, *, num_train, num_classes, bits):
-        del num_train, num_classes
-        sign = 1.0 if bits == BITS[0] else -1.0
-        return sign * (2.0 + jax.random.uniform(key, (bits,)))
-
-    def apply(state, codes, labels, index):
-        del labels, index
-        return jnp.sum(jnp.mean((codes - state[None, :]) ** 2, 0)), state
-
-    return losses.HashLoss(init, apply)
+from tests.support import objective_setup as toy
+from tests.support.objective_setup import BITS, C, N
 
 
 def _loss(name):
-    return _toy_loss() if name == 'toy' else losses.get(name)
-
-
-def _per_length(loss, states, params, x, labels, index, lam):
-    """[M] objectives built directly from the pieces (independent of apply)."""
-    _, h = _forward(params, x)
-    codes = [h[:, :b] for b in BITS]
-    base = [loss.apply(s, c, labels, index)[0] for s, c in zip(states, codes)]
-    dis = [distill.similarity_distill(codes[k], codes[k + 1])
-           for k in range(len(BITS) - 1)] + [0.0]
-    return jnp.stack([b + lam * d for b, d in zip(base, dis)])
+    return toy.toy_loss() if name == 'toy' else losses.get(name)
 
 
 @pytest.mark.parametrize('name', ['dsh', 'csq', 'dtsh'])
 def test_unweighted_objective_is_the_sum_of_per_length_objectives(name):
-    params, x, labels, index = _setup()
+    params, x, labels, index = toy.setup()
     loss = losses.get(name)
     obj = nhl_objective(loss, BITS, distill_weight=0.1)
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
-    _, h = _forward(params, x)
+    _, h = toy.forward(params, x)
     total, (new_states, metrics) = jax.jit(obj.apply)(states, h, labels, index)
-    expected = _per_length(loss, states, params, x, labels, index, 0.1)
+    expected = toy.per_length(loss, states, params, x, labels, index, 0.1)
     np.testing.assert_allclose(metrics.objectives, expected, rtol=1e-5)
     np.testing.assert_allclose(total, expected.sum(), rtol=1e-5)
     np.testing.assert_allclose(metrics.weights, 1.0)
@@ -103,19 +48,19 @@ def test_each_length_has_its_own_state_and_centres():
 @pytest.mark.parametrize('rule', ['paper', 'released'])
 @pytest.mark.parametrize('name', ['toy', 'dsh', 'csq', 'dtsh'])
 def test_fast_path_equals_optax_transform(name, rule):
-    params, x, labels, index = _setup(1)
+    params, x, labels, index = toy.setup(1)
     loss = _loss(name)
     obj = nhl_objective(loss, BITS, distill_weight=0.1, weighting=rule)
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
 
     def fast(p):
-        features, h = _forward(p, x)
+        features, h = toy.forward(p, x)
         return obj.apply(states, h, labels, index, features=features)
 
     (_, (_, metrics)), fast_grads = jax.jit(
         jax.value_and_grad(fast, has_aux=True))(params)
-    per_length = jax.jit(jax.jacrev(
-        lambda p: _per_length(loss, states, p, x, labels, index, 0.1)))(params)
+    per_length = jax.jit(jax.jacrev(lambda p: toy.per_length(
+        loss, states, p, x, labels, index, 0.1)))(params)
     tx = weighting.dominance_weighting(BITS, lambda g: g['head']['kernel'],
                                        rule=rule)
     updates, tx_state = tx.update(per_length, tx.init(params))
@@ -126,21 +71,21 @@ def test_fast_path_equals_optax_transform(name, rule):
 @pytest.mark.parametrize('rule', ['paper', 'released'])
 def test_weighting_is_active_in_the_fast_path_test_setup(rule):
     """Guards the test above: its toy setup really produces capped weights."""
-    params, x, labels, index = _setup(1)
-    obj = nhl_objective(_toy_loss(), BITS, weighting=rule)
+    params, x, labels, index = toy.setup(1)
+    obj = nhl_objective(toy.toy_loss(), BITS, weighting=rule)
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
-    features, h = _forward(params, x)
+    features, h = toy.forward(params, x)
     _, (_, metrics) = obj.apply(states, h, labels, index, features=features)
     assert not np.allclose(metrics.weights, 1.0)
     assert metrics.info.anti_domination.any()
 
 
 def test_weights_carry_no_gradient():
-    params, x, labels, index = _setup(1)
-    loss = _toy_loss()
+    params, x, labels, index = toy.setup(1)
+    loss = toy.toy_loss()
     obj = nhl_objective(loss, BITS, weighting='paper')
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
-    features, h = _forward(params, x)
+    features, h = toy.forward(params, x)
     _, (_, metrics) = obj.apply(states, h, labels, index, features=features)
 
     def frozen(h_):  # the same weights as constants
@@ -162,13 +107,13 @@ def test_gradient_rules_give_the_gradient_of_the_weighted_sum(name, rule):
     # The product rules take the total's gradient from each length's own
     # vjp; it must equal autodiff of sum_k w_k obj_k with w held fixed, on
     # the codes, the features (PCDH reads them) and the loss parameters.
-    params, x, labels, index = _setup(1)
+    params, x, labels, index = toy.setup(1)
     loss = losses.get(name)
     obj = nhl_objective(loss, BITS, distill_weight=0.1, weighting=rule)
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
     loss_params = (obj.init_params(jax.random.key(1), num_classes=C)
                    if obj.init_params is not None else None)
-    features, h = _forward(params, x)
+    features, h = toy.forward(params, x)
 
     def total(obj, h, f, p):
         return obj.apply(states, h, labels, index, features=f,
@@ -191,10 +136,10 @@ def test_gradient_rules_give_the_gradient_of_the_weighted_sum(name, rule):
 
 
 def test_distill_weight_zero_leaves_base_losses():
-    params, x, labels, index = _setup()
+    params, x, labels, index = toy.setup()
     obj = nhl_objective(losses.get('dpn'), BITS, distill_weight=0.0)
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
-    _, h = _forward(params, x)
+    _, h = toy.forward(params, x)
     _, (_, metrics) = obj.apply(states, h, labels, index)
     np.testing.assert_allclose(metrics.objectives, metrics.losses)
     assert metrics.distill[-1] == 0 and np.all(metrics.distill[:-1] > 0)
@@ -209,13 +154,13 @@ def test_errors():
         nhl_objective(losses.get('dpn'), (16, 8))
     obj = nhl_objective(losses.get('dpn'), BITS, weighting='paper')
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
-    params, x, labels, index = _setup()
+    params, x, labels, index = toy.setup()
     with pytest.raises(ValueError, match='features=x'):
-        obj.apply(states, _forward(params, x)[1], labels, index)
+        obj.apply(states, toy.forward(params, x)[1], labels, index)
 
 
 def test_train_step_with_adam_reduces_every_length():
-    params, x, labels, index = _setup(2)
+    params, x, labels, index = toy.setup(2)
     obj = nhl_objective(losses.get('dpn'), BITS, weighting='paper')
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
     tx = optax.adam(1e-2)
@@ -224,7 +169,7 @@ def test_train_step_with_adam_reduces_every_length():
     @jax.jit
     def step(params, opt_state, states):
         def fn(p):
-            features, h = _forward(p, x)
+            features, h = toy.forward(p, x)
             return obj.apply(states, h, labels, index, features=features)
 
         (_, (states, metrics)), grads = jax.value_and_grad(fn, has_aux=True)(
