@@ -132,6 +132,15 @@ def test_module_graph_has_no_cycle():
     assert _cycle(GRAPH) is None, ' -> '.join(_cycle(GRAPH))
 
 
+def test_package_graph_has_no_cycle():
+    """Top-level parts (``data``, ``train``, ``cli``, ...) as nodes."""
+    packages = {}
+    for module, imported in GRAPH.items():
+        packages.setdefault(_top(module), set()).update(
+            _top(m) for m in imported if _top(m) != _top(module))
+    assert _cycle(packages) is None, ' -> '.join(_cycle(packages))
+
+
 def test_cycle_finder_finds_a_cycle():
     assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c',
                                                            'a']
