@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from nhl_jax import losses
-from tests.losses import test_deephash
 from tests.support import references as ref
+from tests.support import references_deephash
 from tests.support import references_params as ref_params
 from tests.support.loss_batches import KINDS, B, K, N, apply_kwargs, loss_state
 from tests.support.loss_batches import batch as _batch
@@ -63,7 +63,7 @@ def test_registry_has_the_seven_losses():
 
 
 def test_every_registered_loss_has_a_reference():
-    assert set(NAMES) <= set(REFERENCED) | set(test_deephash.NAMES)
+    assert set(NAMES) <= set(REFERENCED) | set(references_deephash.NAMES)
     for name in REFERENCED:
         codes, labels, index = _batch()
         assert np.isfinite(_reference(name, loss_state(name), codes, labels,

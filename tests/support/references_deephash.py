@@ -1,4 +1,4 @@
-"""Loop-based float64 NumPy references of the losses of issue 18.
+"""Loop-based float64 NumPy references of the DeepHash-pytorch losses.
 
 Written from each method's formula (and checked against the released
 PyTorch code: hly1998/NHL ``bit_length/`` and swuxyj/DeepHash-pytorch),
@@ -15,6 +15,10 @@ is the loss seen by the gradient: the bank holds detached copies.
 import math
 
 import numpy as np
+
+# The losses this module references; those with a memory bank.
+BANK = ['dbdh', 'dhn', 'dpsh', 'idhn', 'isdh']
+NAMES = sorted(BANK + ['dfh', 'hashnet', 'qsmih', 'shcir'])
 
 
 def _f64(x):
