@@ -6,7 +6,6 @@ data_dir; the tests only create the ``cifar10/<version>/`` marker that
 ``load_cifar10`` checks before calling tfds.
 """
 
-import json
 import os
 import re
 import subprocess
@@ -21,7 +20,10 @@ from nhl_jax.data import cifar
 from tests.support import ROOT
 
 tfds = pytest.importorskip('tensorflow_datasets')
-from tests.support.cifar import mock_cifar  # noqa: E402 (needs tfds)
+from tests.support.cifar import (  # noqa: E402 (needs tfds)
+    mock_cifar,
+    write_info,
+)
 
 SIZES = {
     'cifar10': (1000, 5000, 54000),
@@ -30,18 +32,10 @@ SIZES = {
 }
 
 
-def _write_info(data_dir, **info):
-    version = str(tfds.builder_cls('cifar10').VERSION)
-    path = os.path.join(data_dir, 'cifar10', version)
-    os.makedirs(path)
-    with open(os.path.join(path, 'dataset_info.json'), 'w') as f:
-        json.dump({'name': 'cifar10', 'version': version, **info}, f)
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     """A data_dir that passes load_cifar10's check (mock_data reads none)."""
-    _write_info(tmp_path, fileFormat='array_record')
+    write_info(tmp_path, fileFormat='array_record')
     cifar._load_cifar10.cache_clear()  # pylint: disable=protected-access
     yield str(tmp_path)
     cifar._load_cifar10.cache_clear()  # pylint: disable=protected-access
@@ -150,7 +144,7 @@ def test_empty_data_dir_fails_fast(tmp_path):
 
 def test_tfrecord_copy_fails_fast(tmp_path):
     # What tfds.load (with TensorFlow) prepares: no random access.
-    _write_info(tmp_path, fileFormat='tfrecord')
+    write_info(tmp_path, fileFormat='tfrecord')
     _assert_fast_error(tmp_path, 'not stored as array_record')
 
 

@@ -5,8 +5,6 @@ data_dir); the tests only write the ``cifar100/<version>/`` marker that
 ``load_cifar100`` checks before calling tfds, so nothing is downloaded.
 """
 
-import json
-import os
 
 import numpy as np
 import pytest
@@ -15,20 +13,15 @@ from nhl_jax import data
 from nhl_jax.data import cifar
 
 tfds = pytest.importorskip('tensorflow_datasets')
-from tests.support.cifar import mock_cifar  # noqa: E402 (needs tfds)
-
-
-def _write_info(data_dir, **info):
-    version = str(tfds.builder_cls('cifar100').VERSION)
-    path = os.path.join(data_dir, 'cifar100', version)
-    os.makedirs(path)
-    with open(os.path.join(path, 'dataset_info.json'), 'w') as f:
-        json.dump({'name': 'cifar100', 'version': version, **info}, f)
+from tests.support.cifar import (  # noqa: E402 (needs tfds)
+    mock_cifar,
+    write_info,
+)
 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    _write_info(tmp_path, fileFormat='array_record')
+    write_info(tmp_path, 'cifar100', fileFormat='array_record')
     cifar._load_cifar100.cache_clear()  # pylint: disable=protected-access
     yield str(tmp_path)
     cifar._load_cifar100.cache_clear()  # pylint: disable=protected-access

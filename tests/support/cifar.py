@@ -7,8 +7,11 @@ retries for minutes). Test modules import it after
 """
 
 import contextlib
+import json
+import os
 from unittest import mock
 
+import tensorflow_datasets as tfds
 from tensorflow_datasets import testing as tfds_testing
 from tensorflow_datasets.testing import mocking
 
@@ -26,3 +29,13 @@ def mock_cifar(**kwargs):
     with (mock.patch.object(mocking, '_getitems', _mock_getitems),
           tfds_testing.mock_data(**kwargs)):
         yield
+
+
+def write_info(data_dir, name: str = 'cifar10', **info) -> None:
+    """The ``<name>/<version>/dataset_info.json`` marker that the loaders
+    check before calling tfds (``mock_cifar`` reads no file)."""
+    version = str(tfds.builder_cls(name).VERSION)
+    path = os.path.join(data_dir, name, version)
+    os.makedirs(path)
+    with open(os.path.join(path, 'dataset_info.json'), 'w') as f:
+        json.dump({'name': name, 'version': version, **info}, f)
