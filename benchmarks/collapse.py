@@ -40,7 +40,7 @@ def trace(spec: str, args) -> list[dict]:
                                eval_every=1, patience=args.epochs))
             config.loss_kwargs = kwargs
             results = cli.train_and_evaluate(config, workdir,
-                                               resume=epoch > 1)
+                                             resume=epoch > 1)
             codes = results_table.database_codes(workdir, (bits,))[bits]
             mean = codes.mean(0)  # [K]
             cosine = (float(mean @ previous / (np.linalg.norm(mean)

@@ -80,7 +80,7 @@ def calc_top_map(q_codes, db_codes, q_labels, db_labels, topk, kind=None,
         gnd = (np.dot(q_labels[i, :], db_labels.transpose()) > 0)
         gnd = gnd.astype(np.float32)
         hamm = 0.5 * (db_codes.shape[1] - np.dot(q_codes[i, :],
-                                                  db_codes.transpose()))
+                                                 db_codes.transpose()))
         ind = np.argsort(hamm, kind=kind)
         gnd = gnd[ind]
 

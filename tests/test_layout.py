@@ -143,7 +143,7 @@ def test_package_graph_has_no_cycle():
 
 def test_cycle_finder_finds_a_cycle():
     assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c',
-                                                           'a']
+                                                            'a']
     assert _cycle({'a': {'b'}, 'b': set()}) is None
 
 

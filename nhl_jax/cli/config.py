@@ -121,7 +121,7 @@ def _check_fields(config) -> None:
                        'eval_batch_size', 'patience'), int)
     _positive(config, ('learning_rate',))
     _check_seed(config.seed)
-    _choice('compute dtype', config.compute_dtype, COMPUTE_DTYPES)
+    _choice('compute dtype', field(config, 'compute_dtype'), COMPUTE_DTYPES)
     if config.get('backbone_learning_rate') is not None:
         _positive(config, ('backbone_learning_rate',))
     for name in ('distill_weight', 'weight_decay'):
@@ -259,9 +259,10 @@ def resolve(config) -> RunSpec:
     """
     check_config(config)  # the method first, among the rest
     system = registry.system_of(config.method)
-    if field(config, 'head') not in system.heads:
+    head = field(config, 'head')
+    if head not in system.heads:
         raise UsageError(
-            f'head {config.head!r} is only used by --method=mah; '
+            f'head {head!r} is only used by --method=mah; '
             f'{system.name} trains {" or ".join(system.heads)} (leave --head '
             'unset or pass --head=nested).')
     system.check(config)

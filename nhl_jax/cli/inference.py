@@ -11,7 +11,7 @@ summary::
 
     run = load_run('runs/mnist5k_dpn', params='last',
                    input_shape=(28, 28, 1))
-    query = encode_dataset(run, splits.query)        # an retrieval.CodeSet
+    query = encode_dataset(run, splits.query)        # a retrieval.CodeSet
     summary = code_set_metrics(query, database, top_k=None)
 
 Per system: NHL and ODH codes come from their network (ODH's binary
@@ -148,7 +148,7 @@ def load_run(workdir: str, *, params: str = 'last', input_shape,
     if num_classes is None:
         num_classes = data.get_spec(spec.dataset, spec.data_dir).num_classes
     info = train.DataInfo(tuple(input_shape), num_classes,
-                            dict.fromkeys(data.Splits._fields, 1))
+                          dict.fromkeys(data.Splits._fields, 1))
     parts = tuple(_restore(spec, run_dir, bits, params, info)
                   for bits, run_dir in train.training_runs(spec, workdir))
     return TrainedRun(config, spec, spec.bits, params, parts,
@@ -365,9 +365,9 @@ def encode_images(run: TrainedRun, images, bits: int, *,
 
 
 def code_set_metrics(query: retrieval.CodeSet, database: retrieval.CodeSet, *,
-                      top_k=None, map_at: Sequence[int] = (100, 1000),
-                      precision_at: Sequence[int] = (1, 10, 100, 1000),
-                      radius: int = 2) -> dict[str, dict]:
+                     top_k=None, map_at: Sequence[int] = (100, 1000),
+                     precision_at: Sequence[int] = (1, 10, 100, 1000),
+                     radius: int = 2) -> dict[str, dict]:
     """The retrieval summary of every trained length (``retrieval_metrics``).
 
     Per length: ``map`` (mAP@``top_k``, the run's protocol), ``map@<k>``,
@@ -437,7 +437,7 @@ def export_codes(workdir: str, *, params: str = 'last',
     summary = None
     if {'query', 'database'} <= set(codes):
         summary = code_set_metrics(codes['query'], codes['database'],
-                                    top_k=top_k)
+                                   top_k=top_k)
         runlog.write_json_atomic(os.path.join(out, 'metrics.json'), {
             'params': params, 'dataset': dataset or config.dataset,
             'top_k': top_k, 'lengths': summary})

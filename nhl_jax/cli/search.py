@@ -70,10 +70,10 @@ def _rows(count):
         rows = np.array([int(r) for r in _QUERY_INDEX.value])
     except ValueError:
         raise UsageError(f'--query_index must be integers, got '
-                     f'{_QUERY_INDEX.value}') from None
+                         f'{_QUERY_INDEX.value}') from None
     if rows.min() < 0 or rows.max() >= count:
         raise UsageError(f'--query_index must lie in [0, {count}), got '
-                     f'{_QUERY_INDEX.value}')
+                         f'{_QUERY_INDEX.value}')
     return rows
 
 
@@ -82,7 +82,7 @@ def _queries(database, bits):
     sources = [_QUERY_CODES.value, _QUERY_IMAGES.value, _QUERY_SPLIT.value]
     if sum(s is not None for s in sources) != 1:
         raise UsageError('pass exactly one of --query_codes, --query_images, '
-                     '--query_split')
+                         '--query_split')
     if _QUERY_CODES.value:
         packed, ids = retrieval.read_query_codes(_QUERY_CODES.value, bits)
         rows = _rows(len(packed))
@@ -132,15 +132,15 @@ def _search():
         _WORKDIR.value, 'codes', 'database.npz'))
     if not path or not os.path.isfile(path):
         raise UsageError(f'no database codes at {path!r}; run '
-                     'nhl-jax encode --workdir=... first, or pass '
-                     '--database')
+                         'nhl-jax encode --workdir=... first, or pass '
+                         '--database')
     database = retrieval.load_codes(path)
     bits = _BITS.value or max(database.lengths)
     db_packed = retrieval.codes_of_length(database, bits)
     q_packed, labels, names = _queries(database, bits)
     options = {'kind': _FAISS_KIND.value} if _BACKEND.value == 'faiss' else {}
     searcher = retrieval.build_index(db_packed, bits, backend=_BACKEND.value,
-                                 **options)
+                                     **options)
     if _RADIUS.value is not None:
         found = searcher.range_search(q_packed, _RADIUS.value)
         result = [found.of(q) for q in range(len(q_packed))]

@@ -158,7 +158,7 @@ class MAH(System):
     def schedule(self, spec):
         opts = spec.options
         return Schedule(opts.outer_iterations, opts.eval_every,
-                             checkpoint_every=1)
+                        checkpoint_every=1)
 
     def create(self, spec, info, bits):
         return create_train_state(spec, info, bits)
@@ -186,13 +186,13 @@ class MAH(System):
                     done += 1
 
         return Round('outer', _steps_per_outer(spec), batches,
-                          begin='begin', end='end')
+                     begin='begin', end='end')
 
     def record(self, spec, bits, r, result):
         return {'outer_iteration': r,
                 'losses': per_length(bits, result.means['losses']),
                 'objective': per_length(bits,
-                                             result.hooks['objective'])}
+                                        result.hooks['objective'])}
 
     def learned_codes(self, state, spec, splits):
         codes = parallel.to_host(state.extra.codes)

@@ -163,7 +163,7 @@ class ODH(System):
     def schedule(self, spec):
         offset = spec.options.warmup_epochs
         return Schedule(offset + spec.epochs, spec.eval_every,
-                             offset=offset)
+                        offset=offset)
 
     def create(self, spec, info, bits):
         return create_train_state(spec, info, bits)
@@ -182,7 +182,7 @@ class ODH(System):
                     rows=parallel.process_slice(spec.batch_size), start=start,
                     workers=spec.data_workers)
         return Round(stage, _steps_in(stage, spec, len(ds.labels)),
-                          batches)
+                     batches)
 
     def round_info(self, setup, state):
         tables = parallel.to_host(setup.static(state.params, state.rest))

@@ -126,7 +126,7 @@ def faiss_index(db_packed, bits: int, *, kind: str = 'flat',
       A ``HammingIndex``.
     """
     found = faiss_search.FaissSearch(_check_database(db_packed, bits), bits,
-                                    kind, neighbors=neighbors, tables=tables)
+                                     kind, neighbors=neighbors, tables=tables)
     return _hamming_index(found.top_k, found.within, bits, found.size)
 
 

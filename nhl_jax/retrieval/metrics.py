@@ -172,7 +172,7 @@ def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
     inputs = _inputs.check_inputs(q_codes, q_labels, db_codes, db_labels)
     num_items = len(inputs.db_codes)
     plan = _inputs.Plan(map_k=(num_items if top_k is None else min(top_k,
-                                                           num_items),))
+                                                                   num_items),))
     stats = ranking.query_stats(inputs, plan, ties=ties, seed=seed,
                                 backend=backend, chunk_size=chunk_size,
                                 num_threads=num_threads)
@@ -233,8 +233,8 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
         count_k=tuple(_clip(k, num_items) for k in count_k), radii=radii,
         relevant=radii or bool(count_k))
     stats = ranking.query_stats(inputs, plan, ties=ties, seed=seed,
-                                 backend=backend, chunk_size=chunk_size,
-                                 num_threads=num_threads)
+                                backend=backend, chunk_size=chunk_size,
+                                num_threads=num_threads)
     return _summarise(stats, options, pr_curve, zero_relevant,
                       num_items=num_items)
 

@@ -113,8 +113,7 @@ def encode_codes(encode: Callable, params, rest, ds, batch_size: int, *,
                                          signs=True)
     if nan.any():  # the same error as sign_codes
         codes.sign_codes(np.array([np.nan]))
-    bits = np.unpackbits(packed, axis=1, count=width)
-    return (2 * bits.astype(np.int8) - 1).astype(np.int8)
+    return codes.unpack_codes(packed, width)
 
 
 def _encode_sharded(encode, params, rest, ds, batch_size, workers, mesh, *,

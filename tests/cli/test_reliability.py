@@ -127,7 +127,7 @@ def test_same_seed_is_bit_identical(uninterrupted, tmp_path):
     again = cli.train_and_evaluate(_config(), str(tmp_path))
     _assert_same_run(again, uninterrupted)
     other = cli.train_and_evaluate(_config(seed=1, epochs=1),
-                                     str(tmp_path / 'other'))
+                                   str(tmp_path / 'other'))
     assert other['params_sha256'] != uninterrupted['params_sha256']
 
 

@@ -35,7 +35,7 @@ def _config(**overrides):
 def _create(config):
     splits = data.load_splits('digits', seed=0)
     return cli.create_train_state(cli.resolve(config),
-                                    train.DataInfo.of(splits))
+                                  train.DataInfo.of(splits))
 
 
 def test_loss_parameters_join_the_model_and_the_optimizer():
@@ -82,7 +82,7 @@ def test_epoch_update_runs_after_every_epoch_and_resume_is_exact(tmp_path):
         assert set(np.unique(np.asarray(loss_state['mean']))) <= {-1.0, 1.0}
     cli.train_and_evaluate(_config(epochs=1), str(tmp_path / 'b'))
     resumed = cli.train_and_evaluate(_config(), str(tmp_path / 'b'),
-                                       resume=True)
+                                     resume=True)
     assert resumed['params_sha256'] == straight['params_sha256']
     assert resumed['map'] == straight['map']
 
@@ -275,6 +275,6 @@ def test_param_losses_train_and_resume_exactly(name, kwargs, tmp_path):
     print(name, straight['map'])  # the short run's mAP, for the report
     cli.train_and_evaluate(config_of(epochs=1), str(tmp_path / 'b'))
     resumed = cli.train_and_evaluate(config, str(tmp_path / 'b'),
-                                       resume=True)
+                                     resume=True)
     assert resumed['params_sha256'] == straight['params_sha256']
     assert resumed['map'] == straight['map']

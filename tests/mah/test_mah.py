@@ -204,7 +204,7 @@ def _tiny_run(head='cascade', bits=(4, 8), num_samples=200):
                      num_samples=num_samples)
     config.head, config.bits = head, bits
     setup, state = cli.create_train_state(cli.resolve(config),
-                                            train.DataInfo.of(splits))
+                                          train.DataInfo.of(splits))
     begin = train.compile_hook(setup.hooks['begin'])
     end = train.compile_hook(setup.hooks['end'])
     fns = types.SimpleNamespace(

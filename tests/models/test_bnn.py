@@ -171,7 +171,7 @@ def trained():
                        batch_size=64, method='dpn'))
     splits = data.load_splits('digits', seed=0)
     setup, state = cli.create_train_state(cli.resolve(config),
-                                            train.DataInfo.of(splits))
+                                          train.DataInfo.of(splits))
     batch = next(iter(data.train_batches(splits.train, 64, seed=0, epoch=1)))
     initial = jax.tree.map(np.asarray, state.params)
 

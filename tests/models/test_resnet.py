@@ -377,7 +377,7 @@ def _load_broken(tmp_path, sd, name='broken.npz'):
 
 
 def test_missing_key_raises_and_leaves_model_unchanged(tmp_path,
-                                                      resnet18_file):
+                                                       resnet18_file):
     sd = dict(resnet18_file[1])
     del sd['layer3.1.bn2.running_var']
     message = _load_broken(tmp_path, sd)
@@ -386,7 +386,7 @@ def test_missing_key_raises_and_leaves_model_unchanged(tmp_path,
 
 
 def test_wrong_shape_raises_and_leaves_model_unchanged(tmp_path,
-                                                      resnet18_file):
+                                                       resnet18_file):
     sd = dict(resnet18_file[1])
     sd['layer2.0.downsample.0.weight'] = np.zeros((128, 64, 3, 3),
                                                   np.float32)
@@ -396,7 +396,7 @@ def test_wrong_shape_raises_and_leaves_model_unchanged(tmp_path,
 
 
 def test_unexpected_key_raises_and_leaves_model_unchanged(tmp_path,
-                                                         resnet18_file):
+                                                          resnet18_file):
     sd = dict(resnet18_file[1])
     sd['layer5.0.conv1.weight'] = np.zeros((3, 3, 1, 1), np.float32)
     message = _load_broken(tmp_path, sd)

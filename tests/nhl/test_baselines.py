@@ -271,10 +271,10 @@ def test_registry_errors_name_the_choices():
 def test_train_step_with_each_rule_is_finite(name):
     config = default.get_config()
     config.update({'dataset': 'digits', 'bits': (8, 16), 'batch_size': 32,
-                       'weighting': name})
+                   'weighting': name})
     splits = data.load_splits('digits', seed=0)
     setup, state = cli.create_train_state(cli.resolve(config),
-                                            train.DataInfo.of(splits))
+                                          train.DataInfo.of(splits))
     compiled = train.compile_step(setup.steps['train'])
 
     def step(state, batch):

@@ -102,7 +102,7 @@ def test_weights_carry_no_gradient():
 
 
 @pytest.mark.parametrize(('name', 'rule'), [('pcdh', 'paper'),
-                                             ('dpn', 'pcgrad')])
+                                            ('dpn', 'pcgrad')])
 def test_gradient_rules_give_the_gradient_of_the_weighted_sum(name, rule):
     # The product rules take the total's gradient from each length's own
     # vjp; it must equal autodiff of sum_k w_k obj_k with w held fixed, on

@@ -62,7 +62,7 @@ class TestPack:
 
     def test_byte_multiple_prefix_is_a_view(self):
         packed = retrieval.pack_codes(random_codes(np.random.default_rng(2), 5,
-                                               64))
+                                                   64))
         assert np.shares_memory(retrieval.prefix_codes(packed, 32), packed)
         assert not np.shares_memory(retrieval.prefix_codes(packed, 12), packed)
 
@@ -197,7 +197,7 @@ class TestCodesFile:
         for bits in (8, 16):
             np.testing.assert_array_equal(
                 retrieval.unpack_codes(retrieval.codes_of_length(loaded, bits),
-                                   bits), codes[:, :bits])
+                                       bits), codes[:, :bits])
 
     def test_lengths_a_set_can_give(self):
         nested, codes = _code_set(True)

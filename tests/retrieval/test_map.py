@@ -56,7 +56,7 @@ def test_matches_reference(tied_data, top_k):
 
     zero = retrieval.mean_average_precision(*tied_data, top_k=top_k)
     skip = retrieval.mean_average_precision(*tied_data, top_k=top_k,
-                                           zero_relevant='skip')
+                                            zero_relevant='skip')
     assert zero == pytest.approx(expected.mean(), abs=1e-10)
     assert skip == pytest.approx(expected[expected > 0].mean(), abs=1e-10)
 
@@ -129,7 +129,7 @@ def test_top_k_none_scores_the_last_item():
     db_labels = np.zeros((num_items, 1))
     db_labels[-1] = 1
     aps = retrieval.average_precisions(q_codes, np.ones((1, 1)), db_codes,
-                                      db_labels)
+                                       db_labels)
     assert aps[0] == pytest.approx(1 / num_items)
 
 
@@ -164,7 +164,7 @@ def test_hamming_distances_count_differing_bits(num_bits, dtype):
 
 def test_chunking_and_threads_do_not_change_the_result(tied_data):
     expected = retrieval.average_precisions(*tied_data, chunk_size=1000,
-                                           num_threads=1)
+                                            num_threads=1)
     for chunk_size in (1, 7, 64):
         for num_threads in (1, 3):
             aps = retrieval.average_precisions(

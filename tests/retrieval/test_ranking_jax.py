@@ -68,9 +68,9 @@ def test_metrics_equal_the_numpy_path(data, options, ties):
 def test_average_precisions_equal_the_numpy_path(data, ties):
     for top_k in (None, 10):
         want = retrieval.average_precisions(*data, top_k=top_k, ties=ties,
-                                           seed=1, backend='numpy')
+                                            seed=1, backend='numpy')
         got = retrieval.average_precisions(*data, top_k=top_k, ties=ties,
-                                          seed=1, backend='jax')
+                                           seed=1, backend='jax')
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
@@ -105,7 +105,7 @@ def test_int64_keys_rank_like_int32_ones(monkeypatch):
 def test_jax_inputs_on_device_are_accepted(data):
     want = retrieval.mean_average_precision(*data, top_k=10, backend='numpy')
     got = retrieval.mean_average_precision(*map(jnp.asarray, data), top_k=10,
-                                          backend='jax')
+                                           backend='jax')
     assert got == pytest.approx(want, abs=1e-12)
 
 

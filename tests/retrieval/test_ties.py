@@ -85,7 +85,7 @@ def test_mean_average_precision_offers_it_at_all_and_at_k():
     for top_k in (None, 1, 3, 4, 6):
         want, _ = brute_force(distances, relevant, top_k or len(distances))
         got = retrieval.mean_average_precision(*data, top_k=top_k,
-                                              ties='expected')
+                                               ties='expected')
         assert got == pytest.approx(want, abs=1e-12)
 
 
@@ -119,7 +119,7 @@ def test_does_not_depend_on_database_order(tied_data):
     order = np.random.default_rng(1).permutation(len(db_codes))
     for top_k in (None, 10):
         want = retrieval.average_precisions(*tied_data, top_k=top_k,
-                                           ties='expected')
+                                            ties='expected')
         got = retrieval.average_precisions(
             q_codes, q_labels, db_codes[order], db_labels[order],
             top_k=top_k, ties='expected')

@@ -55,7 +55,7 @@ def _setup(method='dsh'):
                        batch_size=BATCH))
     splits = data.load_splits('digits', seed=0)
     setup, state = cli.create_train_state(cli.resolve(config),
-                                            train.DataInfo.of(splits))
+                                          train.DataInfo.of(splits))
     return splits, setup, state
 
 

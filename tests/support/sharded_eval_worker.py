@@ -31,7 +31,7 @@ def _setup():
     config.update(dict(method='dsh', dataset='digits', bits=(8, 16, 32)))
     splits = data.load_splits('digits', seed=0)
     setup, state = cli.create_train_state(cli.resolve(config),
-                                            train.DataInfo.of(splits))
+                                          train.DataInfo.of(splits))
     return splits, setup, state
 
 

@@ -136,7 +136,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     straight = cli.train_and_evaluate(_config(epochs=2), str(tmp_path / 'a'))
     cli.train_and_evaluate(_config(epochs=1), str(tmp_path / 'b'))
     resumed = cli.train_and_evaluate(_config(epochs=2), str(tmp_path / 'b'),
-                                       resume=True)
+                                     resume=True)
     assert resumed['map'] == straight['map']
 
 
@@ -144,12 +144,12 @@ def test_resume_refuses_a_different_config(tmp_path):
     cli.train_and_evaluate(_config(), str(tmp_path))
     with pytest.raises(UsageError, match=r"different config.*'method'"):
         cli.train_and_evaluate(_config(method='csq'), str(tmp_path),
-                                 resume=True)
+                               resume=True)
 
 
 def test_single_length_mode_trains_each_length_alone(tmp_path):
     results = cli.train_and_evaluate(_config(single_length=True),
-                                       str(tmp_path))
+                                     str(tmp_path))
     assert results['mode'] == 'single_length'
     assert set(results['map']) == {'8', '16'}
     for b in (8, 16):
