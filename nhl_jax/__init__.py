@@ -8,22 +8,42 @@ The public face, lowest layer first:
 - ``nhl_jax.nhl``: NHL's objective (weighting + cascade distillation);
 - ``nhl_jax.mah``, ``nhl_jax.odh``: the other two systems' maths;
 - ``nhl_jax.data``, ``nhl_jax.train``: pipelines and the generic trainer;
+- ``nhl_jax.serving``: an exported bundle's encoder and search, with jax,
+  numpy and faiss only;
 - ``nhl_jax.cli``: the commands (``nhl-jax train``), configs and registry.
 
-``data``, ``train`` and ``cli`` are imported on demand:
-``from nhl_jax import train``.
+Every part is imported on first use (``nhl_jax.nhl_objective``, ``from
+nhl_jax import train``), so that ``import nhl_jax.serving`` loads no flax,
+optax or orbax.
 """
 
-from nhl_jax import losses
-from nhl_jax import models
-from nhl_jax import nhl
-from nhl_jax import retrieval
+import importlib
+
 from nhl_jax._version import __version__
-from nhl_jax.models.nested import NestedHashLayer
-from nhl_jax.models.nested import check_bits
-from nhl_jax.models.nested import split_codes
-from nhl_jax.nhl.objective import nhl_objective
-from nhl_jax.types import HashLoss
+
+# Re-exported name -> the module that defines it.
+_NAMES = {
+    'HashLoss': 'nhl_jax.types',
+    'NestedHashLayer': 'nhl_jax.models.nested',
+    'check_bits': 'nhl_jax.models.nested',
+    'split_codes': 'nhl_jax.models.nested',
+    'nhl_objective': 'nhl_jax.nhl.objective',
+}
+_PARTS = ('losses', 'models', 'nhl', 'retrieval')
+
+
+def __getattr__(name):
+    """A part or a re-exported name, imported on first access."""
+    if name in _PARTS:
+        return importlib.import_module(f'nhl_jax.{name}')
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+    return sorted({*globals(), *_PARTS, *_NAMES})
+
 
 __all__ = [
     'HashLoss',

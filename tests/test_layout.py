@@ -7,7 +7,9 @@ layers (lazy imports inside functions included):
    ``runlog``, ``hparams``, ``_version``;
 1. ``data``, ``losses``, ``models``, ``retrieval`` (independent of each
    other);
-2. ``train``: the generic trainer, which knows no system;
+2. ``train``: the generic trainer, which knows no system; ``serving``:
+   an exported bundle's encoder and search, on ``retrieval`` alone (no
+   model or training code, so that it runs without flax, optax or orbax);
 3. ``nhl``, ``mah``, ``odh``: each a ``System`` beside its maths;
 4. ``cli`` (the registry of systems and the commands) and the package's
    face (``nhl_jax/__init__.py``, ``__main__``).
@@ -27,7 +29,7 @@ LAYERS = {
     **dict.fromkeys(('_version', 'types', 'errors', 'checks', 'compiler',
                      'parallel', 'runlog', 'hparams'), 0),
     **dict.fromkeys(('data', 'losses', 'models', 'retrieval'), 1),
-    'train': 2,
+    **dict.fromkeys(('train', 'serving'), 2),
     **dict.fromkeys(('nhl', 'mah', 'odh'), 3),
     **dict.fromkeys(('cli', '__init__', '__main__'), 4),
 }
@@ -84,7 +86,7 @@ def test_every_top_level_part_has_a_layer():
 
 
 # Layers whose packages must not import each other.
-_INDEPENDENT = frozenset({1, 3})
+_INDEPENDENT = frozenset({1, 2, 3})
 
 
 def test_no_module_imports_a_higher_layer_or_a_sibling_package():

@@ -3,6 +3,7 @@
     nhl-jax train --method=dpn              # train, evaluate, results.json
     nhl-jax encode --workdir=runs/x         # packed codes, metrics, plots
     nhl-jax search --workdir=runs/x --query_split=query --query_index=0
+    nhl-jax export --workdir=runs/x --out=bundle  # for nhl_jax.serving
     nhl-jax plot --workdirs=runs/a,runs/b   # mAP vs code length
     nhl-jax export-splits --dataset=digits  # the ids of a seeded split
 
@@ -26,6 +27,7 @@ COMMANDS = {
     'train': 'train',
     'encode': 'encode',
     'search': 'search',
+    'export': 'export',
     'plot': 'plot',
     'export-splits': 'export_splits',
 }
@@ -38,6 +40,7 @@ commands:
   train          train and evaluate a run (--method=dpn, --config=...)
   encode         encode a trained run's splits to packed codes and metrics
   search         search a run's encoded database (top-k or radius)
+  export         write a bundle (encoder, database, faiss) for serving
   plot           draw mAP versus code length for several runs
   export-splits  write the ids of a seeded split, with its digest
 
@@ -71,7 +74,7 @@ def __getattr__(name):
     if name in _LAZY:
         module = importlib.import_module(f'nhl_jax.cli.{_LAZY[name][0]}')
         return getattr(module, _LAZY[name][1])
-    if name in ('config', 'configs', 'inference', 'registry'):
+    if name in ('bundle', 'config', 'configs', 'inference', 'registry'):
         return importlib.import_module(f'nhl_jax.cli.{name}')
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
@@ -79,6 +82,7 @@ def __getattr__(name):
 # name -> (module of nhl_jax.cli, attribute)
 _LAZY = {
     'train_and_evaluate': ('train', 'train_and_evaluate'),
+    'export_run': ('bundle', 'export_run'),
     'resolve': ('config', 'resolve'),
     'check_config': ('config', 'check_config'),
     'create_train_state': ('registry', 'create_train_state'),
@@ -92,6 +96,7 @@ __all__ = [
     'SYSTEMS',
     'check_config',
     'create_train_state',
+    'export_run',
     'main',
     'methods',
     'resolve',

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -35,6 +36,7 @@ from nhl_jax import data, retrieval, runlog, train
 from nhl_jax.cli import config as config_lib
 from nhl_jax.cli import registry as systems
 from nhl_jax.errors import UsageError
+from nhl_jax.retrieval.codes import pack_jax
 from nhl_jax.train import checkpoint, evaluation
 
 
@@ -308,15 +310,13 @@ def encode_dataset(run: TrainedRun, ds, *,
     """
     batch_size = batch_size or run.spec.eval_batch_size
     packed = {}
-    for part in run.parts:
-        for lengths, (params, rest) in _distinct(part):
-            h = evaluation.encode_outputs(part.encode, params, rest, ds,
-                                          batch_size,
-                                          workers=run.spec.data_workers)
-            codes = retrieval.sign_codes(h)  # [N, W] ±1
-            kept = lengths[-1:] if run.nested else lengths
-            packed.update({b: retrieval.pack_codes(
-                codes[:, run.layout.columns(b)]) for b in kept})
+    for lengths, encode, params, rest in _models(run):
+        h = evaluation.encode_outputs(encode, params, rest, ds, batch_size,
+                                      workers=run.spec.data_workers)
+        codes = retrieval.sign_codes(h)  # [N, W] ±1
+        kept = lengths[-1:] if run.nested else lengths
+        packed.update({b: retrieval.pack_codes(
+            codes[:, run.layout.columns(b)]) for b in kept})
     return retrieval.CodeSet(packed, run.bits,
                              np.asarray(ds.labels, np.float32),
                              np.asarray(ds.ids, np.int64), run.params,
@@ -331,6 +331,49 @@ def learned_code_set(run: TrainedRun, ds) -> retrieval.CodeSet:
     return retrieval.CodeSet(packed, run.bits,
                              np.asarray(ds.labels, np.float32),
                              np.asarray(ds.ids, np.int64), run.params, False)
+
+
+def packed_codes_fn(run: TrainedRun) -> Callable:
+    """``encode_dataset``'s codes as one traceable function of images.
+
+    For ``jax.jit`` or ``jax.export``: the same models and columns as
+    ``encode_dataset``, with ``pack_jax`` for ``pack_codes(sign_codes(h))``.
+
+    Returns:
+      ``images [B, H, W, C] uint8 -> (codes, nan)``: ``codes`` a tuple of
+      [B, ceil(b / 8)] uint8 packed codes, one per ``run.bits`` in order;
+      ``nan`` [B] bool, the rows whose outputs hold NaN (no sign).
+    """
+    return codes_function(list(_models(run)), run.layout, run.bits)
+
+
+def codes_function(models, layout: evaluation.CodeLayout,
+                   bits: Sequence[int]) -> Callable:
+    """``packed_codes_fn`` of models given directly (e.g. a fresh init).
+
+    Args:
+      models: (lengths, encode, params, rest) per model, ``encode`` as
+        ``train.compile_encode``'s: ``(params, rest, images) -> [B, W]``.
+      layout: where each length's code is in the outputs.
+      bits: the lengths, in the order of the returned codes.
+    """
+    def codes_of(images):
+        packed, nan = {}, []
+        for lengths, encode, params, rest in models:
+            h = encode(params, rest, images)  # [B, W]
+            for b in lengths:
+                packed[b], bad = pack_jax(h[:, layout.columns(b)])
+                nan.append(bad)
+        return tuple(packed[b] for b in bits), jnp.stack(nan).any(0)
+
+    return codes_of
+
+
+def _models(run: TrainedRun):
+    """(lengths, encode, params, rest) of each distinct model of a run."""
+    for part in run.parts:
+        for lengths, (params, rest) in _distinct(part):
+            yield lengths, part.encode, params, rest
 
 
 def _distinct(part: _Part):
@@ -415,22 +458,14 @@ def export_codes(workdir: str, *, params: str = 'last',
         raise UsageError(f'Unknown split(s) {unknown or splits}; choose from '
                          f'{list(data.Splits._fields)}.')
     sets = load_data(config, dataset=dataset, data_dir=data_dir)
-    first = getattr(sets, splits[0])
-    run = load_run(workdir, params=params,
-                   input_shape=data.image_shape(first),
-                   num_classes=first.labels.shape[1])
+    run = load_run_for(workdir, getattr(sets, splits[0]), params=params)
     out = os.path.join(workdir, 'codes')
     os.makedirs(out, exist_ok=True)
     codes, paths = {}, {}
-    learned = run.system.learned_split(run.spec)
     own_data = dataset in (None, config.dataset)
     for name in splits:
-        if name == 'database' and learned is not None and own_data:
-            # The asymmetric protocol searches the learned codes V.
-            codes[name] = learned_code_set(run, getattr(sets, learned))
-        else:
-            codes[name] = encode_dataset(run, getattr(sets, name),
-                                         batch_size=batch_size)
+        codes[name] = split_code_set(run, sets, name, own_data=own_data,
+                                     batch_size=batch_size)
         paths[name] = os.path.join(out, f'{name}.npz')
         retrieval.save_codes(paths[name], codes[name])
     top_k = _top_k(config, dataset, data_dir)
@@ -442,6 +477,32 @@ def export_codes(workdir: str, *, params: str = 'last',
             'params': params, 'dataset': dataset or config.dataset,
             'top_k': top_k, 'lengths': summary})
     return {'paths': paths, 'metrics': summary, 'top_k': top_k}
+
+
+def load_run_for(workdir: str, ds, *, params: str = 'last') -> TrainedRun:
+    """``load_run`` for images and labels shaped as those of ``ds``."""
+    return load_run(workdir, params=params, input_shape=data.image_shape(ds),
+                    num_classes=ds.labels.shape[1])
+
+
+def split_code_set(run: TrainedRun, sets: data.Splits, name: str, *,
+                   own_data: bool = True,
+                   batch_size: int | None = None) -> retrieval.CodeSet:
+    """The codes a split is searched by: encoded, or learned (MAH).
+
+    Args:
+      run: from ``load_run``.
+      sets: the splits (``load_data``).
+      name: the split, a field of ``data.Splits``.
+      own_data: whether ``sets`` are the run's own dataset; only then is a
+        system's 'database' its learned codes V, of the rows that own them.
+      batch_size: as ``encode_dataset``.
+    """
+    learned = run.system.learned_split(run.spec)
+    if name == 'database' and learned is not None and own_data:
+        # The asymmetric protocol searches the learned codes V.
+        return learned_code_set(run, getattr(sets, learned))
+    return encode_dataset(run, getattr(sets, name), batch_size=batch_size)
 
 
 def _top_k(config, dataset, data_dir):

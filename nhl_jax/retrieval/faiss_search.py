@@ -52,8 +52,8 @@ class FaissSearch:
     """
 
     def __init__(self, db, bits: int, kind: str, *, neighbors: int,
-                 tables: int):
-        """Builds the index and adds the database.
+                 tables: int, index=None):
+        """Builds the index and adds the database, or takes a built one.
 
         Args:
           db: [N, B] uint8 C-contiguous packed codes, checked, N >= 1.
@@ -61,6 +61,8 @@ class FaissSearch:
           kind: a key of ``FAISS_KINDS``.
           neighbors: HNSW's M, links per node.
           tables: multi-hash tables, 1..8 B.
+          index: a faiss index of ``kind`` that already holds ``db`` (e.g.
+            read by ``faiss.read_index_binary``), or None to build one.
         """
         if kind not in FAISS_KINDS:
             raise ValueError(f'Unknown faiss index kind {kind!r}; choose one '
@@ -70,10 +72,17 @@ class FaissSearch:
                              f'{bits}-bit codes, got {tables}')
         make, self.ranged = FAISS_KINDS[kind]
         self.kind = kind
-        self.index = make(load_faiss(), 8 * db.shape[1],
-                          {'neighbors': neighbors, 'tables': tables})
-        self.index.add(db)
-        self.size = self.index.ntotal
+        if index is None:
+            index = make(load_faiss(), 8 * db.shape[1],
+                         {'neighbors': neighbors, 'tables': tables})
+            index.add(db)
+        elif (index.d, index.ntotal) != (8 * db.shape[1], len(db)):
+            raise ValueError(
+                f'the faiss index holds {index.ntotal} codes of {index.d} '
+                f'bits, not the {len(db)} codes of {8 * db.shape[1]} bits '
+                f'({bits}-bit codes) it is given with; rebuild it')
+        self.index = index
+        self.size = index.ntotal
 
     def top_k(self, q, k: int):
         """([Q, k] rows, [Q, k] distances), sorted by (distance, row).

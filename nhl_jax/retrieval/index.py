@@ -110,7 +110,8 @@ def numpy_index(db_packed, bits: int, *,
 
 
 def faiss_index(db_packed, bits: int, *, kind: str = 'flat',
-                neighbors: int = 32, tables: int = 3) -> HammingIndex:
+                neighbors: int = 32, tables: int = 3,
+                index=None) -> HammingIndex:
     """Hamming search with a faiss binary index (``pip install .[faiss]``).
 
     Args:
@@ -121,12 +122,15 @@ def faiss_index(db_packed, bits: int, *, kind: str = 'flat',
         and faiss's ties and radii compare: ``faiss_search``.
       neighbors: HNSW's M, links per node.
       tables: multi-hash tables.
+      index: a faiss index of ``kind`` that already holds ``db_packed``
+        (``faiss.read_index_binary`` of a saved one), or None to build it.
 
     Returns:
       A ``HammingIndex``.
     """
     found = faiss_search.FaissSearch(_check_database(db_packed, bits), bits,
-                                     kind, neighbors=neighbors, tables=tables)
+                                     kind, neighbors=neighbors, tables=tables,
+                                     index=index)
     return _hamming_index(found.top_k, found.within, bits, found.size)
 
 

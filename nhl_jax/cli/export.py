@@ -1,0 +1,82 @@
+"""Exports a trained run as a bundle that searches without this repository.
+
+    nhl-jax train --method=dpn --workdir=runs/dpn
+    nhl-jax export --workdir=runs/dpn --out=bundles/dpn
+    # elsewhere, with jax and numpy (and faiss) only:
+    python -c "from nhl_jax import serving; s = serving.load('bundles/dpn')"
+
+The bundle holds the encoder (``jax.export``: uint8 images in, packed codes
+of every length out), the database codes, a faiss index per length and a
+manifest with the SHA-256 of every file; ``nhl_jax.cli.bundle`` writes it
+and ``nhl_jax.serving`` reads it.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from nhl_jax.cli import bundle
+from nhl_jax.errors import UsageError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS) -> None:
+    """Defines the command's flags on ``flag_values``."""
+    fv = {'flag_values': flag_values}
+    flags.DEFINE_string('workdir', None, 'A trained run directory.', **fv)
+    flags.DEFINE_string('out', None, 'The bundle directory to create.', **fv)
+    flags.DEFINE_enum('params', 'last', ['last', 'best'],
+                      'Final parameters, or the best per length.', **fv)
+    flags.DEFINE_list('platforms', list(bundle.PLATFORMS),
+                      'Platforms to export the encoder for (those that do '
+                      'not lower here are left out).', **fv)
+    flags.DEFINE_integer('batch_size', None,
+                         'Images per forward pass (default: the run\'s).',
+                         **fv)
+
+
+def run(flag_values=FLAGS) -> dict:
+    """The export of parsed flags, as ``main`` does it; the manifest.
+
+    Raises:
+      UsageError: a missing flag, or what ``bundle.export_run`` raises.
+    """
+    for name in ('workdir', 'out'):
+        if not flag_values[name].value:
+            raise UsageError(f'pass --{name} (nhl-jax export --help).')
+    return bundle.export_run(
+        flag_values['workdir'].value, flag_values['out'].value,
+        params=flag_values['params'].value,
+        platforms=tuple(flag_values['platforms'].value),
+        batch_size=flag_values['batch_size'].value)
+
+
+def main(argv):
+    del argv
+    if not FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every restore
+    try:
+        manifest = run()
+    except (UsageError, ImportError) as e:
+        sys.exit(f'error: {e}')
+    database = manifest['database']
+    print(f'{database["size"]} database codes of '
+          f'{", ".join(map(str, manifest["bits"]))} bits; encoder for '
+          f'{", ".join(manifest["encoder"]["platforms"])}')
+    print(f'wrote {FLAGS.out}')
+
+
+def _flags_parser(argv):
+    if 'out' not in FLAGS:  # here, so that importing defines none
+        define_flags()
+    return app.parse_flags_with_usage(argv)
+
+
+def cli(argv=None) -> None:
+    """Runs the command on ``argv`` (default: ``sys.argv``)."""
+    app.run(main, argv=argv, flags_parser=_flags_parser)
+
+
+if __name__ == '__main__':
+    cli()
