@@ -1,17 +1,25 @@
-"""CIFAR-10 from a prepared tfds directory, split by the papers' protocols.
+"""CIFAR-10/100 from the python version or tfds, split by the protocols.
 
-Nothing is downloaded: ``data_dir`` must already hold the tfds ArrayRecord
-copy of CIFAR-10 (``<data_dir>/cifar10/<version>/``). Preparing it needs
-TensorFlow and internet (tfds encodes the images with ``tf.image``), so do
-it once elsewhere, e.g.::
+Nothing is downloaded: ``data_dir`` must already hold one of
 
-    pip install tensorflow tensorflow-datasets
-    tfds build cifar10 --data_dir=DIR --file_format=array_record
+- the python-version archive of the CIFAR page, ``cifar-10-python.tar.gz``
+  (or ``--data_dir`` naming it), or the folder it extracts to,
+  ``cifar-10-batches-py`` (torchvision downloads the same); read with
+  NumPy and a restricted unpickler (``cifar_archive``), no TensorFlow;
+- a tfds ArrayRecord copy (``<data_dir>/cifar10/<version>/``). Preparing
+  it needs TensorFlow and internet (tfds encodes the images with
+  ``tf.image``), so do it once elsewhere, e.g.::
 
-then copy ``DIR/cifar10`` over (CIFAR-100, for ODH's protocol: the same
-with ``cifar100``, read by ``load_cifar100``). Reading needs only
-tensorflow-datasets and
-pillow (or opencv-python-headless, which decodes faster)::
+      pip install tensorflow tensorflow-datasets
+      tfds build cifar10 --data_dir=DIR --file_format=array_record
+
+  then copy ``DIR/cifar10`` over; reading needs only tensorflow-datasets
+  and pillow (or opencv-python-headless, which decodes faster).
+
+``load_cifar10`` tells them apart by their content; both give the same
+rows in the same order. CIFAR-100 (ODH's protocol) is the same with
+``cifar-100-python.tar.gz``, ``cifar-100-python`` or ``cifar100``, read by
+``load_cifar100``::
 
     splits = load_cifar10_splits('cifar10-1', data_dir, seed=0)
     splits.query.images  # [1000, 32, 32, 3] uint8
@@ -22,7 +30,8 @@ import os
 
 import numpy as np
 
-from nhl_jax.data import datasets
+from nhl_jax.data import cifar_archive, datasets
+from nhl_jax.errors import UsageError
 
 _NAME = 'cifar10'
 _SPLITS = ('train', 'test')  # 50,000 then 10,000
@@ -31,7 +40,8 @@ _PER_CLASS = 6000
 # Records per read: faster than one record at a time (benchmarks/
 # RESULTS.md); 256 to 1,024 perform the same.
 _CHUNK = 1024
-_TITLES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
+_TITLES = {name: layout.title
+           for name, layout in cifar_archive.LAYOUTS.items()}
 
 
 def _prepare(name: str = _NAME) -> str:
@@ -69,27 +79,33 @@ def get_protocol(name: str) -> datasets.Protocol:
 
 
 def load_cifar10(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """All 60,000 CIFAR-10 images from a prepared tfds directory.
+    """All 60,000 CIFAR-10 images, from the python version or tfds.
 
-    Rows are tfds's 'train' split (rows 0..49,999) then its 'test' split
-    (50,000..59,999). tfds stores the examples shuffled; each split is put
-    back in the order of the original CIFAR-10 batch files by sorting on
-    tfds's 'id' ('train_00042' is row 42), so a row is the same image as in
-    torchvision's and DeepHash-pytorch's train + test concatenation.
-    Cached for the last data_dir, since decoding the 60,000 PNGs is slow
-    (opencv decodes faster than pillow; benchmarks/RESULTS.md); the arrays
-    are read-only.
+    Rows are the training batches (rows 0..49,999) then the test batch
+    (50,000..59,999), in the order of the original batch files: the python
+    version's ``data_batch_1`` .. ``data_batch_5``, ``test_batch``, or
+    tfds's 'train' then 'test' split put back in that order (tfds stores
+    the examples shuffled) by sorting on its 'id' ('train_00042' is row
+    42). A row is the same image either way, and as in torchvision's and
+    DeepHash-pytorch's train + test concatenation. Cached for the last
+    data_dir, since reading is slow (tfds decodes 60,000 PNGs; opencv
+    faster than pillow; benchmarks/RESULTS.md); the arrays are read-only.
 
     Args:
-      data_dir: the tfds data directory holding ``cifar10/<version>/``.
+      data_dir: ``cifar-10-python.tar.gz``, the folder it extracts to
+        (``cifar-10-batches-py``), a folder holding either, or the tfds
+        data directory holding ``cifar10/<version>/``.
 
     Returns:
       (images [60000, 32, 32, 3] uint8, class_ids [60000] int64).
 
     Raises:
-      ValueError: at once (nothing is downloaded) if CIFAR-10 is not
-        prepared in data_dir, or is stored without random access.
-      ImportError: if tensorflow-datasets is not installed.
+      UsageError: at once (nothing is downloaded) if none of them is
+        there (naming what was looked for), or for a truncated archive or
+        a batch file that holds anything else.
+      ValueError: a tfds copy of another version, or without random
+        access.
+      ImportError: reading a tfds copy without tensorflow-datasets.
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
     return _load_cifar10(path)
@@ -97,7 +113,25 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _load_cifar10(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    return _load_tfds(_NAME, data_dir)
+    return _load(_NAME, data_dir)
+
+
+def _load(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train then test rows of CIFAR ``name``, whichever copy is there."""
+    archive = cifar_archive.find(name, data_dir)
+    if archive is not None:
+        parts = cifar_archive.read(name, archive)
+    elif os.path.isdir(os.path.join(data_dir, name)):
+        parts = _load_tfds(name, data_dir)
+    else:
+        raise UsageError(
+            f'{_TITLES[name]} is not prepared in data_dir={data_dir!r}: '
+            f'looked for {cifar_archive.describe(name)} and a tfds copy '
+            f'{name}/<version>/; download the python version from '
+            f'{cifar_archive.URL} or {_prepare(name)}.')
+    # pylint: disable-next=protected-access
+    read_only = datasets._read_only
+    return tuple(read_only(part) for part in parts)
 
 
 def _load_tfds(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,9 +141,7 @@ def _load_tfds(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     parts = [_read_split(_source(tfds, data_dir, split, name))
              for split in _SPLITS]
     images, class_ids = (np.concatenate(p) for p in zip(*parts))
-    # pylint: disable-next=protected-access
-    read_only = datasets._read_only
-    return read_only(images), read_only(class_ids)
+    return images, class_ids
 
 
 def _import_tfds():
@@ -176,7 +208,7 @@ def make_spec(name: str, data_dir: str | os.PathLike) -> datasets.DatasetSpec:
 
     Args:
       name: a key of ``CIFAR10_PROTOCOLS``.
-      data_dir: the tfds data directory (see ``load_cifar10``).
+      data_dir: see ``load_cifar10``.
     """
     protocol = get_protocol(name)
     c, q, t = _NUM_CLASSES, protocol.query_per_class, protocol.train_per_class
@@ -188,7 +220,7 @@ def make_spec(name: str, data_dir: str | os.PathLike) -> datasets.DatasetSpec:
         protocol=protocol,
         backbone='resnet50',
         top_k=None,
-        description=f'CIFAR-10 from tfds, 32x32 RGB: {c * q:,} query / '
+        description=f'CIFAR-10, 32x32 RGB: {c * q:,} query / '
         f'{c * t:,} train ({where} the database) / '
         f'{c * (_PER_CLASS - q - t + kept):,} database, mAP@all',
     )
@@ -200,7 +232,7 @@ def load_cifar10_splits(name: str, data_dir: str | os.PathLike,
 
     Args:
       name: a key of ``CIFAR10_PROTOCOLS``.
-      data_dir: the tfds data directory (see ``load_cifar10``).
+      data_dir: see ``load_cifar10``.
       seed: seed of the per-class permutation (see ``split_by_class``).
 
     Returns:
@@ -223,12 +255,15 @@ CIFAR100_TOP_K = 500
 
 def load_cifar100(data_dir: str | os.PathLike) -> tuple[np.ndarray,
                                                          np.ndarray]:
-    """All 60,000 CIFAR-100 images (fine labels) from a prepared tfds dir.
+    """All 60,000 CIFAR-100 images (fine labels), python version or tfds.
 
-    As ``load_cifar10``: rows are the 'train' split then 'test', each in the
-    original file order (tfds 'id'); cached for the last data_dir;
-    read-only. Prepare with ``tfds build cifar100 --data_dir=DIR
-    --file_format=array_record``.
+    As ``load_cifar10``: rows are the train rows then the test rows, in
+    the original file order (the python version's ``train`` then ``test``,
+    or tfds's splits sorted by 'id'); cached for the last data_dir;
+    read-only. ``data_dir``: ``cifar-100-python.tar.gz``, the folder it
+    extracts to (``cifar-100-python``), a folder holding either, or a tfds
+    copy (``tfds build cifar100 --data_dir=DIR
+    --file_format=array_record``).
 
     Returns:
       (images [60000, 32, 32, 3] uint8, class_ids [60000] int64 in 0..99).
@@ -239,7 +274,7 @@ def load_cifar100(data_dir: str | os.PathLike) -> tuple[np.ndarray,
 
 @functools.lru_cache(maxsize=1)
 def _load_cifar100(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    return _load_tfds('cifar100', data_dir)
+    return _load('cifar100', data_dir)
 
 
 def make_cifar100_spec(name: str,
@@ -248,7 +283,7 @@ def make_cifar100_spec(name: str,
 
     Args:
       name: a key of ``CIFAR100_PROTOCOLS``.
-      data_dir: the tfds data directory holding ``cifar100/<version>/``.
+      data_dir: see ``load_cifar100``.
     """
     if name not in CIFAR100_PROTOCOLS:
         raise ValueError(
@@ -263,7 +298,7 @@ def make_cifar100_spec(name: str,
         protocol=protocol,
         backbone='resnet18',
         top_k=CIFAR100_TOP_K,
-        description=f'CIFAR-100 from tfds, 32x32 RGB: {100 * q:,} query / '
+        description=f'CIFAR-100, 32x32 RGB: {100 * q:,} query / '
         f'{100 * t:,} train (in the database) / {100 * (600 - q):,} '
         f'database, mAP@{CIFAR100_TOP_K}',
     )

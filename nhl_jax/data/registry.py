@@ -1,7 +1,7 @@
 """Every dataset by name: offline ones, CIFAR-10 protocols, list-file sets.
 
     splits = load_splits('mnist5k', seed=0)
-    splits = load_splits('cifar10-1', seed=0, data_dir='~/tensorflow_datasets')
+    splits = load_splits('cifar10-1', data_dir='~/cifar-10-python.tar.gz')
     splits = load_splits('coco', data_dir='/data/coco')  # the list files' root
 """
 
@@ -64,10 +64,10 @@ FROM_DATA_DIR = {
 # Every dataset name, with a one-line description.
 DATASETS = {
     **{name: spec.description for name, spec in datasets.OFFLINE.items()},
-    **{name: 'CIFAR-10 protocol ' + name + ' (tfds, needs --data_dir)'
-       for name in cifar.CIFAR10_PROTOCOLS},
-    **{name: 'CIFAR-100 protocol ' + name + ' (tfds, needs --data_dir)'
-       for name in cifar.CIFAR100_PROTOCOLS},
+    **{name: f'CIFAR-10 protocol {name} (needs --data_dir: the python '
+       'version or tfds)' for name in cifar.CIFAR10_PROTOCOLS},
+    **{name: f'CIFAR-100 protocol {name} (needs --data_dir: the python '
+       'version or tfds)' for name in cifar.CIFAR100_PROTOCOLS},
     **{name: f'{t[2]} list files (needs --data_dir)'
        for name, t in _LIST_DATASETS.items()},
 }
@@ -78,8 +78,9 @@ def get_spec(name: str, data_dir: str | None = None) -> datasets.DatasetSpec:
 
     Args:
       name: a key of ``DATASETS``.
-      data_dir: where CIFAR-10 (tfds) or the list files and images live;
-        unused by the offline datasets.
+      data_dir: where CIFAR (the python-version archive, its folder or
+        tfds) or the list files and images live; unused by the offline
+        datasets.
 
     Raises:
       ValueError: for an unknown name (listing the valid ones), or a
@@ -93,8 +94,9 @@ def get_spec(name: str, data_dir: str | None = None) -> datasets.DatasetSpec:
         )
     if not data_dir:
         raise ValueError(
-            f'dataset {name!r} is read from files: pass --data_dir (the tfds '
-            'data directory for CIFAR-10, the root of train.txt / test.txt / '
+            f'dataset {name!r} is read from files: pass --data_dir (for '
+            'CIFAR the python-version archive, its extracted folder or the '
+            'tfds data directory; the root of train.txt / test.txt / '
             'database.txt for list-file datasets).'
         )
     return FROM_DATA_DIR[name](os.path.expanduser(str(data_dir)))

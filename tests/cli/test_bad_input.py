@@ -31,6 +31,7 @@ from nhl_jax.cli.config import UsageError
 from nhl_jax.data import files, listfile
 from nhl_jax.models import pretrained
 from tests.support import ROOT, command_line
+from tests.support import cifar_archive as cifar_writer
 
 # The smallest run that trains: digits (8x8), the MLP, one epoch.
 TINY = ['--dataset=digits', '--backbone=mlp', '--bits=8', '--epochs=1',
@@ -203,9 +204,32 @@ def _home_file(tmp):
     (tmp / 'home' / 'file').write_text('')
 
 
+def _cifar_folder(tmp):
+    """A CIFAR-10 python-version folder of 12 rows under ``tmp``."""
+    images, class_ids = cifar_writer.random_rows(12)
+    return cifar_writer.write_folder(tmp, 'cifar10', images, class_ids, 10)
+
+
+def _truncated_cifar_archive(tmp):
+    folder = _cifar_folder(tmp)
+    archive = cifar_writer.write_archive(folder)
+    shutil.rmtree(folder)
+    raw = (tmp / 'cifar-10-python.tar.gz').read_bytes()
+    (tmp / 'cifar-10-python.tar.gz').write_bytes(raw[:len(raw) // 2])
+    return archive
+
+
+def _foreign_cifar_pickle(tmp):
+    folder = _cifar_folder(tmp)
+    with open(os.path.join(folder, 'data_batch_1'), 'wb') as f:
+        f.write(b"cos\nsystem\n(S'echo owned'\ntR.")
+
+
 LIST = ['--dataset=nuswide_21', '--data_dir=<tmp>', '--backbone=mlp',
         '--bits=8', '--epochs=1']
 NPZ = '<tmp>/w.npz'
+CIFAR = ['--dataset=cifar10-1', '--backbone=mlp', '--bits=8', '--epochs=1']
+CIFAR_GZ = 'cifar-10-python.tar.gz'
 MULTI = ['--coordinator_address=localhost:1234', '--num_processes=2']
 
 
@@ -333,6 +357,15 @@ CASES = [
     ('list_truncated_image', LIST, _truncated_image,
      ("image '<tmp>/3.png' (in train.txt) cannot be read as an image "
       '(OSError: ')),
+    # 7. Your own data: CIFAR archives, list files and folders.
+    ('cifar_truncated_archive', [*CIFAR, '--data_dir=<tmp>/' + CIFAR_GZ],
+     _truncated_cifar_archive,
+     (f"'<tmp>/{CIFAR_GZ}' cannot be read as the CIFAR-10 python-version "
+      'archive (')),
+    ('cifar_foreign_pickle', [*CIFAR, '--data_dir=<tmp>'],
+     _foreign_cifar_pickle,
+     ('<tmp>/cifar-10-batches-py/data_batch_1 holds os.system, which a '
+      'CIFAR-10 batch file never does; it was not unpickled')),
     # 6. Multi-host flags, before jax.distributed is touched.
     ('processes_zero', ['--num_processes=0'], None,
      '--num_processes (or NHL_NUM_PROCESSES) must be >= 1 (or auto), got 0'),

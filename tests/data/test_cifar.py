@@ -22,6 +22,7 @@ from tests.support import ROOT
 tfds = pytest.importorskip('tensorflow_datasets')
 from tests.support.cifar import (  # noqa: E402 (needs tfds)
     mock_cifar,
+    shuffled_source,
     write_info,
 )
 
@@ -69,39 +70,8 @@ def test_chunked_read_matches_record_reads(data_dir, monkeypatch):
                                   [r['label'] for r in records])
 
 
-class ShuffledSource:
-    """A split stored shuffled, as tfds stores CIFAR-10.
-
-    The record of file row r has id '<split>_<r:05d>', every pixel equal to
-    the row's global index mod 256 and class (3 * index) % 10.
-    """
-
-    def __init__(self, split, size, offset):
-        self.split, self.offset = split, offset
-        self.rows = np.random.default_rng(size).permutation(size)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        row = int(self.rows[i])
-        index = self.offset + row
-        return {'id': f'{self.split}_{row:05d}'.encode(),
-                'image': np.full((32, 32, 3), index % 256, np.uint8),
-                'label': 3 * index % 10}
-
-    def __getitems__(self, keys):
-        return [self[k] for k in keys]
-
-
-def _shuffled_source(builder, split, **kwargs):
-    del builder, kwargs
-    return {'train': ShuffledSource('train', 23, 0),
-            'test': ShuffledSource('test', 9, 23)}[split]
-
-
 def test_rows_follow_cifar_file_order(data_dir):
-    with mock_cifar(as_data_source_fn=_shuffled_source):
+    with mock_cifar(as_data_source_fn=shuffled_source):
         images, class_ids = cifar.load_cifar10(data_dir)
     index = np.arange(32)  # train rows 0..22, then test rows 0..8
     np.testing.assert_array_equal(images[:, 0, 0, 0], index)
