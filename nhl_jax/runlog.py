@@ -21,7 +21,7 @@ def atomic_file(path: str, mode: str = 'w', *, suffix: str = '.tmp'):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        _chmod_as_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -41,7 +41,15 @@ def append_jsonl(path: str, record) -> None:
         f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def read_jsonl(path: str, *, kind: str | None = 'round') -> list[dict]:
+def _chmod_as_umask(path: str) -> None:
+    """The mode ``open`` would give: mkstemp makes files owner-only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def read_jsonl(path: str, *, kind: str | None = 'round',
+               torn: list | None = None) -> list[dict]:
     """The records of a metrics.jsonl.
 
     Args:
@@ -49,24 +57,50 @@ def read_jsonl(path: str, *, kind: str | None = 'round') -> list[dict]:
       kind: 'round' (one record per finished epoch / outer iteration),
         'step' (the step scalars logged every ``log_every`` steps), or None
         for both.
+      torn: if a list, a last line that is not JSON (a write cut short by
+        a kill or a full disk) is dropped and appended to it; else it is
+        an error like any other bad line.
+
+    Raises:
+      ValueError: a line that is not a JSON record, naming the file and
+        the line.
     """
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError('not a record')
+        except ValueError:
+            if torn is not None and i == len(lines) - 1:
+                torn.append(n)
+                continue
+            raise ValueError(
+                f'{path} line {n} is not a JSON record; restore the file '
+                'or delete that line.') from None
+        records.append(record)
     if kind is None:
         return records
     return [r for r in records if r.get('kind', 'round') == kind]
 
 
 def truncate_jsonl(path: str, *, max_epoch: int,
-                   max_step: int | None = None) -> None:
+                   max_step: int | None = None) -> list[int]:
     """Keeps what a resumed run has not done again (used on resume).
 
     Round records with ``epoch <= max_epoch`` and step records with
-    ``step <= max_step`` (all of them if None) stay.
+    ``step <= max_step`` (all of them if None) stay; a torn last line is
+    dropped.
+
+    Returns:
+      The numbers of the torn lines dropped (none or one).
     """
     if not os.path.exists(path):
-        return
-    records = read_jsonl(path, kind=None)
+        return []
+    torn = []
+    records = read_jsonl(path, kind=None, torn=torn)
 
     def kept_record(r):
         if r.get('kind') == 'step':
@@ -74,12 +108,9 @@ def truncate_jsonl(path: str, *, max_epoch: int,
         return r.get('epoch', 0) <= max_epoch
 
     kept = [r for r in records if kept_record(r)]
-    text = ''.join(json.dumps(r, sort_keys=True) + '\n' for r in kept)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(''.join(json.dumps(r, sort_keys=True) + '\n' for r in kept))
+    return torn
 
 
 class ProgressBar:

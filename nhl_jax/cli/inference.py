@@ -183,16 +183,25 @@ def _read(run_dir, wanted, input_shape=None):
             _check_shapes(mngr.directory / str(latest) / name, tree,
                           input_shape)
         try:
-            restored = mngr.restore(latest, args=ocp.args.Composite(**{
-                name: _partial_restore(tree)
-                for name, tree in wanted.items()}))
-        except Exception as e:  # noqa: BLE001 (orbax raises many types)
-            reason = str(e).strip().splitlines()[0][:200] if str(e) else ''
+            meta = checkpoint.read_meta(mngr, latest)
+            failure = None
+            try:
+                restored = mngr.restore(latest, args=ocp.args.Composite(**{
+                    name: _partial_restore(tree)
+                    for name, tree in wanted.items()}))
+            except Exception as e:  # noqa: BLE001 (orbax raises many)
+                failure = f'{type(e).__name__}: {str(e).strip()[:200]}'
+            if failure is not None:
+                checkpoint.drop_pending_reads()
+                raise checkpoint.Unverified(failure.splitlines()[0])
+            restored = {name: restored[name] for name in wanted}
+            checkpoint.verify(meta, restored)
+        except checkpoint.Unverified as e:
             raise UsageError(
-                f'checkpoint {latest} of {run_dir!r} cannot be read '
-                f'({type(e).__name__}: {reason}); check the run or '
-                'retrain it.') from None
-    return {name: restored[name] for name in wanted}
+                f'checkpoint {latest} of {run_dir!r} fails verification '
+                f'({e}); nhl-jax train --resume on the run restores the '
+                'newest one that verifies, or retrain it.') from None
+    return restored
 
 
 def learned_codes(run: TrainedRun) -> dict[int, np.ndarray] | None:
@@ -248,8 +257,7 @@ def _check_shapes(item_dir, tree, input_shape=None) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         node = saved
         for key in path:
-            name = str(getattr(key, 'key', getattr(key, 'name',
-                                                   getattr(key, 'idx', key))))
+            name = checkpoint.leaf_name((key,))
             if isinstance(node, (list, tuple)) and name.isdigit():
                 node = node[int(name)] if int(name) < len(node) else None
             else:

@@ -11,6 +11,7 @@ trainer (``nhl_jax.train.run_training``).
 """
 
 import contextlib
+import logging as std_logging
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from nhl_jax import data, models, parallel, train
+from nhl_jax import data, errors, models, parallel, train
 from nhl_jax.cli import config as config_lib
 from nhl_jax.cli import configs
 from nhl_jax.cli import registry as systems
@@ -334,7 +335,7 @@ def run(flag_values=FLAGS) -> dict:
       UsageError: any bad flag, config, input file or workdir, before the
         workdir is written (a corrupt image found mid-epoch excepted).
       FloatingPointError: the loss or the parameters became non-finite.
-      Preempted: on SIGTERM, after a resumable checkpoint.
+      Preempted: on SIGTERM or SIGINT, after a resumable checkpoint.
     """
     # First: it must run before JAX is used (parse() counts devices).
     parallel.initialize(flag_values['coordinator_address'].value,
@@ -368,18 +369,37 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
                               resume=resume, create_parents=create_parents)
 
 
+def _orbax_failure(record) -> bool:
+    """Orbax logs each failed background write (with its traceback)
+    before the main thread re-raises it: the re-raise is reported once."""
+    return not (record.levelno >= std_logging.ERROR
+                and f'{os.sep}orbax{os.sep}' in record.pathname)
+
+
 def main(argv):
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save
+        logging.get_absl_handler().addFilter(_orbax_failure)
     try:
         run()
     except (config_lib.UsageError, FloatingPointError, ImportError) as e:
         # An ImportError here names the missing extra and its install.
         sys.exit(f'error: {e}')
+    except errors.RunError as e:
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Now: orbax's writer threads would print their failures again on
+        # the way out; every checkpoint on disk is complete or absent.
+        os._exit(1)
     except train.Preempted as e:
         print(e, file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        # Before training (data, compilation) or a second Ctrl-C.
+        print('interrupted: no checkpoint was saved since the last one; '
+              '--resume continues from it (if any).', file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def _flags_parser(argv):

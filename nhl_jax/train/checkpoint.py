@@ -3,17 +3,44 @@
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a run killed while saving leaves no checkpoint that
 ``latest_step`` would pick up.
+
+Orbax keeps no checksum of the array data, so a flipped bit on disk would
+restore silently. Each checkpoint's meta therefore carries an integrity
+record (``meta['_integrity']``): the SHA-256 of every saved array (taken
+from the host copies before the write starts), of the meta itself, and the
+run's identity (config fields and parameter shapes). A restore compares all
+three; a checkpoint that fails is set aside in ``checkpoints.unverified/``
+and the newest one that verifies is restored instead, in one line.
 """
 
+import contextlib
+import errno
+import gc
+import hashlib
 import json
 import os
+import pathlib
+import shutil
+import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from nhl_jax.errors import UsageError
+from nhl_jax import parallel
+from nhl_jax.errors import UsageError, disk_errno
 
 ITEMS = ('state', 'best', 'meta')
+INTEGRITY = '_integrity'
+# Where checkpoints that fail verification go (beside checkpoints/): kept
+# for inspection, out of the manager's way (a resumed run saves their
+# steps again).
+UNVERIFIED = 'checkpoints.unverified'
+
+
+class Unverified(Exception):
+    """A checkpoint whose data do not match its checksums (or unreadable)."""
 
 
 def manager(workdir: str, *, keep: int = 2) -> ocp.CheckpointManager:
@@ -37,7 +64,78 @@ def manager(workdir: str, *, keep: int = 2) -> ocp.CheckpointManager:
     )
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, best, meta) -> None:
+@contextlib.contextmanager
+def opened(workdir: str, *, keep: int = 2):
+    """``manager(workdir)`` as a context that closes it on the way out.
+
+    After a write the disk refused, orbax's writer threads print their
+    own failures while the manager shuts down; they are muted (the error
+    itself is re-raised, for one line), and every checkpoint on disk is
+    complete or absent.
+    """
+    mngr = manager(workdir, keep=keep)
+    try:
+        yield mngr
+        wait(mngr)
+    except BaseException as e:
+        quiet = disk_errno(e) is not None
+        with (_muted_stderr() if quiet else contextlib.nullcontext(),
+              contextlib.suppress(Exception)):
+            mngr.close()
+        raise
+    mngr.close()
+
+
+@contextlib.contextmanager
+def _muted_stderr():
+    """File descriptor 2 to /dev/null: threads of C++ code write there too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def leaf_name(path) -> str:
+    """'params/head/kernel' for a pytree key path (dicts, tuples, fields).
+
+    One spelling for a leaf however its tree is held (a NamedTuple state or
+    the dict a partial restore builds), so checksums match across both.
+    """
+    return '/'.join(str(getattr(k, 'key', getattr(k, 'name',
+                                                  getattr(k, 'idx', k))))
+                    for k in path)
+
+
+def array_checksums(tree, prefix: str) -> dict[str, str]:
+    """SHA-256 of every array leaf's bytes: ``{'<prefix>/<leaf>': hex}``.
+
+    Args:
+      tree: a pytree of NumPy or fully replicated JAX arrays.
+      prefix: the item's name ('state', 'best').
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.ascontiguousarray(parallel.to_host(leaf))
+        digest = hashlib.sha256(value.dtype.str.encode())
+        digest.update(repr(value.shape).encode())
+        digest.update(memoryview(value).cast('B'))
+        out[f'{prefix}/{leaf_name(path)}'] = digest.hexdigest()
+    return out
+
+
+def _meta_checksum(meta) -> str:
+    body = {k: v for k, v in meta.items() if k != INTEGRITY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, best, meta, *,
+         identity=None) -> None:
     """Starts saving one checkpoint and returns once the arrays are copied.
 
     Orbax writes asynchronously: the device arrays are copied to the host
@@ -52,16 +150,42 @@ def save(mngr: ocp.CheckpointManager, step: int, state, best, meta) -> None:
       state: the ``TrainState`` pytree.
       best: pytree of the best model per length.
       meta: JSON-serialisable dict (epoch, best mAP, early-stop counter).
+      identity: JSON-serialisable dict of what makes the state what it is
+        (``nhl_jax.train.workdir.run_identity``); compared on restore.
     """
+    _check_space(mngr, (state, best))
+    meta = json.loads(json.dumps(meta))  # a copy: the loop goes on with it
+    checksums = {**array_checksums(state, 'state'),
+                 **array_checksums(best, 'best')}
+    meta[INTEGRITY] = {'checksums': checksums, 'identity': identity,
+                       'meta': _meta_checksum(meta)}
     mngr.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            # Copies: the loop goes on changing both while orbax writes.
+            # A copy: the loop goes on changing it while orbax writes.
             best=ocp.args.StandardSave(dict(best)),
-            meta=ocp.args.JsonSave(json.loads(json.dumps(meta))),
+            meta=ocp.args.JsonSave(meta),
         ),
     )
+
+
+def _check_space(mngr, trees) -> None:
+    """Refuses a save the disk cannot hold, before orbax starts writing.
+
+    A write that fails in orbax's background threads makes each of them
+    print its failure; a full disk is found here instead, at the cost of
+    a ``statvfs``, by the arrays' uncompressed size.
+
+    Raises:
+      OSError: ENOSPC, naming the directory and the bytes needed.
+    """
+    need = sum(np.asarray(x).nbytes if not isinstance(x, jax.Array)
+               else x.nbytes for x in jax.tree.leaves(trees))
+    directory = str(mngr.directory)
+    if shutil.disk_usage(directory).free < need:
+        raise OSError(errno.ENOSPC, f'{os.strerror(errno.ENOSPC)}: a '
+                      f'checkpoint needs {need / 2**20:.1f} MiB', directory)
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
@@ -69,42 +193,162 @@ def wait(mngr: ocp.CheckpointManager) -> None:
     mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, state, best):
-    """Restores the latest checkpoint onto templates of the same structure.
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The meta item of checkpoint ``step`` (with its integrity record).
+
+    Raises:
+      Unverified: unreadable, or not matching its own checksum.
+    """
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # noqa: BLE001 (orbax raises many types)
+        raise Unverified(f'meta cannot be read ({_reason(e)})') from None
+    record = meta.get(INTEGRITY) if isinstance(meta, dict) else None
+    if record is not None and record.get('meta') != _meta_checksum(meta):
+        raise Unverified('meta does not match its checksum')
+    return meta
+
+
+def verify(meta: dict, restored: dict) -> None:
+    """Compares restored items with the checksums saved in ``meta``.
+
+    Args:
+      meta: the checkpoint's meta (``read_meta``).
+      restored: {item name: restored pytree}; a partial tree checks just
+        its leaves.
+
+    Raises:
+      Unverified: naming the first leaf that differs.
+    """
+    record = meta.get(INTEGRITY)
+    if record is None:
+        return  # written before checksums existed: nothing to compare
+    saved = record['checksums']
+    for item, tree in restored.items():
+        for name, digest in array_checksums(tree, item).items():
+            if saved.get(name) != digest:
+                raise Unverified(f'{name} does not match its checksum')
+
+
+def drop_pending_reads() -> None:
+    """Collects the reads a failed orbax restore leaves behind, quietly.
+
+    Orbax abandons the read coroutines of the other arrays when one fails;
+    Python would report each as never awaited whenever the garbage
+    collector happens to meet it, long after the one-line error.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+    return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def identity_diff(saved, current) -> list[str]:
+    """Fields in which a checkpoint's identity differs from the run's."""
+    if saved is None or current is None:
+        return []
+    return sorted(k for k in set(saved) | set(current)
+                  if saved.get(k) != current.get(k))
+
+
+def _restore_step(mngr, step, state, best, identity, where):
+    meta = read_meta(mngr, step)
+    diff = identity_diff(meta.get(INTEGRITY, {}).get('identity'), identity)
+    if diff:
+        raise UsageError(
+            f'checkpoint {step} of {where} was written by a different run '
+            f'(fields {diff}); resume it with the config it was trained '
+            'with (its checkpoints are intact), or use another --workdir.')
+    failure = None
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state)),
+            best=ocp.args.StandardRestore(_abstract(best)),
+            meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many)
+        failure = _reason(e)
+    if failure is not None:
+        drop_pending_reads()
+        raise Unverified(f'its arrays cannot be read ({failure})')
+    verify(meta, {'state': restored.state, 'best': restored.best})
+    meta = {k: v for k, v in meta.items() if k != INTEGRITY}
+    return restored.state, restored.best, meta
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state, best, *,
+                   identity=None, log=print):
+    """Restores the newest checkpoint that verifies, onto templates.
+
+    Checkpoints that fail (unreadable, or data that do not match their
+    checksums) are moved to ``checkpoints.unverified/`` beside the
+    checkpoints, and ``log`` says which step is restored instead.
 
     Args:
       mngr: from ``manager``.
       state: a ``TrainState`` with the target structure, shapes and dtypes.
       best: a best-parameters pytree with the target structure.
+      identity: the resuming run's identity (``save``); None skips the
+        comparison.
+      log: where the one-line note of a skipped checkpoint goes.
 
     Returns:
       ``(state, best, meta)``, or None when there is no checkpoint.
+
+    Raises:
+      UsageError: the checkpoints belong to another run, or none verifies.
     """
     wait(mngr)  # a save of this process may still be in flight
-    step = mngr.latest_step()
-    if step is None:
-        return None
-    try:
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(state)),
-                best=ocp.args.StandardRestore(_abstract(best)),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-    except Exception as e:  # orbax/tensorstore raise many types
-        reason = str(e).strip().splitlines()[0][:200] if str(e) else ''
+    where = os.path.dirname(str(mngr.directory))
+    failed = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            restored = _restore_step(mngr, step, state, best, identity, where)
+        except Unverified as e:
+            failed.append((step, str(e)))
+            continue
+        if failed:
+            _set_aside(mngr, [s for s, _ in failed])
+            log(f'{_failures(failed)} of {where} failed verification and '
+                f'moved to {UNVERIFIED}/; resuming from step {step}, the '
+                'newest that verifies.')
+        return restored
+    if failed:
         raise UsageError(
-            f'checkpoint {step} in {mngr.directory} cannot be read '
-            f'({type(e).__name__}: {reason}); delete that step directory to '
-            'resume from the previous checkpoint, or use another --workdir.'
-        ) from e
-    return restored.state, restored.best, restored.meta
+            f'no checkpoint of {where} verifies ({_failures(failed)}); '
+            'nothing was changed: start the run again in another --workdir.')
+    return None
+
+
+def _failures(failed) -> str:
+    return '; '.join(f'checkpoint {s} ({why})' for s, why in failed)
+
+
+def _set_aside(mngr, steps) -> None:
+    """Moves failed step directories out of the manager's way (kept)."""
+    directory = pathlib.Path(str(mngr.directory))
+    if parallel.is_main_process():
+        aside = directory.parent / UNVERIFIED
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / str(step)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(directory / str(step), target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('nhl_jax.checkpoint.set_aside')
+    mngr.reload()
 
 
 def restore_or_start(mngr: ocp.CheckpointManager, state, best, new_meta, *,
-                     resume: bool, workdir: str):
+                     resume: bool, workdir: str, identity=None, log=print):
     """``(state, best, meta)`` of a new run, or of the latest checkpoint.
 
     Args:
@@ -114,9 +358,11 @@ def restore_or_start(mngr: ocp.CheckpointManager, state, best, new_meta, *,
       new_meta: ``() -> meta`` of a run that starts now.
       resume: whether continuing a run is wanted.
       workdir: the run directory (for the message).
+      identity, log: as in ``restore_latest``.
 
     Raises:
-      UsageError: a checkpoint exists but ``resume`` is False.
+      UsageError: a checkpoint exists but ``resume`` is False, or it
+        belongs to another run, or none verifies.
     """
     if mngr.latest_step() is None:
         return state, best, new_meta()
@@ -125,7 +371,7 @@ def restore_or_start(mngr: ocp.CheckpointManager, state, best, new_meta, *,
             f'{workdir} already holds a run; pass --resume to continue it or '
             'choose another --workdir.'
         )
-    return restore_latest(mngr, state, best)
+    return restore_latest(mngr, state, best, identity=identity, log=log)
 
 
 def _abstract(tree):

@@ -7,8 +7,8 @@ the device so that steps stay asynchronous), its optional ``end`` hook,
 then maybe an evaluation (best parameters per length, patience) and a
 checkpoint, and appends one record to metrics.jsonl (process 0 only).
 
-On SIGTERM (preemption) the loop checkpoints mid-round, with the batches
-done, the running sums and what the round started with, and raises
+On SIGTERM (preemption) or Ctrl-C the loop checkpoints mid-round, with the
+batches done, the running sums and what the round started with, and raises
 ``Preempted``; ``resume=True`` continues bit-identically. A non-finite loss
 stops the run naming the first bad step and length, before anything of
 that round is saved.
@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -30,31 +31,49 @@ from jax.experimental import multihost_utils
 from nhl_jax import parallel, runlog
 from nhl_jax.train import checkpoint, evaluation, profile
 from nhl_jax.train import step as step_lib
+from nhl_jax.train import workdir as workdir_lib
 from nhl_jax.train import writer as writer_lib
 from nhl_jax.train.system import DataInfo, RoundResult
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM after saving a resumable checkpoint."""
+    """Training stopped on SIGTERM or SIGINT after a resumable checkpoint."""
+
+    def __init__(self, message: str, *, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum  # the exit status is 128 + signum
 
 
 class _Preemption:
     """Whether to stop for preemption before the next step; one answer for
     every process.
 
-    One process: SIGTERM sets a flag. Several: JAX's preemption service
-    (``parallel.initialize`` enables it) catches SIGTERM on any process and
-    agrees on a step at which ALL processes stop, so none of them waits
-    alone in a collective; ``should_stop`` must then be asked at every
-    step, with the same step numbers on every process.
+    One process: SIGTERM or the first SIGINT (Ctrl-C) sets a flag, so both
+    end in a checkpoint; a second SIGINT stops at once, without one.
+    Several: JAX's preemption service (``parallel.initialize`` enables it)
+    catches SIGTERM on any process and agrees on a step at which ALL
+    processes stop, so none of them waits alone in a collective;
+    ``should_stop`` must then be asked at every step, with the same step
+    numbers on every process.
     """
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGTERM
 
     def __call__(self, signum, frame):
-        del signum, frame
-        self.requested = True
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: no checkpoint
+        self.requested, self.signum = True, signum
+        if signum == signal.SIGINT:
+            print('\ninterrupted: saving a checkpoint at the next step '
+                  '(Ctrl-C again to stop without one).', file=sys.stderr,
+                  flush=True)
+
+    @property
+    def reason(self) -> str:
+        return 'interrupted' if self.signum == signal.SIGINT else 'preempted'
 
     def should_stop(self, step: int) -> bool:
         """Asked before running global step ``step`` (0-based)."""
@@ -64,6 +83,9 @@ class _Preemption:
         return self.requested
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextlib.contextmanager
 def _preemption():
     flag = _Preemption()
@@ -71,11 +93,12 @@ def _preemption():
             or threading.current_thread() is not threading.main_thread()):
         yield flag  # the service's own handler; or no signals off main
         return
-    previous = signal.signal(signal.SIGTERM, flag)
+    previous = {s: signal.signal(s, flag) for s in _SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 _NO_STEP = np.iinfo(np.int32).max
@@ -213,7 +236,7 @@ def fit(system, spec, splits, bits, workdir: str, *,
       The final loop state with ``bits`` and ``params_sha256``.
 
     Raises:
-      Preempted: on SIGTERM, after saving a mid-round checkpoint.
+      Preempted: on SIGTERM or SIGINT, after a mid-round checkpoint.
       FloatingPointError: on a non-finite loss.
     """
     mesh = parallel.make_mesh(spec.devices)
@@ -223,17 +246,20 @@ def fit(system, spec, splits, bits, workdir: str, *,
     best = _host_snapshots(system, setup, state)
     writer = writer_lib.MetricWriter(workdir)
     profiler = profile.Profiler(spec.profile_steps, workdir)
-    with (checkpoint.manager(workdir) as mngr, _preemption() as stop,
+    identity = workdir_lib.run_identity(spec, setup.bits, state)
+    with (checkpoint.opened(workdir) as mngr, _preemption() as stop,
           contextlib.closing(writer), contextlib.closing(profiler)):
         state, best, meta = checkpoint.restore_or_start(
             mngr, state, best,
             lambda: new_meta(setup.bits, system.evaluators), resume=resume,
-            workdir=workdir)
+            workdir=workdir, identity=identity, log=_note)
         state = parallel.replicate(state, mesh)
         writer.truncate(max_epoch=meta['epoch'],
                         max_step=int(parallel.to_host(state.step)))
         loop = _Loop(system, spec, setup, splits, mesh, mngr,
-                     (writer, profiler))
+                     (writer, profiler), identity)
+        loop.scalars.restore(meta.get('step_log'))
+        meta = _continued(meta, spec, loop.schedule.rounds, workdir)
         while (meta['epoch'] < loop.schedule.rounds
                and not meta['stopped_early']):
             state, meta, best = loop.round(state, meta, best, stop)
@@ -241,10 +267,35 @@ def fit(system, spec, splits, bits, workdir: str, *,
                 params_sha256=params_digest(parallel.to_host(state.params)))
 
 
+def _note(line: str) -> None:
+    if parallel.is_main_process():
+        print(line, flush=True)
+
+
+def _continued(meta, spec, rounds: int, workdir: str) -> dict:
+    """The restored loop state under this run's patience, with a note when
+    there is nothing left to train (a resume that would silently no-op).
+    """
+    if meta['epoch'] == 0:
+        return meta
+    meta['stopped_early'] = meta['counter'] >= spec.patience
+    if meta['stopped_early']:
+        _note(f'{workdir} stopped early after {meta["epoch"]} rounds '
+              f'({meta["counter"]} evaluations without improvement, '
+              f'patience {spec.patience}); nothing to train: pass a larger '
+              '--config.patience with --resume to go on.')
+    elif meta['epoch'] >= rounds and meta['partial'] is None:
+        _note(f'{workdir} has trained all {rounds} rounds; nothing to '
+              'train: pass a larger --config.epochs with --resume to go on.')
+    return meta
+
+
 class _Loop:
     """One round of ``fit``: train, check, maybe evaluate, checkpoint, log."""
 
-    def __init__(self, system, spec, setup, splits, mesh, mngr, outputs):
+    def __init__(self, system, spec, setup, splits, mesh, mngr, outputs,
+                 identity=None):
+        self.identity = identity
         self.system, self.spec, self.setup = system, spec, setup
         self.splits, self.mesh, self.mngr = splits, mesh, mngr
         self.writer, self.profiler = outputs
@@ -288,10 +339,11 @@ class _Loop:
                 progress, before=before, hooks=hooks,
                 seconds=earlier + time.perf_counter() - start)
             step = int(parallel.to_host(state.step))
-            checkpoint.save(self.mngr, step, state, best, meta)
+            self._save(step, state, best, meta)
             checkpoint.wait(self.mngr)  # the process exits next
-            raise Preempted(f'preempted: checkpoint of step {step} saved; '
-                            'continue with --resume.')
+            raise Preempted(f'{stop.reason}: checkpoint of step {step} '
+                            'saved; continue with --resume.',
+                            signum=stop.signum)
         state = self._hook(plan.end, state, hooks)
         jax.block_until_ready(state)
         seconds = earlier + time.perf_counter() - start
@@ -306,10 +358,15 @@ class _Loop:
         if self.schedule.evaluates(r):
             meta, best = self._evaluate(state, meta, best, record)
         if self.schedule.checkpoints(r):
-            checkpoint.save(self.mngr, int(parallel.to_host(state.step)),
-                            state, best, meta)
+            self._save(int(parallel.to_host(state.step)), state, best, meta)
         self.writer.round(int(parallel.to_host(state.step)), record)
         return state, meta, best
+
+    def _save(self, step, state, best, meta) -> None:
+        """A checkpoint, with the step scalars' interval in progress."""
+        meta['step_log'] = self.scalars.state()
+        checkpoint.save(self.mngr, step, state, best, meta,
+                        identity=self.identity)
 
     def _batches(self, state, plan, r, partial, stop, bar):
         """Runs (the rest of) the round's batches, stopping on SIGTERM."""

@@ -1,8 +1,9 @@
 """``run_training``: one trainer for every system (NHL, MAH, ODH).
 
 The flax-examples layout, for a resolved run (``RunSpec``) of a ``System``:
-``run_training`` applies the workdir policy (refuse an existing run; resume
-only with the same config), loads the data, trains with
+``run_training`` holds the workdir's lock (one run per directory) and
+applies its policy (refuse an existing run; resume only with the same
+config), loads the data, trains with
 ``nhl_jax.train.loop.fit`` (one joint run, or one per length with
 ``single_length``), and writes results.json, the final table and, when
 matplotlib is installed, the plots of the run (workdir/plots). Only process
@@ -12,15 +13,18 @@ into its system and spec (``nhl_jax.cli``).
 
 import importlib.util
 import os
+import shutil
 
 from nhl_jax import data, parallel, runlog
-from nhl_jax.errors import UsageError
+from nhl_jax.errors import RunError, UsageError, disk_errno
 from nhl_jax.train import loop
 from nhl_jax.train.system import DataInfo, RunSpec
 from nhl_jax.train.workdir import (
     check_same_config,
     check_workdir,
     check_workdir_policy,
+    owned,
+    saved_steps,
 )
 
 
@@ -40,14 +44,40 @@ def run_training(system, spec: RunSpec, workdir: str, *,
       spec: the resolved run (``nhl_jax.cli.config.resolve``).
       workdir: run directory (created; its parent must exist).
       resume: continue from the latest checkpoint in ``workdir``.
-      create_parents: create missing parents of ``workdir`` (after every
-        check); by default its parent must exist.
+      create_parents: create missing parents of ``workdir`` (removed
+        again if the run fails before writing anything); by default its
+        parent must exist.
 
     Returns:
       The results dict written to ``results.json``.
     """
     workdir = os.path.expanduser(workdir)
     check_workdir(workdir, create_parents=create_parents)
+    with owned(workdir):
+        try:
+            return _run(system, spec, workdir, resume)
+        except Exception as e:
+            code = disk_errno(e)
+            if code is None:
+                raise
+            raise RunError(_disk_message(workdir, code)) from e
+
+
+def _disk_message(workdir: str, code: int) -> str:
+    """One line for a write the disk refused: where, why, and what next."""
+    try:
+        free = f'{shutil.disk_usage(workdir).free / 2**20:.1f} MiB free'
+    except OSError:
+        free = 'free space unknown'
+    steps = saved_steps(workdir)
+    kept = (f'checkpoints up to step {steps[-1]} are intact'
+            if steps else 'no checkpoint was saved')
+    return (f'could not write the run in {workdir}: {os.strerror(code)} '
+            f'({free} there); {kept}: free space or fix the folder, then '
+            'rerun with --resume.')
+
+
+def _run(system, spec: RunSpec, workdir: str, resume: bool) -> dict:
     check_workdir_policy(workdir, resume)  # before the data are loaded
     splits = data.load_splits(spec.dataset, seed=spec.seed,
                               data_dir=spec.data_dir)

@@ -7,12 +7,20 @@ overwrite an earlier run; resume only one whose config.json is there) and
 config.json.
 """
 
+import contextlib
+import fcntl
 import glob
+import hashlib
 import json
 import os
+import shutil
+import socket
+
+import jax
 
 from nhl_jax import parallel, runlog
 from nhl_jax.errors import UsageError
+from nhl_jax.train.checkpoint import leaf_name
 from nhl_jax.train.system import RunSpec
 
 
@@ -58,11 +66,80 @@ def check_workdir(workdir: str, *, create_parents: bool = False) -> None:
         )
 
 
+LOCK = '.lock'
+
+
+@contextlib.contextmanager
+def owned(workdir: str):
+    """Holds the run directory's exclusive lock while the run lasts.
+
+    An ``flock`` on ``workdir/.lock``, which the kernel releases when the
+    process ends however it ends, so a killed run never blocks its resume.
+    Only process 0 takes it (the processes of one run share the
+    directory). ``workdir`` and its missing parents are made here; if the
+    body fails while the lock file is all they hold (bad input found
+    before anything was written), they are removed again.
+
+    Raises:
+      UsageError: another process holds the lock (its pid and host named).
+    """
+    if not parallel.is_main_process():
+        yield
+        return
+    made = _missing_dirs(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _lock(fd, workdir, path)
+        try:
+            yield
+        except BaseException:
+            if os.listdir(workdir) == [LOCK]:  # nothing of the run yet
+                if made:
+                    shutil.rmtree(made[0])
+                else:
+                    os.unlink(path)
+            raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _missing_dirs(workdir: str) -> list[str]:
+    """``workdir`` and its parents that do not exist yet, outermost first."""
+    missing, path = [], os.path.abspath(workdir)
+    while not os.path.exists(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _lock(fd: int, workdir: str, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
+        raise UsageError(
+            f'{workdir} is in use by another run (process '
+            f'{holder or "unknown"}, holding {path}); wait for it to end or '
+            'choose another --workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'{os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
+
+
 def _holds_run(workdir: str) -> bool:
     """Whether ``workdir`` (or a ``len_<b>`` run in it) has checkpoints."""
     found = glob.glob(os.path.join(workdir, 'checkpoints', '*'))
     return bool(found or glob.glob(
         os.path.join(workdir, 'len_*', 'checkpoints', '*')))
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The finished checkpoints' steps of ``workdir`` and its len_* runs."""
+    found = glob.glob(os.path.join(workdir, 'checkpoints', '*')) + glob.glob(
+        os.path.join(workdir, 'len_*', 'checkpoints', '*'))
+    return sorted(int(os.path.basename(p)) for p in found
+                  if os.path.basename(p).isdigit())
 
 
 def _outputs(workdir: str) -> list[str]:
@@ -73,8 +150,28 @@ def _outputs(workdir: str) -> list[str]:
         os.path.join(workdir, 'len_*', 'metrics.jsonl')))
 
 
-# Fields a resumed run may change: they do not change what is computed.
-_FREE = frozenset({'epochs', 'log_every', 'profile_steps'})
+# Fields a resumed run may change: they do not change what is computed
+# (patience only when the run stops; a run stopped early goes on with a
+# larger one).
+_FREE = frozenset({'epochs', 'log_every', 'profile_steps', 'patience'})
+
+
+def run_identity(spec: RunSpec, bits, state) -> dict:
+    """What makes a checkpoint's state what it is, saved with each one.
+
+    The config fields a resumed run may not change, the lengths of this
+    training run and a digest of the state's leaf names, shapes and
+    dtypes; ``nhl_jax.train.checkpoint`` compares it on restore, so a run
+    whose config.json was edited cannot continue another's checkpoint.
+    """
+    shapes = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        shapes.update(f'{leaf_name(path)}:{jax.numpy.shape(leaf)}:'
+                      f'{jax.numpy.result_type(leaf)};'.encode())
+    identity = {k: v for k, v in spec.config.items() if k not in _FREE}
+    identity.update(train_bits=[int(b) for b in bits],
+                    state_shapes=shapes.hexdigest())
+    return json.loads(json.dumps(identity))
 
 
 def check_workdir_policy(workdir: str, resume: bool) -> None:

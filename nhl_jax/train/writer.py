@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nhl_jax import parallel, runlog
+from nhl_jax.errors import UsageError
 
 # One compiled add of two metric trees: eager adds cost a dispatch a leaf.
 _tree_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
@@ -83,9 +84,16 @@ class MetricWriter:
 
     def truncate(self, *, max_epoch: int, max_step: int) -> None:
         """On resume: drops what was logged after the restored checkpoint."""
-        if self.enabled:
-            runlog.truncate_jsonl(self.log, max_epoch=max_epoch,
-                                  max_step=max_step)
+        if not self.enabled:
+            return
+        try:
+            torn = runlog.truncate_jsonl(self.log, max_epoch=max_epoch,
+                                         max_step=max_step)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        for line in torn:
+            print(f'{self.log}: dropped its torn last line {line} (a write '
+                  'cut short); the resumed run writes it again.', flush=True)
 
     def round(self, step: int, record: Mapping) -> None:
         """A finished round's record (``epoch``, losses, mAP, ...)."""
@@ -149,6 +157,28 @@ class StepLogger:
     def flush(self) -> None:
         """Writes the interval set aside (call at the end of a round)."""
         self._write_pending()
+
+    def state(self) -> dict | None:
+        """The interval in progress as JSON, saved with each checkpoint.
+
+        Call after ``flush``. A resumed run restores it (``restore``), so
+        the record whose interval spans the restore is the mean of all
+        its steps, as in a run never stopped.
+        """
+        if self._sums is None:
+            return None
+        host = parallel.to_host(self._sums)
+        return {'count': self._count,
+                'sums': {k: [np.asarray(v).dtype.str, np.asarray(v).tolist()]
+                         for k, v in host.items()}}
+
+    def restore(self, saved: dict | None) -> None:
+        """Continues the interval saved by ``state`` (None: a new one)."""
+        if not saved or not self.writer.enabled:
+            return
+        self._count = saved['count']
+        self._sums = {k: jnp.asarray(np.asarray(v, dtype=dtype))
+                      for k, (dtype, v) in saved['sums'].items()}
 
     def _write_pending(self) -> None:
         if self._pending is None:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import cli, losses, runlog
+from nhl_jax import cli, errors, losses, runlog
 from nhl_jax.cli.config import UsageError, check_config
 from nhl_jax.cli.configs import default
 from tests.support import ROOT
@@ -21,13 +21,13 @@ from tests.support import ROOT
 RUN = os.path.join(ROOT, 'experiments', 'run.py')
 # Long enough epochs (small CNN on mnist5k) to be interrupted mid-run.
 CNN_ARGS = ['--dataset=mnist5k', '--bits=8,16', '--epochs=4',
-            '--config.eval_every=1', '--method=dpn']
+            '--config.eval_every=1', '--method=dpn', '--config.log_every=4']
 
 
 def _config(**overrides):
     config = default.get_config()
     config.update(dict(dataset='mnist5k', bits=(8, 16), epochs=4,
-                       eval_every=1, method='dpn'))
+                       eval_every=1, method='dpn', log_every=4))
     config.update(overrides)
     return config
 
@@ -35,7 +35,8 @@ def _config(**overrides):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp('straight')
-    return cli.train_and_evaluate(_config(), str(workdir))
+    results = cli.train_and_evaluate(_config(), str(workdir))
+    return dict(results, workdir=str(workdir))
 
 
 def _start(workdir, *extra):
@@ -101,19 +102,23 @@ def _logged_step(workdir) -> int:
     return records[-1]['step'] if records else 0
 
 
-def test_sigterm_checkpoints_mid_run_and_resumes_exactly(uninterrupted,
-                                                         tmp_path):
+def test_ctrl_c_checkpoints_mid_run_and_resumes_exactly(uninterrupted,
+                                                        tmp_path):
+    """SIGINT as SIGTERM (whose path the two-process and per-system tests
+    take): a mid-round checkpoint, then a resume equal to a run never
+    stopped, its step records (means over intervals across the restore)
+    included."""
     workdir = str(tmp_path / 'run')
     # Step records every 4 steps: wait until epoch 2 (steps 32-62) is a few
     # steps in, so the signal lands mid-epoch however fast the steps are.
-    proc = _start(workdir, '--config.log_every=4')
-    _wait_for(lambda: _logged_step(workdir) >= 36, proc)
+    proc = _start(workdir)
+    _wait_for(lambda: _logged_step(workdir) >= 38, proc)
     # Saves are asynchronous: the epoch's checkpoint may still be in flight.
     before = max(_finished_steps(workdir), default=0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert 'preempted: checkpoint of step' in err
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert 'interrupted: checkpoint of step' in err
     step = _finished_steps(workdir)[-1]
     assert step > before
     with open(os.path.join(workdir, 'checkpoints', str(step), 'meta',
@@ -121,6 +126,10 @@ def test_sigterm_checkpoints_mid_run_and_resumes_exactly(uninterrupted,
         partial = json.load(f)['partial']
     assert partial is not None and partial['batches'] < 31  # mid-epoch
     _assert_same_run(_resume(workdir), uninterrupted)
+    steps = [runlog.read_jsonl(os.path.join(run, 'metrics.jsonl'),
+                               kind='step')
+             for run in (workdir, uninterrupted['workdir'])]
+    assert steps[0] == steps[1]
 
 
 def test_same_seed_is_bit_identical(uninterrupted, tmp_path):
@@ -145,9 +154,12 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
             with open(os.path.join(root, name), 'r+b') as f:
                 f.truncate(max(os.path.getsize(f.name) // 3, 1))
     config.epochs = 2
-    with pytest.raises(UsageError, match=rf'checkpoint {step} .* cannot be '
-                                         r'read.*delete that step'):
+    with pytest.raises(UsageError, match=rf'no checkpoint of .* verifies '
+                                         rf'\(checkpoint {step} \(its '
+                                         r'arrays cannot be read.*nothing '
+                                         'was changed'):
         cli.train_and_evaluate(config, str(tmp_path), resume=True)
+    assert _finished_steps(str(tmp_path)) == [step]  # nothing moved
 
 
 def test_half_written_checkpoint_is_never_picked_up(tmp_path):
@@ -157,6 +169,58 @@ def test_half_written_checkpoint_is_never_picked_up(tmp_path):
     shutil.copytree(ckpts / str(step),
                     ckpts / f'{step + 100}.orbax-checkpoint-tmp-12345')
     config.epochs = 2
+    results = cli.train_and_evaluate(config, str(tmp_path), resume=True)
+    assert results['epochs'] == {'8': 2, '16': 2}
+
+
+def test_an_edited_config_cannot_continue_another_runs_checkpoint(tmp_path):
+    config, step = _one_epoch_run(tmp_path)
+    path = tmp_path / 'config.json'
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(saved, method='csq')))
+    config.update(method='csq', epochs=2)
+    with pytest.raises(UsageError, match=r"different run \(fields "
+                                         r"\['method'\]\).*intact"):
+        cli.train_and_evaluate(config, str(tmp_path), resume=True)
+    assert _finished_steps(str(tmp_path)) == [step]
+
+
+def test_a_torn_log_line_is_dropped_on_resume(tmp_path, capsys):
+    config, _ = _one_epoch_run(tmp_path)
+    with open(tmp_path / 'metrics.jsonl', 'a') as f:
+        f.write('{"epoch": 2, "lo')  # a kill in the middle of a write
+    config.epochs = 2
+    cli.train_and_evaluate(config, str(tmp_path), resume=True)
+    assert 'dropped its torn last line' in capsys.readouterr().out
+    epochs = [r['epoch'] for r in
+              runlog.read_jsonl(str(tmp_path / 'metrics.jsonl'))]
+    assert epochs == [1, 2]
+
+
+def test_a_resume_with_nothing_to_train_says_so(tmp_path, capsys):
+    config, step = _one_epoch_run(tmp_path)
+    capsys.readouterr()
+    results = cli.train_and_evaluate(config, str(tmp_path), resume=True)
+    out = capsys.readouterr().out
+    assert 'has trained all 1 rounds; nothing to train' in out
+    assert results['epochs'] == {'8': 1, '16': 1}
+    assert _finished_steps(str(tmp_path)) == [step]
+
+
+def test_a_full_disk_is_one_error_and_keeps_earlier_checkpoints(
+        tmp_path, monkeypatch):
+    config, step = _one_epoch_run(tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, 'disk_usage',
+                        lambda path: usage._replace(free=4096))
+    config.epochs = 2
+    with pytest.raises(errors.RunError, match=rf'No space left on device '
+                                              rf'\(0\.0 MiB free there\); '
+                                              rf'checkpoints up to step '
+                                              rf'{step} are intact'):
+        cli.train_and_evaluate(config, str(tmp_path), resume=True)
+    assert _finished_steps(str(tmp_path)) == [step]
+    monkeypatch.undo()
     results = cli.train_and_evaluate(config, str(tmp_path), resume=True)
     assert results['epochs'] == {'8': 2, '16': 2}
 

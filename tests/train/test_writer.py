@@ -59,11 +59,14 @@ def test_profile_steps_write_a_trace(run):
     assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
 
 
-def test_resume_logs_every_step_interval_once(tmp_path):
+def test_resume_logs_every_step_interval_once_and_exactly(run, tmp_path):
+    """Steps 31-40 span the restore after epoch 1 (31 steps): their mean
+    is over all ten steps, as in the run never stopped."""
     cli.train_and_evaluate(_config(epochs=1), str(tmp_path))
     cli.train_and_evaluate(_config(), str(tmp_path), resume=True)
     steps = runlog.read_jsonl(str(tmp_path / 'metrics.jsonl'), kind='step')
     assert [r['step'] for r in steps] == [10, 20, 30, 40, 50, 60]
+    assert steps == runlog.read_jsonl(str(run / 'metrics.jsonl'), kind='step')
 
 
 def test_scalars_are_read_one_interval_late():
