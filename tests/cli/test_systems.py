@@ -210,13 +210,15 @@ _RUN_TOLERANCE = {'nhl': (1e-6, 1e-9), 'mah': (1e-6, 1e-9),
                   'odh': (1e-5, 1e-2)}
 
 
-def test_four_devices_equal_one_for_every_system(tmp_path):
+def _four_devices_equal_one(tmp_path, runs):
     out = tmp_path / 'result.json'
-    subprocess.run([sys.executable, WORKER, '4', str(tmp_path), str(out)],
-                   check=True, timeout=600, capture_output=True)
+    subprocess.run([sys.executable, WORKER, '4', str(tmp_path), str(out),
+                    ','.join(runs)], check=True, timeout=600,
+                   capture_output=True)
     result = json.loads(out.read_text())
     for name in SYSTEMS:
         assert result[f'{name}_step'] <= 1e-6, name
+    for name in runs:
         one, four = result[f'{name}_1'], result[f'{name}_4']
         loss_tol, map_tol = _RUN_TOLERANCE[name]
         np.testing.assert_allclose(four['losses'], one['losses'],
@@ -224,3 +226,13 @@ def test_four_devices_equal_one_for_every_system(tmp_path):
                                    err_msg=name)
         for key in ('map', 'map_last'):
             assert four[key] == pytest.approx(one[key], abs=map_tol), name
+
+
+def test_four_devices_equal_one_for_every_system(tmp_path):
+    """Every system's first steps; NHL's whole run (the others: slow)."""
+    _four_devices_equal_one(tmp_path, ['nhl'])
+
+
+@pytest.mark.slow
+def test_four_devices_equal_one_for_whole_mah_and_odh_runs(tmp_path):
+    _four_devices_equal_one(tmp_path, ['mah', 'odh'])

@@ -1,10 +1,12 @@
 """Subprocess helper of tests/cli/test_systems.py (not collected by pytest).
 
     python tests/support/systems_worker.py <num_devices> <workdir> <out.json>
+        [<system>,...]
 
 With N fake CPU devices, for every system: one step of each of its stages
-on one device and sharded over all N (the largest metric difference), and
-the whole tiny run on one device and on all N (per-round losses, mAP).
+on one device and sharded over all N (the largest metric difference); and
+for the systems listed (default: all) the whole tiny run on one device
+and on all N (per-round losses, mAP).
 """
 
 import json
@@ -70,13 +72,15 @@ def _first_steps(name: str, num_devices: int) -> float:
     return worst
 
 
-def main(num_devices: int, workdir: str, out: str) -> None:
+def main(num_devices: int, workdir: str, out: str, runs=None) -> None:
     jax.config.update('jax_num_cpu_devices', num_devices)
     from nhl_jax import cli
     from tests.support import systems
     result = {}
     for name in systems.TINY:
         result[f'{name}_step'] = _first_steps(name, num_devices)
+        if runs is not None and name not in runs:
+            continue
         for devices in (1, num_devices):
             run = os.path.join(workdir, f'{name}_{devices}')
             results = cli.train_and_evaluate(
@@ -89,4 +93,5 @@ def main(num_devices: int, workdir: str, out: str) -> None:
 
 
 if __name__ == '__main__':
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3],
+         sys.argv[4].split(',') if len(sys.argv) > 4 else None)
