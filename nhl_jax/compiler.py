@@ -77,3 +77,55 @@ def jit(fun: Callable, *, mesh=None, **kwargs) -> Callable:
     """
     platform = mesh.devices.flat[0].platform if mesh is not None else None
     return jax.jit(fun, compiler_options=options(platform) or None, **kwargs)
+
+
+# The persistent compilation cache of the command line: XLA's programs
+# are written to disk, so the next process that builds the same program
+# (another seed, method option or a resume) loads it instead of compiling.
+CACHE_ENV = 'NHL_JAX_COMPILATION_CACHE'
+_CACHE_OFF = ('', '0', 'off', 'none', 'false')
+# Least recently used entries beyond this are evicted (under a file lock,
+# which also keeps processes sharing the folder from reading half-written
+# entries).
+CACHE_MAX_BYTES = 2 * 2**30
+
+
+def default_cache_dir() -> str | None:
+    """The command line's cache folder: ``$NHL_JAX_COMPILATION_CACHE``
+    ('' or 'off': none), else ``$XDG_CACHE_HOME/nhl_jax/xla`` (default
+    ``~/.cache/nhl_jax/xla``)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in _CACHE_OFF else value
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+        os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'nhl_jax', 'xla')
+
+
+def use_persistent_cache(directory: str | None) -> str | None:
+    """Turns on JAX's persistent compilation cache in ``directory``.
+
+    Every program is cached, however quickly it compiled (most of a run's
+    programs compile in under JAX's default threshold of a second, and
+    together they are its largest fixed cost). A cache folder the user
+    set for JAX (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) wins.
+    Call before the first compilation.
+
+    Args:
+      directory: the folder (made if missing), or None: leave the cache
+        as JAX has it (off by default).
+
+    Returns:
+      The folder in use, or None.
+    """
+    current = jax.config.jax_compilation_cache_dir
+    if current or directory is None:
+        return current or None
+    os.makedirs(directory, exist_ok=True)
+    settings = {'jax_compilation_cache_dir': directory,
+                'jax_persistent_cache_min_compile_time_secs': 0.0,
+                'jax_persistent_cache_min_entry_size_bytes': -1,
+                'jax_compilation_cache_max_size': CACHE_MAX_BYTES}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+    return directory

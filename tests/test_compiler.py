@@ -63,3 +63,37 @@ def test_jit_with_a_mesh_takes_the_mesh_platform_and_shardings():
                                     parallel.replicated(mesh)))
     assert not _has_ynn_convolution(fn.lower(x, k).compile().as_text())
     np.testing.assert_allclose(fn(x, k), layers.conv3x3(x, k), rtol=1e-6)
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(compiler.CACHE_ENV, raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    assert compiler.default_cache_dir() == str(tmp_path / 'nhl_jax' / 'xla')
+    monkeypatch.setenv(compiler.CACHE_ENV, str(tmp_path / 'mine'))
+    assert compiler.default_cache_dir() == str(tmp_path / 'mine')
+    for off in ('', 'off', 'NONE', '0'):
+        monkeypatch.setenv(compiler.CACHE_ENV, off)
+        assert compiler.default_cache_dir() is None
+
+
+def test_the_cache_is_set_unless_the_user_set_one(tmp_path):
+    names = ('jax_compilation_cache_dir', 'jax_compilation_cache_max_size',
+             'jax_persistent_cache_min_compile_time_secs',
+             'jax_persistent_cache_min_entry_size_bytes')
+    saved = {name: getattr(jax.config, name) for name in names}
+    try:
+        assert saved['jax_compilation_cache_dir']  # the suite's (conftest)
+        assert compiler.use_persistent_cache(str(tmp_path / 'a')) == saved[
+            'jax_compilation_cache_dir']
+        assert not (tmp_path / 'a').exists()
+        jax.config.update('jax_compilation_cache_dir', None)
+        assert compiler.use_persistent_cache(None) is None
+        folder = str(tmp_path / 'b')
+        assert compiler.use_persistent_cache(folder) == folder
+        assert jax.config.jax_compilation_cache_dir == folder
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+        assert (jax.config.jax_compilation_cache_max_size
+                == compiler.CACHE_MAX_BYTES)
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)

@@ -22,12 +22,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from nhl_jax import data, errors, models, parallel, train
+from nhl_jax import compiler, data, errors, models, parallel, train
 from nhl_jax.cli import config as config_lib
 from nhl_jax.cli import configs
 from nhl_jax.cli import registry as systems
 from nhl_jax.models import heads
 from nhl_jax.nhl import objective
+from nhl_jax.train import phases
 
 FLAGS = flags.FLAGS
 # Paths under it are shown from the package's name on (nhl_jax/cli/...).
@@ -342,14 +343,17 @@ def run(flag_values=FLAGS) -> dict:
                         flag_values['num_processes'].value,
                         flag_values['process_id'].value)
     config, workdir, resume = parse(flag_values)
+    compiler.use_persistent_cache(compiler.default_cache_dir())
     # Missing parents of the workdir (./runs of the default runs/<name>)
     # are made after every check, as `mkdir -p` would.
     return train_and_evaluate(config, workdir, resume=resume,
-                              create_parents=True)
+                              create_parents=True,
+                              started=phases.process_start())
 
 
 def train_and_evaluate(config, workdir: str, *, resume: bool = False,
-                       create_parents: bool = False) -> dict:
+                       create_parents: bool = False,
+                       started: float | None = None) -> dict:
     """Trains and evaluates as configured; writes ``workdir/results.json``.
 
     The flax examples' entry point: the config is validated and resolved
@@ -359,14 +363,15 @@ def train_and_evaluate(config, workdir: str, *, resume: bool = False,
     Args:
       config: a ConfigDict as in ``nhl_jax/cli/configs/default.py``;
         ``config.method`` picks the system (a base loss: NHL; 'mah'; 'odh').
-      workdir, resume, create_parents: as in ``run_training``.
+      workdir, resume, create_parents, started: as in ``run_training``.
 
     Returns:
       The results dict written to ``results.json``.
     """
     spec = config_lib.resolve(config)
     return train.run_training(systems.SYSTEMS[spec.system], spec, workdir,
-                              resume=resume, create_parents=create_parents)
+                              resume=resume, create_parents=create_parents,
+                              started=started)
 
 
 def _orbax_failure(record) -> bool:

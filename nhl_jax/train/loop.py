@@ -33,6 +33,7 @@ from nhl_jax.train import checkpoint, evaluation, profile
 from nhl_jax.train import step as step_lib
 from nhl_jax.train import workdir as workdir_lib
 from nhl_jax.train import writer as writer_lib
+from nhl_jax.train.phases import Phases
 from nhl_jax.train.system import DataInfo, RoundResult
 
 
@@ -218,7 +219,7 @@ def _host_snapshots(system, setup, state):
 
 
 def fit(system, spec, splits, bits, workdir: str, *,
-        resume: bool = False) -> dict:
+        resume: bool = False, phases: Phases | None = None) -> dict:
     """Trains the lengths ``bits`` of ``spec`` in ``workdir``; a summary.
 
     Data-parallel over ``spec.devices`` devices (all of them by default, of
@@ -231,6 +232,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
       bits: lengths of this training run.
       workdir: its directory (checkpoints, metrics.jsonl).
       resume: continue from the latest checkpoint in ``workdir``.
+      phases: where the wall seconds of setup, training, evaluation and
+        checkpoints are booked (``nhl_jax.train.phases``).
 
     Returns:
       The final loop state with ``bits`` and ``params_sha256``.
@@ -239,6 +242,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
       Preempted: on SIGTERM or SIGINT, after a mid-round checkpoint.
       FloatingPointError: on a non-finite loss.
     """
+    phases = Phases() if phases is None else phases
+    begun = time.time()
     mesh = parallel.make_mesh(spec.devices)
     parallel.check_batch_size(spec.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
@@ -257,12 +262,15 @@ def fit(system, spec, splits, bits, workdir: str, *,
         writer.truncate(max_epoch=meta['epoch'],
                         max_step=int(parallel.to_host(state.step)))
         loop = _Loop(system, spec, setup, splits, mesh, mngr,
-                     (writer, profiler), identity)
+                     (writer, profiler, phases), identity)
         loop.scalars.restore(meta.get('step_log'))
         meta = _continued(meta, spec, loop.schedule.rounds, workdir)
+        phases.add('setup', begun, time.time())
         while (meta['epoch'] < loop.schedule.rounds
                and not meta['stopped_early']):
             state, meta, best = loop.round(state, meta, best, stop)
+        with phases('checkpoint'):
+            checkpoint.wait(mngr)
     return dict(meta, bits=list(setup.bits),
                 params_sha256=params_digest(parallel.to_host(state.params)))
 
@@ -298,7 +306,7 @@ class _Loop:
         self.identity = identity
         self.system, self.spec, self.setup = system, spec, setup
         self.splits, self.mesh, self.mngr = splits, mesh, mngr
-        self.writer, self.profiler = outputs
+        self.writer, self.profiler, self.phases = outputs
         self.scalars = writer_lib.StepLogger(self.writer, setup.bits,
                                              spec.log_every)
         self.schedule = system.schedule(spec)
@@ -322,7 +330,7 @@ class _Loop:
     def round(self, state, meta, best, stop):
         r, partial = meta['epoch'] + 1, meta['partial']
         plan = self.system.plan(self.spec, self.splits, r)
-        start = time.perf_counter()
+        begun, start = time.time(), time.perf_counter()
         if partial is None:
             before, hooks = self.system.round_info(self.setup, state), {}
             state = self._hook(plan.begin, state, hooks)
@@ -355,11 +363,18 @@ class _Loop:
         stages[plan.stage] = stages.get(plan.stage, 0.0) + seconds
         meta.update(epoch=r, partial=None,
                     train_seconds=meta['train_seconds'] + seconds)
+        self.phases.add('train', begun, time.time())
         if self.schedule.evaluates(r):
-            meta, best = self._evaluate(state, meta, best, record)
+            with self.phases('evaluate'):
+                evaluated = time.perf_counter()
+                meta, best = self._evaluate(state, meta, best, record)
+                record['evaluate_seconds'] = time.perf_counter() - evaluated
         if self.schedule.checkpoints(r):
-            self._save(int(parallel.to_host(state.step)), state, best, meta)
-        self.writer.round(int(parallel.to_host(state.step)), record)
+            with self.phases('checkpoint'):
+                self._save(int(parallel.to_host(state.step)), state, best,
+                           meta)
+        with self.phases('train'):
+            self.writer.round(int(parallel.to_host(state.step)), record)
         return state, meta, best
 
     def _save(self, step, state, best, meta) -> None:

@@ -14,10 +14,12 @@ into its system and spec (``nhl_jax.cli``).
 import importlib.util
 import os
 import shutil
+import time
 
 from nhl_jax import data, parallel, runlog
 from nhl_jax.errors import RunError, UsageError, disk_errno
 from nhl_jax.train import loop
+from nhl_jax.train.phases import Phases, format_phases
 from nhl_jax.train.system import DataInfo, RunSpec
 from nhl_jax.train.workdir import (
     check_same_config,
@@ -36,7 +38,8 @@ def training_runs(spec: RunSpec, workdir: str):
 
 
 def run_training(system, spec: RunSpec, workdir: str, *,
-                 resume: bool = False, create_parents: bool = False) -> dict:
+                 resume: bool = False, create_parents: bool = False,
+                 started: float | None = None) -> dict:
     """Trains and evaluates a run; writes ``workdir/results.json``.
 
     Args:
@@ -47,15 +50,21 @@ def run_training(system, spec: RunSpec, workdir: str, *,
       create_parents: create missing parents of ``workdir`` (removed
         again if the run fails before writing anything); by default its
         parent must exist.
+      started: ``time.time()`` at which the process started, if the
+        run's ``phase_seconds`` should count its ``startup`` (imports,
+        flags: the command line's).
 
     Returns:
       The results dict written to ``results.json``.
     """
+    phases = Phases()
+    if started is not None:
+        phases.add('startup', started, time.time())
     workdir = os.path.expanduser(workdir)
     check_workdir(workdir, create_parents=create_parents)
     with owned(workdir):
         try:
-            return _run(system, spec, workdir, resume)
+            return _run(system, spec, workdir, resume, phases)
         except Exception as e:
             code = disk_errno(e)
             if code is None:
@@ -77,22 +86,33 @@ def _disk_message(workdir: str, code: int) -> str:
             'rerun with --resume.')
 
 
-def _run(system, spec: RunSpec, workdir: str, resume: bool) -> dict:
-    check_workdir_policy(workdir, resume)  # before the data are loaded
-    splits = data.load_splits(spec.dataset, seed=spec.seed,
-                              data_dir=spec.data_dir)
-    system.check_data(spec, splits)
-    check_batches(system, spec, splits)
-    check_same_config(workdir, spec, resume)
-    summaries = [loop.fit(system, spec, splits, bits, run_dir, resume=resume)
+def _run(system, spec: RunSpec, workdir: str, resume: bool,
+         phases: Phases) -> dict:
+    with phases('data'):
+        check_workdir_policy(workdir, resume)  # before the data are loaded
+        splits = data.load_splits(spec.dataset, seed=spec.seed,
+                                  data_dir=spec.data_dir)
+        system.check_data(spec, splits)
+        check_batches(system, spec, splits)
+        check_same_config(workdir, spec, resume)
+    summaries = [loop.fit(system, spec, splits, bits, run_dir, resume=resume,
+                          phases=phases)
                  for bits, run_dir in training_runs(spec, workdir)]
-    results = make_results(system, spec, DataInfo.of(splits), summaries)
-    if parallel.is_main_process():
-        runlog.write_json_atomic(os.path.join(workdir, 'results.json'),
-                                 results)
+    with phases('results'):
+        results = make_results(system, spec, DataInfo.of(splits), summaries)
+        main = parallel.is_main_process()
+        path = os.path.join(workdir, 'results.json')
+        if main:
+            runlog.write_json_atomic(path, results)
+    with phases('plots'):
+        plotted = _plots(workdir) if main else []
+    # Written again, complete: the plots read the first results.json.
+    results['phase_seconds'] = phases.rounded()
+    if main:
+        runlog.write_json_atomic(path, results)
         print(format_results(system, spec, results))
-        for path in _plots(workdir):
-            print(f'wrote {path}')
+        for plot in plotted:
+            print(f'wrote {plot}')
     return results
 
 
@@ -179,6 +199,8 @@ def format_results(system, spec: RunSpec, results) -> str:
         columns += [(f'{label} (last)', f'map_{name}_last'),
                     (f'{label} (best)', f'map_{name}')]
     width = max(len(title) for title, _ in columns)
+    timing = (f'\n{format_phases(results["phase_seconds"])}'
+              if 'phase_seconds' in results else '')
     kind = '' if primary == 'symmetric' else f' ({primary})'
     lines = [(f'{system.title(spec)}, mAP@{k}{kind}, train '
               f'{results["train_seconds"]:.1f} s'),
@@ -186,7 +208,7 @@ def format_results(system, spec: RunSpec, results) -> str:
     for b in results['bits']:
         lines.append(f'{b:>6} ' + ' '.join(
             f'{results[key][str(b)]:>{width}.4f}' for _, key in columns))
-    return '\n'.join(lines)
+    return '\n'.join(lines) + timing
 
 
 def _plots(workdir: str) -> list[str]:

@@ -52,6 +52,15 @@ def test_one_results_schema_and_plots(runs, name):
     assert all(0.0 < v <= 1.0 for v in saved['map'].values())
     assert saved['train_seconds'] == pytest.approx(
         sum(saved['stage_seconds'].values()))
+    phases = saved['phase_seconds']  # measured, disjoint: they add up
+    assert {'data', 'setup', 'trace', 'compile', 'train', 'evaluate',
+            'checkpoint', 'results', 'plots', 'total'} == set(phases)
+    assert phases['total'] == pytest.approx(
+        sum(v for k, v in phases.items() if k != 'total'), abs=1e-2)
+    assert all(v >= 0 for v in phases.values())
+    # The training loops (train_seconds) hold the train phase and the
+    # first steps' tracing and compilation.
+    assert phases['train'] <= saved['train_seconds'] + 1e-3
     for extra in saved['evaluators'][1:]:  # MAH: symmetric beside asymmetric
         assert set(saved[f'map_{extra}']) == set(saved[f'map_{extra}_last'])
     assert saved['evaluators'][0] == ('asymmetric' if name == 'mah'

@@ -1,0 +1,47 @@
+"""Wall seconds by phase, with tracing and compilation split out."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from nhl_jax.train import phases as phases_lib
+
+
+def test_overlapping_spans_count_once_and_are_clipped(monkeypatch):
+    spans = {'trace': [(1.0, 3.0), (2.0, 4.0), (10.0, 11.0)], 'compile': []}
+    monkeypatch.setattr(phases_lib, '_spans', spans)
+    assert phases_lib.spent('trace', 0.0, 20.0) == pytest.approx(4.0)
+    assert phases_lib.spent('trace', 2.5, 10.5) == pytest.approx(2.0)
+    assert phases_lib.spent('trace', 5.0, 9.0) == 0.0
+    assert phases_lib.spent('compile', 0.0, 20.0) == 0.0
+
+
+def test_a_compilation_inside_a_phase_is_booked_apart():
+    phases = phases_lib.Phases()
+    start = time.time()
+
+    @jax.jit
+    def fresh(x):  # a new function: traced and compiled (or cache-loaded)
+        return jnp.tanh(x) * 3.0 + start
+
+    with phases('train'):
+        jax.block_until_ready(fresh(jnp.ones(3)))
+        time.sleep(0.05)
+    wall = time.time() - start
+    seconds = phases.rounded()
+    assert seconds['trace'] > 0 and seconds['compile'] > 0
+    assert seconds['train'] >= 0.05
+    assert list(seconds) == ['trace', 'compile', 'train', 'total']
+    assert seconds['total'] == pytest.approx(
+        sum(v for k, v in seconds.items() if k != 'total'), abs=2e-3)
+    assert seconds['total'] <= wall + 1e-3
+
+
+def test_the_process_start_is_in_the_past():
+    started = phases_lib.process_start()
+    assert started is not None and 0 < time.time() - started < 86400
+    line = phases_lib.format_phases({'data': 1.25, 'train': 3.0,
+                                     'total': 4.25})
+    assert line == 'wall seconds: data 1.2, train 3.0 (total 4.2)'
