@@ -15,7 +15,7 @@ import os
 import jax
 from flax import nnx
 
-from nhl_jax import data, losses, models
+from nhl_jax import data, losses, models, parallel
 from nhl_jax.cli import registry
 from nhl_jax.cli.configs import default as default_config
 from nhl_jax.errors import UsageError
@@ -109,7 +109,8 @@ def _check_fields(config) -> None:
     _choice('method', config.method, registry.methods())
     _choice('head', field(config, 'head'), heads.HEADS)
     _choice('dataset', config.dataset, data.DATASETS)
-    data.get_spec(config.dataset, config.get('data_dir'))  # needs data_dir?
+    # Needs a data_dir? Options of the right values, that the dataset takes?
+    data.config_spec(config)
     if config.backbone is not None:
         _choice('backbone', config.backbone, models.BACKBONES)
     _choice('weighting', config.weighting, objective.WEIGHTINGS)
@@ -187,8 +188,7 @@ def _check_pretrained(config) -> None:
     path = config.get('pretrained')
     if not path:
         return
-    name = (config.backbone
-            or data.get_spec(config.dataset, config.get('data_dir')).backbone)
+    name = config.backbone or data.config_spec(config).backbone
     if name not in models.PRETRAINED:
         raise UsageError(
             f'backbone {name!r} has no pretrained weights loader; choose one '
@@ -202,7 +202,7 @@ def _check_pretrained(config) -> None:
         )
     # Read now, before the run writes anything: a truncated file, another
     # architecture or NaN weights would otherwise fail (or train) later.
-    spec = data.get_spec(config.dataset, config.get('data_dir'))
+    spec = data.config_spec(config)
     models.check_pretrained(name, data.spec_image_shape(spec), path,
                             **dict(field(config, 'backbone_kwargs')))
 
@@ -224,7 +224,7 @@ def _check_devices(config) -> None:
 
 def _check_code_width(config) -> None:
     """The longest code must not be wider than the backbone's feature."""
-    spec = data.get_spec(config.dataset, config.get('data_dir'))
+    spec = data.config_spec(config)
     shape = data.spec_image_shape(spec)
     try:
         backbone = nnx.eval_shape(lambda: models.get_backbone(
@@ -241,6 +241,11 @@ def _check_code_width(config) -> None:
         )
 
 
+def _say(line: str) -> None:
+    if parallel.is_main_process():
+        print(line, flush=True)
+
+
 def _as_json(value):
     return json.loads(json.dumps(value))  # tuples -> lists, ConfigDicts too
 
@@ -249,7 +254,8 @@ def resolve(config) -> RunSpec:
     """Validates a run config and resolves it into an explicit ``RunSpec``.
 
     Every default that depends on something else (the dataset's backbone
-    and mAP cut-off, the system of ``--method``) is worked out here, once.
+    and mAP cut-off, the system of ``--method``) is worked out here, once;
+    the cut-off of your own data (``data.OWN_DATA``) is said in one line.
 
     Args:
       config: a ConfigDict as in ``nhl_jax/cli/configs/default.py``.
@@ -266,10 +272,14 @@ def resolve(config) -> RunSpec:
             f'{system.name} trains {" or ".join(system.heads)} (leave --head '
             'unset or pass --head=nested).')
     system.check(config)
-    dataset = data.get_spec(config.dataset, config.get('data_dir'))
+    dataset = data.config_spec(config)
 
     def get(name):
         return field(config, name)
+
+    if get('top_k') is None and config.dataset in data.OWN_DATA:
+        _say(f'{config.dataset}: mAP@all (your own data has no usual '
+             'cut-off; --config.top_k=K scores mAP@K).')
 
     return RunSpec(
         system=system.name, method=config.method, dataset=config.dataset,

@@ -1,4 +1,4 @@
-"""Datasets by name (offline, CIFAR-10, list files), splits, grain batches."""
+"""Datasets by name (offline, CIFAR, list files, folders), splits, batches."""
 
 from nhl_jax.data.datasets import ArrayDataset
 from nhl_jax.data.datasets import DatasetSpec
@@ -13,11 +13,15 @@ from nhl_jax.data.datasets import one_hot
 from nhl_jax.data.datasets import split_by_class
 from nhl_jax.data.datasets import split_digest
 from nhl_jax.data.files import FileDataset
+from nhl_jax.data.files import crop_sizes
 from nhl_jax.data.files import from_list_split
+from nhl_jax.data.folder import FolderError
+from nhl_jax.data.folder import load_folder_splits
 from nhl_jax.data.listfile import ListFileError
 from nhl_jax.data.listfile import ListSplit
 from nhl_jax.data.listfile import read_list_file
 from nhl_jax.data.listfile import read_list_splits
+from nhl_jax.data.options import DataOptions
 from nhl_jax.data.pipeline import epoch_seed
 from nhl_jax.data.pipeline import eval_batches
 from nhl_jax.data.pipeline import image_shape
@@ -26,6 +30,8 @@ from nhl_jax.data.pipeline import train_batches
 from nhl_jax.data.pipeline import train_dataset
 from nhl_jax.data.registry import DATASETS
 from nhl_jax.data.registry import FROM_DATA_DIR
+from nhl_jax.data.registry import OWN_DATA
+from nhl_jax.data.registry import config_spec
 from nhl_jax.data.registry import get_spec
 from nhl_jax.data.registry import load_splits
 from nhl_jax.data.registry import spec_image_shape
@@ -33,14 +39,19 @@ from nhl_jax.data.registry import spec_image_shape
 __all__ = [
     'DATASETS',
     'FROM_DATA_DIR',
+    'OWN_DATA',
     'ArrayDataset',
+    'DataOptions',
     'DatasetSpec',
     'FileDataset',
+    'FolderError',
     'ListFileError',
     'ListSplit',
     'Protocol',
     'Splits',
     'check_dataset',
+    'config_spec',
+    'crop_sizes',
     'epoch_seed',
     'eval_batches',
     'export_split_ids',
@@ -48,6 +59,7 @@ __all__ = [
     'get_spec',
     'image_shape',
     'load_digits',
+    'load_folder_splits',
     'load_mnist5k',
     'load_split_ids',
     'load_splits',

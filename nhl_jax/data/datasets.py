@@ -239,20 +239,45 @@ def split_by_class(
     """
     class_ids = _check_class_ids(class_ids)
     _check_protocol(protocol)
-    _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    parts = ([], [], [])
-    for c in np.unique(class_ids):
-        members = rng.permutation(np.flatnonzero(class_ids == c))
-        for part, rows in zip(parts, _split_class(members, c, protocol)):
-            part.append(rows)
-    query, train, database = (np.sort(np.concatenate(p)) for p in parts)
+    query, train, database = split_classes(
+        class_ids, seed, functools.partial(_split_class, protocol=protocol))
     if not database.size:
         raise ValueError(
             f'{protocol} leaves the database empty; set train_in_database='
             'True or lower query_per_class / train_per_class.'
         )
     return query, train, database
+
+
+def split_classes(
+    class_ids: np.ndarray, seed: int,
+    cut: Callable[[np.ndarray, int], tuple[np.ndarray, ...]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeded per-class split behind ``split_by_class`` and folders.
+
+    Classes are visited in increasing order, each one's rows put in a
+    random order drawn from one ``np.random.default_rng(seed)``, then
+    ``cut`` into the class's query, train and database rows.
+
+    Args:
+      class_ids: [N] int class of each sample.
+      seed: non-negative int.
+      cut: ``cut(members, c) -> (query, train, database)``: the rows of
+        class ``c`` from its shuffled rows ``members``.
+
+    Returns:
+      (query_idx, train_idx, database_idx), each a sorted int64 array of
+      rows of ``class_ids``.
+    """
+    class_ids = _check_class_ids(class_ids)
+    _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for c in np.unique(class_ids):
+        members = rng.permutation(np.flatnonzero(class_ids == c))
+        for part, rows in zip(parts, cut(members, c)):
+            part.append(rows)
+    return tuple(np.sort(np.concatenate(p)) for p in parts)
 
 
 def _split_class(members: np.ndarray, c: int, protocol: Protocol):

@@ -2,7 +2,8 @@
 
 The torchvision recipe of the NHL code: resize the shorter side to 256
 (bilinear), then a random 224 crop and a horizontal flip with probability
-1/2 for training, and the centre 224 crop for queries and the database.
+1/2 for training, and the centre 224 crop for queries and the database
+(another input side keeps the ratio: ``crop_sizes``).
 Random choices come from a generator seeded by (seed, epoch, sample), so a
 resumed run sees exactly the same augmented images.
 """
@@ -13,6 +14,19 @@ import numpy as np
 
 from nhl_jax.data.datasets import _check_array, _check_labels
 from nhl_jax.data.listfile import ListFileError, ListSplit
+
+# torchvision's recipe: resize the shorter side to 256, crop 224.
+CROP, RESIZE = 224, 256
+
+
+def crop_sizes(image_size: int | None = None) -> tuple[int, int]:
+    """(resize, crop) for a model input side; None: (256, 224).
+
+    Another side keeps the recipe's ratio, rounded: 32 -> (37, 32), 8 ->
+    (9, 8).
+    """
+    crop = CROP if image_size is None else int(image_size)
+    return (crop * RESIZE + CROP // 2) // CROP, crop
 
 
 class ImageError(ListFileError):

@@ -56,7 +56,8 @@ def _where(path: str, number: int) -> str:
     return f'{path}:{number}'
 
 
-def _parse_line(line: str, path: str, number: int, num_classes):
+def _parse_line(line: str, path: str, number: int, num_classes,
+                origin: str = 'as configured'):
     tokens = line.split()
     if len(tokens) < 2:
         raise ListFileError(
@@ -72,8 +73,8 @@ def _parse_line(line: str, path: str, number: int, num_classes):
     if num_classes is not None and len(labels) != num_classes:
         raise ListFileError(
             f'{_where(path, number)}: {len(labels)} label values, but '
-            f'{num_classes} classes expected (as on the first line or as '
-            'configured); every line needs one 0/1 per class.'
+            f'{num_classes} classes expected ({origin}); every line needs '
+            'one 0/1 per class.'
         )
     if not any(labels):
         raise ListFileError(
@@ -84,7 +85,8 @@ def _parse_line(line: str, path: str, number: int, num_classes):
 
 
 def read_list_file(path: str, root: str, *, num_classes: int | None = None,
-                   check_images: bool = True) -> ListSplit:
+                   check_images: bool = True,
+                   origin: str = 'as configured') -> ListSplit:
     """Reads and validates one list file.
 
     Args:
@@ -92,6 +94,7 @@ def read_list_file(path: str, root: str, *, num_classes: int | None = None,
       root: the data root the image paths are relative to.
       num_classes: C; None takes it from the first line.
       check_images: also check that every image file exists.
+      origin: where a given C comes from, for messages.
 
     Returns:
       The split's absolute image paths and labels.
@@ -100,18 +103,16 @@ def read_list_file(path: str, root: str, *, num_classes: int | None = None,
       ListFileError: for a missing file, a malformed line (file and line
         named), inconsistent class counts, a missing image, or no samples.
     """
-    if not os.path.isfile(path):
-        raise ListFileError(
-            f'list file {path!r} does not exist; expected one line '
-            f'{FORMAT} per image.'
-        )
+    _require(path)
     paths, labels = [], []
     with open(path, encoding='utf-8', errors='replace') as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            image, row = _parse_line(line, path, number, num_classes)
-            num_classes = len(row)
+            image, row = _parse_line(line, path, number, num_classes,
+                                     origin)
+            if num_classes is None:
+                num_classes, origin = len(row), f'as on line {number}'
             full = os.path.join(root, image)
             if check_images and not os.path.isfile(full):
                 raise ListFileError(
@@ -121,10 +122,48 @@ def read_list_file(path: str, root: str, *, num_classes: int | None = None,
             paths.append(full)
             labels.append(row)
     if not paths:
-        raise ListFileError(f'list file {path!r} has no samples; expected '
-                            f'one line {FORMAT} per image.')
+        raise _no_samples(path)
     return ListSplit(np.array(paths, dtype=object),
                      np.array(labels, dtype=np.float32))
+
+
+def count_classes(path: str) -> int:
+    """C of a list file: the label values on its first sample line.
+
+    Raises:
+      ListFileError: a missing file, a malformed first line or no sample.
+    """
+    _require(path)
+    with open(path, encoding='utf-8', errors='replace') as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                return len(_parse_line(line, path, number, None)[1])
+    raise _no_samples(path)
+
+
+def _require(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ListFileError(
+            f'list file {path!r} does not exist; expected one line '
+            f'{FORMAT} per image.')
+
+
+def _no_samples(path: str) -> ListFileError:
+    return ListFileError(f'list file {path!r} has no samples; expected one '
+                         f'line {FORMAT} per image.')
+
+
+def format_lines(paths, labels: np.ndarray) -> str:
+    """The lines of a list file: ``<path> <0/1 per class>`` per sample.
+
+    Args:
+      paths: [N] image paths relative to the data root, without
+        whitespace (the format has no quoting).
+      labels: [N, C] multi-hot labels (0/1).
+    """
+    rows = np.where(np.asarray(labels) > 0, '1', '0')
+    return ''.join(f'{path} {" ".join(row)}\n'
+                   for path, row in zip(paths, rows))
 
 
 def read_list_splits(root: str, *, num_classes: int | None = None,
@@ -141,17 +180,21 @@ def read_list_splits(root: str, *, num_classes: int | None = None,
     Returns:
       {'train', 'query', 'database'} -> ``ListSplit``, all with C classes.
     """
-    splits = {}
+    splits, origin = {}, 'as configured'
     for split, name in (files or SPLIT_FILES).items():
         splits[split] = read_list_file(os.path.join(root, name), root,
                                        num_classes=num_classes,
-                                       check_images=check_images)
-        num_classes = splits[split].labels.shape[1]
+                                       check_images=check_images,
+                                       origin=origin)
+        if num_classes is None:
+            num_classes, origin = (splits[split].labels.shape[1],
+                                   f'as in {name}')
     return splits
 
 
 def check_images(splits: dict[str, ListSplit], *,
-                 full_limit: int | None = None) -> None:
+                 full_limit: int | None = None,
+                 fix: str = 'remove its line from the list files') -> None:
     """Opens every image of ``splits`` once, to fail before any training.
 
     Each distinct file's header is read (format and size); when there are
@@ -162,6 +205,7 @@ def check_images(splits: dict[str, ListSplit], *,
       splits: from ``read_list_splits``.
       full_limit: the most files decoded in full (None:
         ``FULL_CHECK_LIMIT``).
+      fix: what the message proposes besides replacing the file.
 
     Raises:
       ListFileError: naming the first image that cannot be read, the list
@@ -178,8 +222,8 @@ def check_images(splits: dict[str, ListSplit], *,
         if reason:
             raise ListFileError(
                 f'image {path!r} (in {SPLIT_FILES.get(split, split)}) cannot '
-                f'be read as an image ({reason}); replace the file or remove '
-                'its line from the list files.')
+                f'be read as an image ({reason}); replace the file or '
+                f'{fix}.')
 
 
 def _unreadable(path: str, decode: bool) -> str | None:

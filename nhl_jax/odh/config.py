@@ -42,8 +42,8 @@ def check(config) -> None:
 
 def classifier_name(config) -> str:
     """The warm-up classifier's backbone (default: the dataset's)."""
-    return config.odh.classifier_backbone or data.get_spec(
-        config.dataset, config.get('data_dir')).backbone
+    return (config.odh.classifier_backbone
+            or data.config_spec(config).backbone)
 
 
 def _check_classifier_pretrained(config) -> None:
@@ -62,7 +62,7 @@ def _check_classifier_pretrained(config) -> None:
             f'odh.classifier_pretrained file {path!r} does not exist; see the '
             'README (pretrained backbones) for how to make it.')
     # Read before the run writes anything (see nhl_jax.cli.config).
-    spec = data.get_spec(config.dataset, config.get('data_dir'))
+    spec = data.config_spec(config)
     models.check_pretrained(name, data.spec_image_shape(spec), path,
                             **dict(config.odh.get('classifier_kwargs', {})))
 

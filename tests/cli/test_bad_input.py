@@ -32,6 +32,7 @@ from nhl_jax.data import files, listfile
 from nhl_jax.models import pretrained
 from tests.support import ROOT, command_line
 from tests.support import cifar_archive as cifar_writer
+from tests.support.folders import write_tree
 
 # The smallest run that trains: digits (8x8), the MLP, one epoch.
 TINY = ['--dataset=digits', '--backbone=mlp', '--bits=8', '--epochs=1',
@@ -219,6 +220,16 @@ def _truncated_cifar_archive(tmp):
     return archive
 
 
+def _lists(tmp, test_line='0.png 1 0 0'):
+    """PNGs and listfile's three files; test.txt's line ``test_line``."""
+    _images(tmp)
+    lines = {'train.txt': '0.png 1 0 0\n1.png 0 1 1\n',
+             'test.txt': f'{test_line}\n',
+             'database.txt': '2.png 0 0 1\n3.png 1 0 0\n'}
+    for name, text in lines.items():
+        (tmp / name).write_text(text)
+
+
 def _foreign_cifar_pickle(tmp):
     folder = _cifar_folder(tmp)
     with open(os.path.join(folder, 'data_batch_1'), 'wb') as f:
@@ -230,6 +241,7 @@ LIST = ['--dataset=nuswide_21', '--data_dir=<tmp>', '--backbone=mlp',
 NPZ = '<tmp>/w.npz'
 CIFAR = ['--dataset=cifar10-1', '--backbone=mlp', '--bits=8', '--epochs=1']
 CIFAR_GZ = 'cifar-10-python.tar.gz'
+OWN = ['--data_dir=<tmp>', '--backbone=mlp', '--bits=8', '--epochs=1']
 MULTI = ['--coordinator_address=localhost:1234', '--num_processes=2']
 
 
@@ -366,6 +378,36 @@ CASES = [
      _foreign_cifar_pickle,
      ('<tmp>/cifar-10-batches-py/data_batch_1 holds os.system, which a '
       'CIFAR-10 batch file never does; it was not unpickled')),
+    ('listfile_empty', [*OWN, '--dataset=listfile'],
+     lambda tmp: _lists(tmp) or (tmp / 'train.txt').write_text('\n'),
+     ("list file '<tmp>/train.txt' has no samples; expected one line "
+      "'<relative image path> <C values, each 0 or 1>' per image.")),
+    ('listfile_inconsistent', [*OWN, '--dataset=listfile'],
+     lambda tmp: _lists(tmp, '1.png 0 1'),
+     ('<tmp>/test.txt:1: 2 label values, but 3 classes expected (as in '
+      'train.txt); every line needs one 0/1 per class.')),
+    ('folder_one_class', [*OWN, '--dataset=folder'],
+     lambda tmp: write_tree(tmp, {'cat': 3}),
+     ("folder '<tmp>' has 1 class folder(s) ['cat']; a retrieval split "
+      'needs at least 2 classes: put the images of each class in a folder '
+      'of its own, <data_dir>/<class>/<image>.')),
+    ('folder_empty_class', [*OWN, '--dataset=folder'],
+     lambda tmp: write_tree(tmp, {'cat': 3, 'dog': 0}),
+     "class folder '<tmp>/dog' holds 0 image(s) (.bmp, .gif, .jpeg, .jpg"),
+    ('folder_query_fraction', [*OWN, '--dataset=folder',
+                               '--config.folder_query_fraction=1.5'],
+     lambda tmp: write_tree(tmp, {'cat': 3, 'dog': 3}),
+     ('folder_query_fraction must be a number in (0, 1), the share of each '
+      'class that are queries, got 1.5; pass e.g. '
+      '--config.folder_query_fraction=0.1.')),
+    ('image_size_of_arrays', [*TINY, '--config.image_size=8'], None,
+     ("image_size does not apply to dataset 'digits': it sizes the images "
+      'decoded from files (list-file and folder datasets); arrays keep '
+      'their size')),
+    ('folder_option_elsewhere', [*TINY, '--config.folder_train_per_class=5'],
+     None, ("folder_train_per_class does not apply to dataset 'digits': it "
+            'sizes the split of --dataset=folder; leave '
+            '--config.folder_train_per_class unset.')),
     # 6. Multi-host flags, before jax.distributed is touched.
     ('processes_zero', ['--num_processes=0'], None,
      '--num_processes (or NHL_NUM_PROCESSES) must be >= 1 (or auto), got 0'),

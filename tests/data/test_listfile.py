@@ -116,3 +116,57 @@ def test_registered_list_dataset_gives_file_splits(tmp_path):
     batch = next(data.train_batches(splits.train, 3, seed=0, epoch=1))
     assert batch['image'].shape == (3, 224, 224, 3)
     assert data.get_spec('nuswide_21', str(tmp_path)).top_k == 5000
+
+
+# --- any list files: --dataset=listfile ------------------------------------
+
+
+def _png_tree(tmp_path, lines_by_file):
+    """GOOD's images as real 10x12 PNGs, and the given list files."""
+    from PIL import Image
+    root = _tree(tmp_path, lines_by_file)
+    for image in ('a.jpg', 'b/c.jpg', 'd.jpg'):
+        Image.new('RGB', (12, 10), (9, 99, 199)).save(tmp_path / image,
+                                                      format='PNG')
+    return root
+
+
+def test_listfile_takes_its_class_count_from_the_files(tmp_path):
+    from nhl_jax import data
+    root = _png_tree(tmp_path, GOOD)
+    spec = data.get_spec('listfile', root)
+    assert spec.num_classes == 3 and spec.top_k is None
+    assert spec.image_shape == (224, 224, 3)
+    assert '3 classes (from the files)' in spec.description
+    splits = data.load_splits('listfile', data_dir=root,
+                              options=data.DataOptions(image_size=16))
+    assert [len(ds.ids) for ds in splits] == [1, 2, 3]
+    for ds in splits:
+        assert ds.labels.shape[1] == 3 and (ds.resize, ds.crop) == (18, 16)
+    assert data.image_shape(splits.train) == (16, 16, 3)
+
+
+def test_presets_keep_their_crop_unless_image_size_is_set(tmp_path):
+    from nhl_jax import data
+    lines = {name: ['a.jpg ' + ' '.join(['1'] + ['0'] * 20)]
+             for name in GOOD}
+    root = _png_tree(tmp_path, lines)
+    default = data.load_splits('nuswide_21', data_dir=root).train
+    assert (default.resize, default.crop) == (256, 224)
+    small = data.load_splits('nuswide_21', data_dir=root,
+                             options=data.DataOptions(image_size=32)).train
+    assert (small.resize, small.crop) == (37, 32)
+
+
+@pytest.mark.parametrize('files, message', [
+    ({'test.txt': ['d.jpg 0 1']},
+     r'test.txt:1: 2 label values, but 3 classes expected'),
+    ({'train.txt': ['', ' ']}, r"train.txt' has no samples"),
+    ({'database.txt': []}, r"database.txt' has no samples"),
+])
+def test_listfile_errors_before_any_image_is_read(tmp_path, files, message):
+    from nhl_jax import data
+    root = _tree(tmp_path, dict(GOOD, **files))  # empty image files
+    with pytest.raises(listfile.ListFileError, match=message) as error:
+        data.load_splits('listfile', data_dir=root)
+    assert '\n' not in str(error.value)

@@ -25,8 +25,23 @@ def get_config():
     # e.g. --config.loss_kwargs.margin=2.0 for dpn.
     config.loss_kwargs = ml_collections.ConfigDict()
     config.dataset = 'mnist5k'  # a key of nhl_jax.data.DATASETS
-    # CIFAR-10: the tfds data directory; list-file datasets: their root.
+    # CIFAR: the python-version archive (cifar-10-python.tar.gz), its
+    # extracted folder or the tfds data directory; list-file datasets
+    # ('listfile': any class count): the root of train.txt, test.txt and
+    # database.txt; 'folder': the folder of <class>/<image>.
     config.data_dir = ml_collections.config_dict.placeholder(str)
+    # Side of the square input decoded from image files (list files,
+    # folders); None: 224 after resizing the shorter side to 256 (another
+    # side keeps that ratio: 32 resizes to 37, then crops 32).
+    config.image_size = ml_collections.config_dict.placeholder(int)
+    # The seeded per-class split of --dataset=folder: the share of each
+    # class that are queries (None: 0.1, rounded; at least 1, at most all
+    # but 1), the rest are the database; and at most this many training
+    # images per class drawn from the database (None: all of it).
+    config.folder_query_fraction = ml_collections.config_dict.placeholder(
+        float)
+    config.folder_train_per_class = ml_collections.config_dict.placeholder(
+        int)
     # Decoding of image files: None (auto: a few threads for image files,
     # inline for arrays), 0 (inline) or N worker processes.
     config.data_workers = ml_collections.config_dict.placeholder(int)
