@@ -9,7 +9,10 @@ a factory taking the method's hyperparameters as keyword arguments (the
 reference code's defaults) and returning a ``HashLoss``; GreedyHash, DSHSD,
 PCDH and OrthoHash (with a learned codebook) own trainable parameters, DSDH
 and DAPH a per-epoch update, PCDH reads the backbone features
-(``HashLoss``)::
+(``HashLoss``). Each factory's annotations declare its hyperparameters'
+values (``nhl_jax.hparams``: term weights in [0, 1000], margins >= 0,
+scales > 0, fractions in [0, 1], options one of a ``Literal``'s values),
+which ``get`` checks in one line, as the command line does::
 
     from nhl_jax import losses
     loss = losses.get('dpn', margin=1.0)
@@ -84,9 +87,11 @@ LOSSES = {
 def get(name: str, **hparams) -> HashLoss:
     """Builds the loss registered as ``name`` with the given hyperparameters.
 
-    The hyperparameters' names and types are checked against the factory
-    first, and the returned ``apply`` checks its inputs against the state
-    (``_common.check_inputs``).
+    The hyperparameters' names, types and ranges are checked against the
+    factory first (``hparams.check_kwargs``: finite values; weights in
+    [0, 1000], margins >= 0, scales > 0, fractions in [0, 1], options one
+    of their values). The returned ``init`` checks its sizes and ``apply``
+    its inputs against the state (``_common.check_inputs``).
 
     Args:
       name: a key of ``LOSSES``.
@@ -96,21 +101,45 @@ def get(name: str, **hparams) -> HashLoss:
       The ``HashLoss``.
 
     Raises:
-      ValueError: for an unknown name (the message lists the valid ones),
-        an unknown hyperparameter or one of the wrong type.
+      ValueError: for an unknown name (the message lists the valid ones);
+        ``UsageError`` (a ``ValueError``): an unknown hyperparameter or a
+        value that does not fit.
     """
     if name not in LOSSES:
         raise ValueError(
             f'Unknown loss {name!r}; choose one of {sorted(LOSSES)}.'
         )
     check_kwargs(f'loss {name!r}', LOSSES[name], hparams, None)
-    loss = LOSSES[name](**hparams)
+    return _checked(name, LOSSES[name](**hparams))
 
-    def checked_apply(state, codes, labels, index, **kw):
+
+def _checked(name: str, loss: HashLoss) -> HashLoss:
+    """``loss`` whose public entries check their arguments in one line."""
+
+    def init(key, *, num_train, num_classes, bits):
+        _common.check_sizes(name, num_train=num_train,
+                            num_classes=num_classes, bits=bits)
+        return loss.init(key, num_train=num_train, num_classes=num_classes,
+                         bits=bits)
+
+    def init_lengths(key, *, num_train, num_classes, bits):
+        _common.check_sizes(name, num_train=num_train,
+                            num_classes=num_classes, bits=bits)
+        return loss.init_lengths(key, num_train=num_train,
+                                 num_classes=num_classes, bits=bits)
+
+    def init_params(key, *, num_classes, bits):
+        _common.check_sizes(name, num_classes=num_classes, bits=bits)
+        return loss.init_params(key, num_classes=num_classes, bits=bits)
+
+    def apply(state, codes, labels, index, **kw):
         _common.check_inputs(name, state, codes, labels, index)
         return loss.apply(state, codes, labels, index, **kw)
 
-    return loss._replace(apply=checked_apply)
+    return loss._replace(
+        init=init, apply=apply,
+        init_lengths=init_lengths if loss.init_lengths else None,
+        init_params=init_params if loss.init_params else None)
 
 
 __all__ = [

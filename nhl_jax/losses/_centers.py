@@ -8,7 +8,9 @@ prefix of its 16-bit target, as the nested codes themselves are.
 """
 
 import math
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,11 @@ import numpy as np
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss, PRNGKey
 
-CENTER_MODES = ('independent', 'nested')
+Mode = Literal['independent', 'nested']
+CENTER_MODES = typing.get_args(Mode)
+# A construction mode, or precomputed tables: one [C, K] array (any array
+# or nested sequence) or {K: table} for several lengths; None: the default.
+Centers = Mode | np.ndarray | jax.Array | Sequence | Mapping | None
 
 
 def check_mode(method: str, centers) -> str | None:

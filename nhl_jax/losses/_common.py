@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nhl_jax.checks import is_int
+from nhl_jax.errors import UsageError
 from nhl_jax.types import Array, EmptyState, PRNGKey
 
 
@@ -52,34 +54,62 @@ def check_batch(codes: Array, labels: Array, index: Array, *,
                          f'{jnp.result_type(index)}.')
 
 
-def _state_sizes(state) -> tuple[int | None, int | None]:
-    """(N, C) as the state's arrays fix them: banks [N, ...], labels
-    [N, C], a ``CentersState``'s [C, K]; None where the state does not
-    say."""
+def _state_sizes(state) -> tuple[int | None, int | None, int | None]:
+    """(N, C, K) as the state's arrays fix them: banks [N, K] and labels
+    [N, C], a ``CentersState``'s [C, K], a codebook [C, K]; None where the
+    state does not say."""
     fields = getattr(state, '_asdict', dict)()
-    n = c = None
+    n = c = k = None
     if 'labels' in fields:
         n, c = fields['labels'].shape
-    elif 'codes' in fields:
-        n = fields['codes'].shape[0]
-    if c is None and isinstance(state, CentersState):
-        c = state.centers.shape[0]
-    return n, c
+    if 'codes' in fields:
+        n, k = fields['codes'].shape
+    table = fields.get('centers') if isinstance(state, CentersState) else (
+        fields.get('codebook'))
+    if table is not None:
+        c, k = table.shape
+    return n, c, k
+
+
+def check_sizes(name: str, **sizes) -> None:
+    """The sizes ``init`` takes (num_train, num_classes, bits) as one-line
+    errors: each a positive int, ``bits`` also a sequence of them.
+
+    Raises:
+      UsageError: naming the size and the fix.
+    """
+    for size, value in sizes.items():
+        values = (tuple(value) if size == 'bits' and isinstance(
+            value, (tuple, list)) else (value,))
+        if not values or not all(is_int(v) and v > 0 for v in values):
+            raise UsageError(
+                f'{name}: init needs {size} to be a positive int, got '
+                f'{value!r}; pass the {_SIZE_MEANINGS[size]}.')
+
+
+_SIZE_MEANINGS = {'num_train': 'number of training samples N',
+                  'num_classes': 'number of classes C of the labels',
+                  'bits': 'code length K'}
 
 
 def check_inputs(name: str, state, codes, labels, index) -> None:
     """Bad batches as one-line errors, before the loss runs.
 
-    Shapes always (free under jit): ``check_batch`` and the class count
-    against the state. Values when they are concrete (eager calls;
-    under jit the trainer checked its data at load): labels in {0, 1}
-    and rows of ``index`` in [0, N).
+    Shapes always (free under jit): ``check_batch``, and the class count
+    and code width against the state. Values when they are concrete
+    (eager calls; under jit the trainer checked its data at load): labels
+    in {0, 1} and rows of ``index`` in [0, N).
 
     Raises:
       ValueError: naming the problem and the fix.
     """
     check_batch(codes, labels, index, name=name)
-    n, c = _state_sizes(state)
+    n, c, k = _state_sizes(state)
+    if k is not None and jnp.shape(codes)[1] != k:
+        raise UsageError(
+            f'{name}: codes have {jnp.shape(codes)[1]} bits, the state was '
+            f'built for {k}; init with bits={jnp.shape(codes)[1]} or pass '
+            f'[B, {k}] codes.')
     if c is not None and jnp.shape(labels)[1] != c:
         raise ValueError(
             f'{name}: labels have {jnp.shape(labels)[1]} classes, the state '

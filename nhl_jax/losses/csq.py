@@ -5,11 +5,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Count, Weight
 from nhl_jax.losses import _centers, _common
 from nhl_jax.types import HashLoss
 
 
-def csq(lam: float = 1e-4, *, centers=None, retries: int = 20) -> HashLoss:
+def csq(lam: Weight = 1e-4, *, centers: _centers.Centers = None,
+        retries: Count = 20) -> HashLoss:
     """Binary cross-entropy between tanh codes and their class hash centre.
 
     With v = tanh(u) (inside the loss) and the target t_i of

@@ -5,6 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
@@ -28,8 +29,8 @@ class DAPHState(NamedTuple):
     other_binary: Array  # [N, K]
 
 
-def daph(alpha: float = 10.0, gamma: float = 10.0, lam: float = 0.01,
-         beta: float = 0.01) -> HashLoss:
+def daph(alpha: Weight = 10.0, gamma: Weight = 10.0, lam: Weight = 0.01,
+         beta: Weight = 0.01) -> HashLoss:
     """DAPH's top-branch loss against the other branch's codes.
 
     With u = tanh(codes) [B, K], z = Z[index] (the other branch's codes of

@@ -1,12 +1,15 @@
 """DBDH: Deep Balanced Discrete Hashing, pairwise likelihood + balance."""
 
+from typing import Literal
+
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def dbdh(alpha: float = 0.1, p: int = 2) -> HashLoss:
+def dbdh(alpha: Weight = 0.1, p: Literal[1, 2] = 2) -> HashLoss:
     """DPSH-style likelihood on clipped codes with a bit-balance penalty.
 
     The codes are clipped, v = clip(u, -1, 1) (straight pass inside the box,

@@ -2,11 +2,12 @@
 
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Scale, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
 
-def dch(gamma: float = 20.0, lam: float = 0.1) -> HashLoss:
+def dch(gamma: Scale = 20.0, lam: Weight = 0.1) -> HashLoss:
     """Cauchy cross-entropy on a cosine-based Hamming proxy, class-balanced.
 
     With cos_ij = u_i . u_j / max(||u_i|| ||u_j||, 1e-4) and

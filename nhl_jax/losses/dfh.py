@@ -5,6 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Count, Margin, Scale, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
@@ -25,14 +26,14 @@ class DFHState(NamedTuple):
 
 
 def dfh(
-    m: float = 3.0,
-    mu: float = 0.1,
-    vul: float = 1.0,
-    nta: float = 1.0,
-    eta: float = 0.5,
+    m: Margin = 3.0,
+    mu: Weight = 0.1,
+    vul: Weight = 1.0,
+    nta: Weight = 1.0,
+    eta: Weight = 0.5,
     *,
-    center_lr: float = 0.03,
-    center_steps: int = 200,
+    center_lr: Scale = 0.03,
+    center_steps: Count = 200,
     center_decay_at: tuple[int, ...] = (149, 179),
 ) -> HashLoss:
     """Margin pairwise likelihood on a bank, quantisation to centre-pushed b.

@@ -2,11 +2,12 @@
 
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
 
-def dhn(alpha: float = 0.1) -> HashLoss:
+def dhn(alpha: Weight = 0.1) -> HashLoss:
     """Pairwise logistic likelihood against a bank, log-cosh quantisation.
 
     Each step first writes the batch into the bank (U[index] <- sg(u),

@@ -1,13 +1,20 @@
 """DPN: Deep Polarized Network with random balanced target vectors."""
 
+import typing
+from typing import Literal
+
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Fraction, Margin
 from nhl_jax.losses import _centers, _common
 from nhl_jax.types import HashLoss
 
+Targets = Literal['random', 'distinct']
 
-def dpn(margin: float = 1.0, p: float = 0.5, *, targets: str = 'random',
-        centers=None) -> HashLoss:
+
+def dpn(margin: Margin = 1.0, p: Fraction = 0.5, *,
+        targets: Targets = 'random',
+        centers: _centers.Centers = None) -> HashLoss:
     """Bit-wise hinge that polarises each output towards its target sign.
 
     Targets T in {-1, +1}^{C x K} have exactly floor(p K) entries -1 at
@@ -42,7 +49,7 @@ def dpn(margin: float = 1.0, p: float = 0.5, *, targets: str = 'random',
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f'dpn: p must lie in [0, 1], got {p}.')
-    if targets not in ('random', 'distinct'):
+    if targets not in typing.get_args(Targets):
         raise ValueError(f"dpn: targets must be 'random' or 'distinct', got "
                          f'{targets!r}.')
 

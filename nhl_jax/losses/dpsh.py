@@ -2,11 +2,12 @@
 
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def dpsh(alpha: float = 0.1) -> HashLoss:
+def dpsh(alpha: Weight = 0.1) -> HashLoss:
     """Pairwise logistic likelihood against a bank, squared quantisation.
 
     Each step first writes the batch into the bank (U[index] <- sg(u),

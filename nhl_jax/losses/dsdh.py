@@ -5,6 +5,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Count, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
@@ -30,8 +31,8 @@ class DSDHState(NamedTuple):
     w: Array  # [K, C]
 
 
-def dsdh(mu: float = 1.0, nu: float = 1.0, eta: float = 55.0,
-         dcc_iter: int = 10) -> HashLoss:
+def dsdh(mu: Weight = 1.0, nu: Weight = 1.0, eta: Weight = 55.0,
+         dcc_iter: Count = 10) -> HashLoss:
     """Pairwise likelihood over a bank, plus the discrete classification.
 
     Each step first writes the batch into the banks (U[index] <- sg(u),

@@ -1,12 +1,16 @@
 """DSH: Deep Supervised Hashing with a memory bank over the training set."""
 
-from typing import NamedTuple
+import typing
+from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Range, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
+
+Pairs = Literal['bank', 'batch']
 
 
 class DSHState(NamedTuple):
@@ -20,8 +24,9 @@ class DSHState(NamedTuple):
     labels: Array  # [N, C] float32
 
 
-def dsh(alpha: float = 0.1, margin: float | None = None, *,
-        pairs: str = 'bank') -> HashLoss:
+def dsh(alpha: Weight = 0.1,
+        margin: Annotated[float | None, Range(0)] = None, *,
+        pairs: Pairs = 'bank') -> HashLoss:
     """Deep Supervised Hashing loss, against a memory bank or within a batch.
 
     With ``pairs='bank'`` (the NHL and DeepHash-pytorch code) each step
@@ -55,7 +60,7 @@ def dsh(alpha: float = 0.1, margin: float | None = None, *,
       Liu et al., "Deep Supervised Hashing for Fast Image Retrieval", CVPR
       2016, Eq. 4-5; the DeepHash-pytorch port used by NHL (``DSH.py``).
     """
-    if pairs not in ('bank', 'batch'):
+    if pairs not in typing.get_args(Pairs):
         raise ValueError(f"dsh: pairs must be 'bank' or 'batch', got "
                          f'{pairs!r}.')
 

@@ -1,17 +1,23 @@
 """DSHSD: DSH pairs on tanh codes plus a classifier on the codes."""
 
+import typing
+from typing import Annotated, Literal
+
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Range, Weight
 from nhl_jax.losses import _common
 from nhl_jax.losses.greedyhash import linear_init
 from nhl_jax.types import HashLoss
 
-CLASSIFICATIONS = ('softmax', 'sigmoid')
+Classification = Literal['softmax', 'sigmoid']
+CLASSIFICATIONS = typing.get_args(Classification)
 
 
-def dshsd(alpha: float = 0.05, margin: float | None = None, *,
-          classification: str = 'softmax') -> HashLoss:
+def dshsd(alpha: Weight = 0.05,
+          margin: Annotated[float | None, Range(0)] = None, *,
+          classification: Classification = 'softmax') -> HashLoss:
     """Contrastive pairs within the batch plus a linear classification loss.
 
     With v = tanh(u), D_ij = ||v_i - v_j||^2 over the batch pairs (diagonal

@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Margin, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def dtsh(alpha: float = 5.0, lam: float = 1.0) -> HashLoss:
+def dtsh(alpha: Margin = 5.0, lam: Weight = 1.0) -> HashLoss:
     """Triplet loss over every (anchor, positive, negative) of the batch.
 
     With Theta = u u^T (no 1/2 factor, as in the port), P_i = {j : s_ij = 1}

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
@@ -20,7 +21,7 @@ def straight_through_sign(u: Array) -> Array:
     return u + jax.lax.stop_gradient(jnp.sign(u) - u)
 
 
-def greedyhash(alpha: float = 0.1) -> HashLoss:
+def greedyhash(alpha: Weight = 0.1) -> HashLoss:
     """Cross-entropy of a linear classifier on sign codes, plus |(|u|-1)^3|.
 
     With b = sign(u) in the forward pass and db/du = 1 in the backward pass

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Count, Scale
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
@@ -20,7 +21,7 @@ class HashNetState(NamedTuple):
     num_train: Array  # [] int32
 
 
-def hashnet(alpha: float = 0.1, step_continuation: int = 20) -> HashLoss:
+def hashnet(alpha: Scale = 0.1, step_continuation: Count = 20) -> HashLoss:
     """Class-balanced pairwise likelihood on tanh(beta u), beta increasing.
 
     With v = tanh(beta u), theta_ij = alpha v_i . v_j within the batch,

@@ -2,11 +2,13 @@
 
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Scale, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def idhn(alpha: float = 0.5, gamma: float = 0.1, lam: float = 0.1) -> HashLoss:
+def idhn(alpha: Scale = 0.5, gamma: Weight = 0.1,
+         lam: Weight = 0.1) -> HashLoss:
     """Cross-entropy on hard pairs, squared error on soft pairs, with a bank.
 
     The codes are squashed, v = u / (|u| + 1) elementwise. Each step writes

@@ -3,11 +3,13 @@
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Scale, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def isdh(alpha: float = 0.5, gamma: float = 10.0, lam: float = 0.1) -> HashLoss:
+def isdh(alpha: Scale = 0.5, gamma: Weight = 10.0,
+         lam: Weight = 0.1) -> HashLoss:
     """Weighted cross-entropy on hard pairs, sigmoid MSE on soft pairs.
 
     The codes are squashed, v = u / (|u| + 1) elementwise. Each step writes

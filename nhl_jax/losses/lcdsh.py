@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def lcdsh(lam: float = 3.0) -> HashLoss:
+def lcdsh(lam: Weight = 3.0) -> HashLoss:
     """Pairwise likelihood plus a sigmoid-matched binary-code constraint.
 
     With s~_ij = 2 s_ij - 1, phi_ij = clip(u_i . u_j / 2, -50, 50),

@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
 
-def mdsh(lam: float = 1e-4, *, centers=None) -> HashLoss:
+def mdsh(lam: Weight = 1e-4, *, centers=None) -> HashLoss:
     """BCE on a softmax over scaled cosines to the class centres.
 
     With p_i = softmax_c(sqrt(K) cos(u_i, z_c)):

@@ -1,15 +1,19 @@
 """OrthoHash: one cross-entropy on cosine logits to a ±1 codebook."""
 
-from typing import NamedTuple
+import typing
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Margin, Scale, Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import Array, EmptyState, HashLoss
 
-MARGIN_TYPES = ('cos', 'arc')
-QUANTIZATIONS = ('cs', 'l1', 'l2')
+MarginType = Literal['cos', 'arc']
+Quantization = Literal['cs', 'l1', 'l2']
+MARGIN_TYPES = typing.get_args(MarginType)
+QUANTIZATIONS = typing.get_args(Quantization)
 
 
 class CodebookState(NamedTuple):
@@ -22,9 +26,10 @@ class CodebookState(NamedTuple):
     codebook: Array  # [C, K]
 
 
-def orthohash(scale: float = 8.0, margin: float = 0.2, *,
-              margin_type: str = 'cos', ce: float = 1.0, quan: float = 0.0,
-              quan_type: str = 'cs', multiclass: bool = False,
+def orthohash(scale: Scale = 8.0, margin: Margin = 0.2, *,
+              margin_type: MarginType = 'cos', ce: Weight = 1.0,
+              quan: Weight = 0.0, quan_type: Quantization = 'cs',
+              multiclass: bool = False,
               learn_codebook: bool = False) -> HashLoss:
     """Margin cross-entropy on the cosines between codes and a codebook.
 

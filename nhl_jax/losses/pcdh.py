@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.losses.greedyhash import linear_init
 from nhl_jax.types import Array, HashLoss
@@ -21,7 +22,7 @@ def contrastive(x: Array, labels: Array, margin: float) -> Array:
                     + 0.5 * d * jnp.maximum(margin - dist, 0.0) ** 2)
 
 
-def pcdh(alpha: float = 1.0, beta: float = 1.0, *,
+def pcdh(alpha: Weight = 1.0, beta: Weight = 1.0, *,
          multi_label: bool = False) -> HashLoss:
     """Pairwise correlation on codes and features, plus a code classifier.
 

@@ -2,11 +2,12 @@
 
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def qsmih(alpha: float = 0.01, use_square_clamp: bool = True) -> HashLoss:
+def qsmih(alpha: Weight = 0.01, use_square_clamp: bool = True) -> HashLoss:
     """Quadratic spherical mutual information between codes and labels.
 
     With the unit-norm codes v_i = u_i / (||u_i|| + 1e-8), the batch

@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 
+from nhl_jax.hparams import Weight
 from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def shcir(lam: float = 1e-4, *, centers=None) -> HashLoss:
+def shcir(lam: Weight = 1e-4, *, centers=None) -> HashLoss:
     """Scaled-cosine softmax towards the class centre, away from the rest.
 
     With the cosines c_ij = cos(u_i, h_j) to the C centres h_j, e_ij =

@@ -30,7 +30,7 @@ the transform for PCGrad on the full parameter vector instead.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import chex
 import jax
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nhl_jax.hparams import Fraction, Range, Scale
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl.weighting import WeightingRule
 from nhl_jax.types import Array
@@ -188,7 +189,7 @@ def uncertainty_step(log_vars: Array, losses: Array, *,
 
 
 def uncertainty_rule(bits: Sequence[int], *,
-                     learning_rate: float = 1e-2) -> WeightingRule:
+                     learning_rate: Scale = 1e-2) -> WeightingRule:
     """Learned log-variances s_k: weights exp(-s_k), updated in the state.
 
     The network sees sum_k sg(exp(-s_k)) L_k (the s_k term has no network
@@ -279,16 +280,17 @@ def gradnorm_step(weights: Array, norms: Array, losses: Array,
     return m * new / jnp.sum(new)
 
 
-def gradnorm_rule(bits: Sequence[int], *, alpha: float = 1.5,
-                  learning_rate: float = 0.025,
-                  min_weight: float = 1e-3) -> WeightingRule:
+def gradnorm_rule(bits: Sequence[int], *,
+                  alpha: Annotated[float, Range(0)] = 1.5,
+                  learning_rate: Scale = 0.025,
+                  min_weight: Fraction = 1e-3) -> WeightingRule:
     """GradNorm on the hash-layer kernel (the layer all lengths share).
 
     Args:
       bits: sorted code lengths.
-      alpha: GradNorm's alpha (1.5, the paper's NYUv2 value).
+      alpha: GradNorm's alpha >= 0 (1.5, the paper's NYUv2 value).
       learning_rate: step size of the weights (plain gradient descent).
-      min_weight: floor of a weight before renormalising.
+      min_weight: floor of a weight before renormalising, in [0, 1].
 
     References:
       Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018 (arXiv 1711.02257),

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nhl_jax.hparams import check_kwargs
+from nhl_jax.hparams import Weight, check_hyperparameter, check_kwargs
 from nhl_jax.models.nested import check_bits, split_codes
 from nhl_jax.nhl import baselines, distill
 from nhl_jax.nhl import weighting as weighting_lib
@@ -131,7 +131,7 @@ def nhl_objective(
     loss: HashLoss,
     bits: Sequence[int],
     *,
-    distill_weight: float = 0.1,
+    distill_weight: Weight = 0.1,
     weighting: str = 'none',
     weighting_kwargs: dict | None = None,
     topology: str = 'adjacent',
@@ -141,7 +141,8 @@ def nhl_objective(
     Args:
       loss: the base loss; each length gets its own state.
       bits: sorted code lengths b_1 < ... < b_M.
-      distill_weight: lambda of the cascade distillation (0 turns it off).
+      distill_weight: lambda of the cascade distillation, in [0, 1000]
+        (``hparams.MAX_WEIGHT``; 0 turns it off).
       weighting: a key of ``WEIGHTINGS``.
       weighting_kwargs: the rule's hyperparameters, e.g.
         ``{'weights': (4, 2, 1)}`` for ``'static'``.
@@ -150,9 +151,15 @@ def nhl_objective(
     Returns:
       An ``NHLObjective``.
 
+    Raises:
+      UsageError: a distill weight that is not a finite number in range,
+        or what ``get_weighting`` raises.
+
     References:
       NHL, arXiv 2412.08922, total objective.
     """
+    check_hyperparameter('nhl_objective', nhl_objective, 'distill_weight',
+                         distill_weight)
     bits = check_bits(bits)
     rule = get_weighting(weighting, bits, **dict(weighting_kwargs or {}))
     if topology not in distill.TOPOLOGIES:

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from nhl_jax import losses, models, parallel
+from nhl_jax.hparams import check_hyperparameter
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl.objective import nhl_objective
 from nhl_jax.train import step as step_lib
@@ -191,6 +192,12 @@ class NHL(System):
     """The NHL system (module docstring)."""
 
     name = 'nhl'
+
+    def check(self, config) -> None:
+        # The objective is built after the data load: its weight's range
+        # is checked now (check_config refused negative and NaN ones).
+        check_hyperparameter('NHL', nhl_objective, 'distill_weight',
+                             config.distill_weight, '--distill_weight')
 
     def options(self, config) -> NHLOptions:
         return NHLOptions(

@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 
 from nhl_jax import losses
+from nhl_jax.errors import UsageError
 from nhl_jax.losses import _common
 from tests.support import references as ref
 
@@ -146,9 +147,17 @@ def test_targets_match_the_reference_rule():
 
 @pytest.mark.parametrize('name,kw,match', [
     ('dpn', {'margin': 'x'}, "margin must be a number, got 'x'"),
-    ('dsh', {'pairs': 3}, 'pairs must be a str'),
+    ('dsh', {'pairs': 3}, r"pairs must be one of \['bank', 'batch'\], got 3"),
     ('csq', {'lam': True}, 'lam must be a number'),
     ('dtsh', {'margin': 1.0}, r"has no hyperparameter\(s\) \['margin'\]"),
+    # Values: finite, and in the range the annotation declares.
+    ('dpn', {'margin': float('nan')}, 'margin must be finite, got nan'),
+    ('dsh', {'margin': float('inf')}, 'margin must be finite, got inf'),
+    ('dpn', {'margin': -5}, 'margin must be >= 0, got -5;'),
+    ('dpn', {'p': 1.5}, r'p must lie in \[0, 1\], got 1.5'),
+    ('csq', {'lam': 1e30}, r'lam must lie in \[0, 1000\], got 1e\+30'),
+    ('dch', {'gamma': 0.0}, 'gamma must be > 0, got 0.0'),
+    ('hashnet', {'step_continuation': 0}, 'must be >= 1, got 0'),
 ])
 def test_get_checks_hyperparameter_names_and_types(name, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -186,3 +195,33 @@ def test_shape_checks_hold_under_jit_and_values_are_free():
     loss, state, codes, y, i = _eager_inputs(np.eye(3)[[0, 1]], [0, 10])
     value, _ = jax.jit(loss.apply)(state, codes, y, i)
     assert np.isfinite(value)
+
+
+@pytest.mark.parametrize('name', ['dpn', 'dsh', 'orthohash'])
+def test_codes_of_another_width_than_the_state_name_both(name):
+    """Centres, a bank, a codebook: a JAX broadcasting TypeError before."""
+    loss = losses.get(name)
+    state = loss.init(jax.random.key(0), num_train=10, num_classes=3, bits=8)
+    codes, labels = jnp.ones((2, 16)), jnp.eye(3)[:2]
+    with pytest.raises(UsageError, match=(
+            f'{name}: codes have 16 bits, the state was built for 8;')):
+        jax.jit(loss.apply)(state, codes, labels, jnp.arange(2))
+
+
+@pytest.mark.parametrize('entry,sizes,match', [
+    ('init', {'num_classes': 0}, 'num_classes to be a positive int, got 0'),
+    ('init', {'num_train': -1}, 'num_train to be a positive int, got -1'),
+    ('init', {'bits': 8.0}, 'bits to be a positive int, got 8.0'),
+    ('init_lengths', {'bits': (8, 0)}, r'bits to be .*, got \(8, 0\)'),
+])
+def test_init_sizes_are_positive_ints(entry, sizes, match):
+    loss = losses.get('dpn', centers='nested')
+    kw = {'num_train': 10, 'num_classes': 3, 'bits': 8, **sizes}
+    with pytest.raises(UsageError, match=f'dpn: init needs {match}'):
+        getattr(loss, entry)(jax.random.key(0), **kw)
+
+
+def test_init_params_sizes_are_positive_ints():
+    with pytest.raises(UsageError, match='num_classes to be a positive int'):
+        losses.get('greedyhash').init_params(jax.random.key(0),
+                                             num_classes=0, bits=8)

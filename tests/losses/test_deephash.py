@@ -219,7 +219,7 @@ def test_dbdh_p1_and_bad_p():
     expected = ref.dbdh(codes, labels, index, state.codes, state.labels,
                         p=1)[0]
     np.testing.assert_allclose(value, expected, rtol=1e-5)
-    with pytest.raises(ValueError, match='p must be 1 or 2'):
+    with pytest.raises(ValueError, match=r'p must be one of \[1, 2\], got 3'):
         losses.get('dbdh', p=3)
 
 

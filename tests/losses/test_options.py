@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nhl_jax import losses
+from nhl_jax.errors import UsageError
 from nhl_jax.losses import _common
 from nhl_jax.nhl import objective
 from tests.support import loss_batches
@@ -44,13 +45,25 @@ def test_dsh_batch_pairs_differ_from_the_bank():
     assert abs(float(bank) - float(batch)) > 1e-3
 
 
-@pytest.mark.parametrize('name,kw', [('dsh', {'pairs': 'pool'}),
-                                     ('dpn', {'targets': 'unique'}),
-                                     ('csq', {'centers': 'prefix'}),
-                                     ('dpn', {'centers': 'shared'})])
-def test_bad_option_names_the_valid_ones(name, kw):
-    with pytest.raises(ValueError, match=f'{name}: .* must'):
+@pytest.mark.parametrize('name,kw,valid', [
+    ('dsh', {'pairs': 'pool'}, ['bank', 'batch']),
+    ('dpn', {'targets': 'unique'}, ['random', 'distinct']),
+    ('csq', {'centers': 'prefix'}, ['independent', 'nested']),
+    ('dpn', {'centers': 'shared'}, ['independent', 'nested']),
+    ('dshsd', {'classification': 'soft'}, ['softmax', 'sigmoid']),
+    ('orthohash', {'quan_type': 'l3'}, ['cs', 'l1', 'l2']),
+])
+def test_bad_option_names_the_valid_ones(name, kw, valid):
+    """The options declare their values (``Literal``): the one checker
+    refuses others, and the factory called directly too."""
+    (key, value), = kw.items()
+    with pytest.raises(UsageError) as error:
         losses.get(name, **kw)
+    assert str(error.value).startswith(
+        f"loss '{name}' hyperparameter {key} must be one of {valid}, got "
+        f'{value!r}'), error.value
+    with pytest.raises(ValueError, match=f'{value!r}'):
+        losses.LOSSES[name](**kw)
 
 
 @pytest.mark.parametrize('name', ['csq', 'dpn'])

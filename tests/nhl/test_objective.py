@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from nhl_jax import losses
+from nhl_jax.errors import UsageError
 from nhl_jax.nhl import distill, weighting
 from nhl_jax.nhl.objective import nhl_objective
 from tests.support import objective_setup as toy
@@ -143,6 +144,28 @@ def test_distill_weight_zero_leaves_base_losses():
     _, (_, metrics) = obj.apply(states, h, labels, index)
     np.testing.assert_allclose(metrics.objectives, metrics.losses)
     assert metrics.distill[-1] == 0 and np.all(metrics.distill[:-1] > 0)
+
+
+@pytest.mark.parametrize('weight,problem', [
+    (-1.0, r'lie in \[0, 1000\], got -1.0'),
+    (float('nan'), 'be finite, got nan'),
+    (1e30, r'lie in \[0, 1000\], got 1e\+30'),
+    ('0.1', "be a number, got '0.1'"),
+])
+def test_distill_weight_is_a_finite_weight_in_range(weight, problem):
+    with pytest.raises(UsageError, match=(
+            f'nhl_objective hyperparameter distill_weight must {problem}; '
+            'pass e.g. distill_weight=0.1.')):
+        nhl_objective(losses.get('dpn'), BITS, distill_weight=weight)
+
+
+def test_weighting_hyperparameters_are_finite_and_in_range():
+    with pytest.raises(UsageError, match='learning_rate must be finite'):
+        nhl_objective(losses.get('dpn'), BITS, weighting='gradnorm',
+                      weighting_kwargs={'learning_rate': float('inf')})
+    with pytest.raises(UsageError, match=r'min_weight must lie in \[0, 1\]'):
+        nhl_objective(losses.get('dpn'), BITS, weighting='gradnorm',
+                      weighting_kwargs={'min_weight': 2.0})
 
 
 def test_errors():
