@@ -15,7 +15,10 @@ search, NumPy or faiss)::
 
 from nhl_jax.retrieval.codes import CodeSet
 from nhl_jax.retrieval.codes import PARAMS
+from nhl_jax.retrieval.codes import check_compatible
 from nhl_jax.retrieval.codes import check_packed
+from nhl_jax.retrieval.codes import check_source
+from nhl_jax.retrieval.codes import code_source
 from nhl_jax.retrieval.codes import codes_of_length
 from nhl_jax.retrieval.codes import load_codes
 from nhl_jax.retrieval.codes import pack_codes
@@ -45,7 +48,10 @@ __all__ = [
     # codes
     'CodeSet',
     'PARAMS',
+    'check_compatible',
     'check_packed',
+    'check_source',
+    'code_source',
     'codes_of_length',
     'load_codes',
     'pack_codes',

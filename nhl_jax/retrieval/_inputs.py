@@ -7,15 +7,39 @@ codes and the cheapest operands of the relevance rel(q, b) = 1[y_q . y_b >
 raises a one-line ``ValueError`` that names the fix.
 """
 
+import functools
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from nhl_jax.checks import is_int
+from nhl_jax.errors import UsageError
 
 ZERO_RELEVANT_POLICIES = ('zero', 'skip')
 TIE_POLICIES = ('stable', 'random', 'expected')
 BACKENDS = ('auto', 'numpy', 'jax')
+
+
+def host_only(fn):
+    """``fn`` refusing traced arguments in one line.
+
+    The retrieval functions compute in NumPy on the host, so under
+    ``jax.jit`` (or ``vmap``, ``grad``) NumPy would meet a tracer and fail
+    deep inside with a ``TracerArrayConversionError``; this says why at
+    the entry instead.
+    """
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        if any(isinstance(a, jax.core.Tracer)
+               for a in (*args, *kwargs.values())):
+            raise UsageError(
+                f'{fn.__name__} is host-only (NumPy) and cannot be traced: '
+                'call it outside jax.jit / vmap / grad, on concrete arrays '
+                '(e.g. jax.device_get(x)).')
+        return fn(*args, **kwargs)
+
+    return checked
 
 
 class Plan(NamedTuple):

@@ -14,20 +14,31 @@ the bits past b in the last one. When b % 8 == 0 (8, 16, 32, 64, ...) it is
 a plain byte slice, a view that copies nothing.
 
 **The codes file.** A ``CodeSet`` (packed codes of one split with labels
-and ids) is written by ``save_codes`` and read by ``load_codes``.
+and ids) is written by ``save_codes`` and read by ``load_codes``. It may
+say where its codes came from (``source``: the run's config digest and the
+dataset, ``code_source``), so that the queries and the database of a
+search are checked to be codes of one run and one dataset
+(``check_compatible``). The functions here run on the host (NumPy); under
+``jax.jit`` they say so in one line (``pack_jax`` packs on a device).
 """
 
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax import runlog
+from nhl_jax import checks, runlog
+from nhl_jax.errors import UsageError
+from nhl_jax.retrieval._inputs import host_only
 
 # Which parameters encoded a CodeSet: the final ones or each length's best.
 PARAMS = ('last', 'best')
 
 
+@host_only
 def sign_codes(h) -> np.ndarray:
     """Binarises continuous hash outputs to ±1 codes.
 
@@ -103,6 +114,14 @@ def _num_bytes(bits: int) -> int:
     return -(-bits // 8)
 
 
+def _check_length(bits) -> None:
+    """A code length is an int >= 1 (8.0 would not slice)."""
+    if not (checks.is_int(bits) and bits >= 1):
+        raise UsageError(f'bits must be an int >= 1 (a code length), got '
+                         f'{bits!r}')
+
+
+@host_only
 def pack_codes(codes) -> np.ndarray:
     """Packs ±1 codes into bits (+1 -> 1, -1 -> 0).
 
@@ -125,6 +144,7 @@ def pack_codes(codes) -> np.ndarray:
     return pack(codes)
 
 
+@host_only
 def unpack_codes(packed, bits: int) -> np.ndarray:
     """Inverse of ``pack_codes``: [N, ceil(K / 8)] uint8 -> [N, K] int8 ±1."""
     packed = check_packed(packed, bits)
@@ -132,6 +152,7 @@ def unpack_codes(packed, bits: int) -> np.ndarray:
     return (2 * unpacked.astype(np.int8) - 1).astype(np.int8)
 
 
+@host_only
 def prefix_codes(packed, bits: int) -> np.ndarray:
     """The first ``bits`` bits of packed codes: a shorter nested code.
 
@@ -146,6 +167,7 @@ def prefix_codes(packed, bits: int) -> np.ndarray:
     Returns:
       [N, ceil(b / 8)] uint8.
     """
+    _check_length(bits)
     packed = np.asarray(packed)
     if packed.ndim != 2 or packed.dtype != np.uint8:
         raise ValueError(f'packed codes must be a [N, B] uint8 array, got '
@@ -162,8 +184,10 @@ def prefix_codes(packed, bits: int) -> np.ndarray:
     return head
 
 
+@host_only
 def check_packed(packed, bits: int, name: str = 'packed') -> np.ndarray:
     """Checks [N, ceil(bits / 8)] uint8 codes with zero padding bits."""
+    _check_length(bits)
     packed = np.asarray(packed)
     if packed.dtype != np.uint8 or packed.ndim != 2:
         raise ValueError(f'{name} must be a [N, B] uint8 array of packed '
@@ -192,6 +216,9 @@ class CodeSet(NamedTuple):
         parameters, as results.json's ``map`` reports).
       nested: True when every length is a prefix of the one stored code
         (one NHL model: ``params='last'``).
+      source: where the codes came from (``code_source``: ``'run'``, a
+        digest of the run's config, and ``'dataset'``), or None: not known
+        (a file written before codes carried it).
     """
 
     packed: dict[int, np.ndarray]
@@ -200,6 +227,84 @@ class CodeSet(NamedTuple):
     ids: np.ndarray  # [N] int64
     params: str
     nested: bool
+    source: Mapping[str, str] | None = None
+
+
+def code_source(config: Mapping, dataset: str) -> dict[str, str]:
+    """Where codes come from: a digest of the run's config, and the dataset.
+
+    Two runs of one config train the same model, so the config names the
+    run; a copied run directory keeps it.
+
+    Args:
+      config: the run's config as a JSON-able mapping (its config.json).
+      dataset: the dataset whose images were encoded.
+
+    Returns:
+      ``{'run': 16 hex digits, 'dataset': dataset}`` (``CodeSet.source``).
+    """
+    text = json.dumps(config, sort_keys=True, default=str)
+    return {'run': hashlib.sha256(text.encode()).hexdigest()[:16],
+            'dataset': str(dataset)}
+
+
+def check_source(source: Mapping | None, database: Mapping | None,
+                 name: str) -> None:
+    """Raises if two sources differ in a field both of them name.
+
+    Args:
+      source: the queries' source (``code_source``; some fields may be
+        left out, e.g. the dataset of query images), or None.
+      database: the database's ``CodeSet.source``, or None.
+      name: the queries in the message.
+
+    Raises:
+      UsageError: naming both sources and the fix.
+    """
+    if not source or not database:
+        return  # a file from before codes carried their source
+    differ = [k for k in ('run', 'dataset')
+              if k in source and k in database and source[k] != database[k]]
+    if differ:
+        raise UsageError(
+            f'{name} come from another {" and ".join(differ)} than the '
+            f'database ({_describe(source)}; database: '
+            f'{_describe(database)}); search codes of one run and dataset '
+            "(nhl-jax encode the queries with the database's run).")
+
+
+def _describe(source: Mapping) -> str:
+    return ', '.join(f'{k} {source[k]}' for k in ('run', 'dataset')
+                     if k in source)
+
+
+def check_compatible(query: CodeSet, database: CodeSet, name: str) -> None:
+    """Raises unless ``query`` can be searched in ``database``.
+
+    Both must be codes of the same trained lengths and label space and,
+    where both files say, of the same run and dataset (``check_source``);
+    codes of another run, cut to the database's length, would be compared
+    without an error but mean nothing.
+
+    Args:
+      query: the query codes.
+      database: the codes searched.
+      name: the queries in the message, e.g. their path.
+
+    Raises:
+      UsageError: naming what differs and the fix.
+    """
+    if tuple(query.lengths) != tuple(database.lengths):
+        raise UsageError(
+            f'{name} are codes of lengths {list(query.lengths)}, the '
+            f'database of {list(database.lengths)}: another run; encode the '
+            "queries with the database's run (nhl-jax encode).")
+    classes = (np.shape(query.labels)[1], np.shape(database.labels)[1])
+    if classes[0] != classes[1]:
+        raise UsageError(
+            f'{name} have {classes[0]} classes, the database {classes[1]}: '
+            "another dataset; encode the queries of the database's dataset.")
+    check_source(query.source, database.source, name)
 
 
 def codes_of_length(code_set: CodeSet, bits: int) -> np.ndarray:
@@ -209,6 +314,7 @@ def codes_of_length(code_set: CodeSet, bits: int) -> np.ndarray:
     lengths between the trained ones are valid prefixes of the nested
     layer, but only the trained ones were optimised.
     """
+    _check_length(bits)
     if bits in code_set.packed:
         return code_set.packed[bits]
     longest = max(code_set.packed)
@@ -224,9 +330,15 @@ def save_codes(path: str, code_set: CodeSet) -> None:
     """Writes a ``CodeSet`` to an .npz, atomically (old file or new file).
 
     Keys: ``packed_<b>`` per stored length, ``bits`` (stored lengths),
-    ``lengths``, ``labels``, ``ids``, ``params`` and ``nested``.
+    ``lengths``, ``labels``, ``ids``, ``params``, ``nested`` and, when
+    known, ``source`` (JSON text).
+
+    Raises:
+      UsageError: the folder of ``path`` does not exist.
+      ValueError: a ``CodeSet`` that does not hold together.
     """
     arrays = _code_set_arrays(code_set)
+    checks.existing_folder(path, 'codes file')
     with runlog.atomic_file(path, 'wb', suffix='.npz') as f:
         np.savez(f, **arrays)
 
@@ -251,6 +363,9 @@ def _code_set_arrays(code_set: CodeSet) -> dict[str, np.ndarray]:
     if labels.ndim != 2 or len(labels) != count:
         raise ValueError(f'labels must be [N, C] with N={count}, got shape '
                          f'{labels.shape}')
+    if code_set.source is not None:
+        arrays['source'] = np.array(json.dumps(dict(code_set.source),
+                                               sort_keys=True))
     return dict(arrays, bits=np.array(sorted(code_set.packed), np.int64),
                 lengths=np.array(code_set.lengths, np.int64), labels=labels,
                 ids=np.asarray(code_set.ids, np.int64),
@@ -258,43 +373,87 @@ def _code_set_arrays(code_set: CodeSet) -> dict[str, np.ndarray]:
                 nested=np.array(bool(code_set.nested)))
 
 
+# What a file given as codes must be, in messages.
+_CODES_FILE = 'a codes file (an .npz written by nhl-jax encode)'
+# The arrays every codes file has ('source' only when known).
+_KEYS = ('bits', 'lengths', 'labels', 'ids', 'params', 'nested')
+
+
 def load_codes(path: str) -> CodeSet:
-    """Reads a ``CodeSet`` written by ``save_codes``."""
-    with np.load(path, allow_pickle=False) as f:
-        try:
-            stored = [int(b) for b in f['bits']]
-            return CodeSet(
-                packed={b: check_packed(f[f'packed_{b}'], b) for b in stored},
-                lengths=tuple(int(b) for b in f['lengths']),
-                labels=f['labels'], ids=f['ids'], params=str(f['params']),
-                nested=bool(f['nested']))
-        except KeyError as e:
-            raise ValueError(f'{path} is not a codes file (no {e} array); '
-                             'write one with nhl-jax encode') from None
+    """Reads a ``CodeSet`` written by ``save_codes`` (with or without its
+    ``source``: older files load too).
+
+    Raises:
+      UsageError: ``path`` does not exist or is not a codes file.
+    """
+    with checks.load_npz(path, _CODES_FILE) as f:
+        missing = [k for k in _KEYS if k not in f.files]
+        stored = [] if missing else [int(b) for b in f['bits']]
+        missing += [f'packed_{b}' for b in stored
+                    if f'packed_{b}' not in f.files]
+        if missing:
+            raise UsageError(f'{path!r} is not {_CODES_FILE}: it has no '
+                             f'{missing[0]!r} array')
+        return CodeSet(
+            packed={b: check_packed(f[f'packed_{b}'], b) for b in stored},
+            lengths=tuple(int(b) for b in f['lengths']),
+            labels=f['labels'], ids=f['ids'], params=str(f['params']),
+            nested=bool(f['nested']),
+            source=(json.loads(str(f['source'])) if 'source' in f.files
+                    else None))
 
 
-def read_query_codes(path: str, bits: int):
+def read_query_codes(path: str, bits: int, *,
+                     database: CodeSet | None = None):
     """Query codes of length ``bits`` from a file.
 
     Args:
       path: a codes file (.npz from ``save_codes``), or an .npy holding
         [Q, K] ±1 codes (any signed dtype) or [Q, B] packed uint8 bytes
-        (1-D: one code). Longer codes are cut to their ``bits`` prefix.
+        (1-D: one code). Without ``database``, longer codes are cut to
+        their ``bits`` prefix.
       bits: the code length to search with.
+      database: the codes the queries will be searched in. Given, a codes
+        file must fit it (``check_compatible``: the same run and dataset),
+        and an .npy must hold ``bits``-bit codes, or the longest length's
+        of a nested database: longer codes cut short are another run's.
 
     Returns:
       ``(packed [Q, ceil(bits / 8)] uint8, ids [Q] int64 or None)``.
+
+    Raises:
+      UsageError: a file that is not codes, or codes that do not fit.
     """
+    _check_length(bits)
     if path.endswith('.npz'):
         code_set = load_codes(path)
+        if database is not None:
+            check_compatible(code_set, database, f'query codes {path!r}')
         return codes_of_length(code_set, bits), code_set.ids
-    codes = np.load(path, allow_pickle=False)
+    codes = checks.load_npy(path, '[Q, K] ±1 codes or [Q, B] packed bytes')
     codes = codes[None] if codes.ndim == 1 else codes
-    width = 8 * codes.shape[-1] if codes.dtype == np.uint8 else codes.shape[-1]
+    width = (8 * codes.shape[-1] if codes.dtype == np.uint8
+             else codes.shape[-1]) if codes.ndim else 0
     if codes.ndim != 2 or width < bits:
-        raise ValueError(f'{path} holds {codes.dtype} codes of shape '
+        raise UsageError(f'{path} holds {codes.dtype} codes of shape '
                          f'{codes.shape}, not [Q, >= {bits}-bit] codes; '
                          'save ±1 codes or packed uint8 bytes')
+    if database is not None:
+        _check_width(path, width, codes.dtype == np.uint8, bits, database)
     if codes.dtype == np.uint8:
         return prefix_codes(codes, bits), None
     return pack_codes(codes[:, :bits]), None
+
+
+def _check_width(path: str, width: int, packed: bool, bits: int,
+                 database: CodeSet) -> None:
+    """An .npy's codes must be ``bits`` wide, or the longest of a nested
+    database (whose every length is a prefix)."""
+    lengths = {bits, max(database.lengths)} if database.nested else {bits}
+    allowed = sorted({8 * _num_bytes(b) if packed else b for b in lengths})
+    if width not in allowed:
+        raise UsageError(
+            f'{path} holds {width}-bit codes, but {bits}-bit search of this '
+            f'database takes codes of {" or ".join(map(str, allowed))} bits; '
+            "codes of another width are another run's.")
+

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nhl_jax.retrieval import faiss_search, hamming
+from nhl_jax.retrieval import _inputs, faiss_search, hamming
 from nhl_jax.retrieval.codes import check_packed
 
 FAISS_KINDS = faiss_search.FAISS_KINDS
@@ -75,6 +75,7 @@ class HammingIndex(NamedTuple):
     size: int
 
 
+@_inputs.host_only
 def numpy_index(db_packed, bits: int, *,
                 chunk_size: int | None = None) -> HammingIndex:
     """Exact Hamming search in NumPy (``hamming``), in query chunks.
@@ -109,6 +110,7 @@ def numpy_index(db_packed, bits: int, *,
     return _hamming_index(top_k, within, bits, engine.size)
 
 
+@_inputs.host_only
 def faiss_index(db_packed, bits: int, *, kind: str = 'flat',
                 neighbors: int = 32, tables: int = 3,
                 index=None) -> HammingIndex:
@@ -145,11 +147,13 @@ def _hamming_index(top_k, within, bits, size) -> HammingIndex:
       size: N.
     """
 
+    @_inputs.host_only
     def search(q_packed, k):
         _check_count(k, 'k')
         rows, dist = top_k(_check_queries(q_packed, bits), min(k, size))
         return SearchResult(rows.astype(np.int64), dist.astype(np.int32))
 
+    @_inputs.host_only
     def range_search(q_packed, radius):
         _check_count(radius, 'radius', minimum=0)
         lims, rows, dist = within(_check_queries(q_packed, bits), radius)
@@ -182,6 +186,7 @@ def _check_count(value, name, minimum=1):
 BACKENDS = {'numpy': numpy_index, 'faiss': faiss_index}
 
 
+@_inputs.host_only
 def build_index(db_packed, bits: int, *, backend: str = 'numpy',
                 **options) -> HammingIndex:
     """A ``HammingIndex`` from the backend named ``backend``.

@@ -59,6 +59,7 @@ from nhl_jax.checks import is_int
 from nhl_jax.retrieval import _inputs, codes, hamming, ranking
 
 
+@_inputs.host_only
 def hamming_distances(q_codes, db_codes) -> np.ndarray:
     """All query-to-database Hamming distances, (K - q . b) / 2.
 
@@ -80,6 +81,7 @@ def hamming_distances(q_codes, db_codes) -> np.ndarray:
     return hamming.distances(codes.pack(q), codes.pack(db), q.shape[1])
 
 
+@_inputs.host_only
 def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
                        top_k=None, ties='stable', seed=0, backend='auto',
                        chunk_size=None, num_threads=None) -> np.ndarray:
@@ -117,6 +119,7 @@ def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
     return aps
 
 
+@_inputs.host_only
 def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
                            top_k=None, zero_relevant='zero', ties='stable',
                            seed=0, backend='auto', chunk_size=None,
@@ -178,6 +181,7 @@ def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
                                 num_threads=num_threads)
     return stats['aps'][0], stats['ap_counted'][0]
 
+@_inputs.host_only
 def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
                       map_at=(None,), precision_at=(), recall_at=(),
                       radius=(), pr_curve=False, ties='stable', seed=0,
@@ -239,6 +243,7 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
                       num_items=num_items)
 
 
+@_inputs.host_only
 def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
                            zero_relevant='zero', backend='auto',
                            chunk_size=None, num_threads=None):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nhl_jax.errors import UsageError
 from nhl_jax.retrieval import codes
 
 
@@ -38,3 +39,21 @@ def test_words_read_the_bytes_in_order_zero_padded(dtype):
     back = got.view(np.uint8)  # the same bytes, in order, then zeros
     np.testing.assert_array_equal(back[:, :11], packed)
     assert not back[:, 11:].any()
+
+
+@pytest.mark.parametrize('call', [
+    lambda p: codes.prefix_codes(p, 8.0),
+    lambda p: codes.unpack_codes(p, 8.0),
+    lambda p: codes.check_packed(p, True),
+    lambda p: codes.prefix_codes(p, 0),
+])
+def test_a_length_that_is_not_an_int_is_one_line(call):
+    """prefix_codes(bits=8.0) said 'slice indices must be integers'."""
+    packed = codes.pack_codes(np.ones((2, 16)))
+    with pytest.raises(UsageError, match='bits must be an int >= 1'):
+        call(packed)
+
+
+def test_traced_codes_say_the_functions_are_host_only():
+    with pytest.raises(UsageError, match='sign_codes is host-only'):
+        jax.jit(codes.sign_codes)(jnp.ones((2, 8)))

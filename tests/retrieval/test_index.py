@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nhl_jax import retrieval
+from nhl_jax.errors import UsageError
 from nhl_jax.retrieval import index
 
 
@@ -183,6 +184,11 @@ def _code_set(nested):
         params='last' if nested else 'best', nested=nested), codes
 
 
+def _bare_array(path):
+    with open(path, 'wb') as f:  # np.save: one array, under any name
+        np.save(f, np.ones(3))
+
+
 class TestCodesFile:
     @pytest.mark.parametrize('nested', [True, False])
     def test_save_load_roundtrip(self, tmp_path, nested):
@@ -235,3 +241,86 @@ class TestCodesFile:
             assert (ids is not None) == name.endswith('.npz')
         with pytest.raises(ValueError, match='not \\[Q, >= 32-bit\\]'):
             retrieval.read_query_codes(str(tmp_path / 'signs.npy'), 32)
+
+    def test_source_is_kept_and_files_without_one_still_load(self, tmp_path):
+        code_set, _ = _code_set(True)
+        source = retrieval.code_source({'method': 'dpn', 'bits': [8, 16]},
+                                       'digits')
+        for name, given in (('new.npz', source), ('old.npz', None)):
+            retrieval.save_codes(str(tmp_path / name),
+                                 code_set._replace(source=given))
+            assert retrieval.load_codes(str(tmp_path / name)).source == given
+        assert source == retrieval.code_source(
+            {'bits': [8, 16], 'method': 'dpn'}, 'digits')  # order-free
+
+    def test_save_into_a_missing_folder_names_the_folder(self, tmp_path):
+        path = tmp_path / 'missing' / 'codes.npz'
+        with pytest.raises(UsageError, match=(
+                f"folder '{tmp_path}/missing' does not exist")):
+            retrieval.save_codes(str(path), _code_set(True)[0])
+        assert os.listdir(tmp_path) == []
+
+    @pytest.mark.parametrize('make,problem', [
+        (lambda p: p.write_text('# a README\n'), 'NumPy cannot read it'),
+        (_bare_array, 'one bare array'),
+        (lambda p: np.savez(p, labels=np.ones(3)), "no 'bits' array"),
+        (lambda p: p.mkdir(), 'does not exist (or is a folder)'),
+        (lambda p: None, 'does not exist'),
+    ])
+    def test_what_is_not_a_codes_file_is_one_line(self, tmp_path, make,
+                                                  problem):
+        path = tmp_path / 'x.npz'
+        make(path)
+        with pytest.raises(UsageError) as error:
+            retrieval.load_codes(str(path))
+        message = str(error.value)
+        assert message.startswith(f"'{path}'") and problem in message
+        assert 'a codes file (an .npz written by nhl-jax encode)' in message
+
+    def _query_file(self, tmp_path, **change):
+        query, _ = _code_set(True)
+        query = query._replace(source={'run': 'a1', 'dataset': 'digits'})
+        path = str(tmp_path / 'q.npz')
+        retrieval.save_codes(path, query._replace(**change))
+        return path, query
+
+    @pytest.mark.parametrize('change,problem', [
+        ({}, None),
+        ({'source': None}, None),  # an older file: lengths and classes
+        ({'source': {'run': 'b2', 'dataset': 'digits'}},
+         (r'come from another run than the database \(run b2, dataset '
+          r'digits; database: run a1, dataset digits\)')),
+        ({'source': {'run': 'a1', 'dataset': 'mnist5k'}},
+         'come from another dataset than the database'),
+        ({'lengths': (8, 16, 32)},
+         r'are codes of lengths \[8, 16, 32\], the database of \[8, 16\]'),
+        ({'labels': np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]},
+         'have 4 classes, the database 3: another dataset'),
+    ])
+    def test_query_codes_of_another_run_or_dataset_are_refused(
+            self, tmp_path, change, problem):
+        path, database = self._query_file(tmp_path, **change)
+        if problem is None:
+            retrieval.read_query_codes(path, 8, database=database)
+            return
+        with pytest.raises(UsageError, match=f"query codes '{path}' "
+                           + problem):
+            retrieval.read_query_codes(path, 8, database=database)
+
+    def test_npy_codes_must_have_a_width_of_the_database(self, tmp_path):
+        nested, codes = _code_set(True)
+        separate, _ = _code_set(False)
+        np.save(tmp_path / 'wide.npy', np.concatenate([codes, codes], 1))
+        np.save(tmp_path / 'signs.npy', codes)
+        np.save(tmp_path / 'packed.npy', retrieval.pack_codes(codes))
+        for name in ('signs.npy', 'packed.npy'):  # the nested 16 bits
+            retrieval.read_query_codes(str(tmp_path / name), 8,
+                                       database=nested)
+            with pytest.raises(UsageError, match='takes codes of 8 bits'):
+                retrieval.read_query_codes(str(tmp_path / name), 8,
+                                           database=separate)
+        with pytest.raises(UsageError, match=(
+                'holds 32-bit codes, but 8-bit search of this database takes '
+                'codes of 8 or 16 bits')):
+            retrieval.read_query_codes(str(tmp_path / 'wide.npy'), 8,
+                                       database=nested)

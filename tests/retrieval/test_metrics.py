@@ -1,10 +1,12 @@
 """retrieval.metrics against a slow, obviously correct query loop."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from nhl_jax import retrieval
+from nhl_jax.errors import UsageError
 from nhl_jax.retrieval import metrics
 
 # 6-bit codes have 7 distances, so most ranks are ties; N is small enough
@@ -290,3 +292,18 @@ def _good_inputs():
 def test_bad_inputs_raise_helpful_errors(change, match):
     with pytest.raises(ValueError, match=match):
         metrics.retrieval_metrics(**(_good_inputs() | change))
+
+
+@pytest.mark.parametrize('name', ['hamming_distances', 'average_precisions',
+                                  'mean_average_precision',
+                                  'retrieval_metrics',
+                                  'precision_recall_curve'])
+def test_traced_inputs_say_the_function_is_host_only(name):
+    """Under jit NumPy met a tracer: a TracerArrayConversionError before."""
+    inputs = _good_inputs()
+    if name == 'hamming_distances':
+        inputs = {k: inputs[k] for k in ('q_codes', 'db_codes')}
+    traced = jax.jit(lambda kw: getattr(metrics, name)(**kw))
+    with pytest.raises(UsageError, match=(
+            f'{name} is host-only .* call it outside jax.jit')):
+        traced(inputs)
