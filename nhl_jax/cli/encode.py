@@ -12,8 +12,10 @@ nested model, so only the longest code is stored and every length is its
 prefix) or each length's best ones (``--params=best``, what results.json's
 ``map`` reports) and writes
 
-- ``workdir/codes/<split>.npz``: packed bits, labels, ids and the params
-  used (``nhl_jax.retrieval.load_codes`` reads them);
+- ``workdir/codes/<split>.npz``: packed bits, labels, ids, the params
+  used and where the codes came from (the run's config digest and the
+  dataset, which ``nhl-jax search`` checks; ``nhl_jax.retrieval.load_codes``
+  reads them);
 - ``workdir/codes/metrics.json``: per length mAP@k, precision@k, the
   precision-recall curve over Hamming radii and P/R within radius 2;
 - ``workdir/plots/*.png``: mAP vs code length, P-R curves, training
@@ -29,39 +31,82 @@ import sys
 
 from absl import app, flags, logging
 
+from nhl_jax import checks, retrieval
 from nhl_jax.cli import inference
 from nhl_jax.errors import UsageError
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run directory.',
-                               required=True)
-_PARAMS = flags.DEFINE_enum('params', 'last', ['last', 'best'],
-                            'Final parameters, or the best per length.')
-_DATASET = flags.DEFINE_string('dataset', None,
-                               'Dataset to encode (default: the run\'s).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'Its data directory (default: the run\'s).')
-_SPLITS = flags.DEFINE_list('splits', ['query', 'database'],
-                            'Splits to encode (query, train, database).')
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', None, 'Images per forward pass (default: the run\'s).')
-_PLOTS = flags.DEFINE_bool('plots', True, 'Draw workdir/plots/*.png.')
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS) -> None:
+    """Defines the command's flags on ``flag_values``."""
+    fv = {'flag_values': flag_values}
+    flags.DEFINE_string('workdir', None, 'A trained run directory.', **fv)
+    flags.DEFINE_enum('params', 'last', ['last', 'best'],
+                      'Final parameters, or the best per length.', **fv)
+    flags.DEFINE_string('dataset', None,
+                        'Dataset to encode (default: the run\'s).', **fv)
+    flags.DEFINE_string('data_dir', None,
+                        'Its data directory (default: the run\'s).', **fv)
+    flags.DEFINE_list('splits', ['query', 'database'],
+                      'Splits to encode (query, train, database).', **fv)
+    flags.DEFINE_integer(
+        'batch_size', None,
+        'Images per forward pass, > 0 (default: the run\'s).', **fv)
+    flags.DEFINE_bool('plots', True, 'Draw workdir/plots/*.png.', **fv)
+
+
+def _mark_source(workdir: str, dataset: str | None, paths) -> None:
+    """Writes into each codes file the run and dataset it came from, which
+    ``nhl-jax search`` checks its queries against."""
+    config = inference.read_config(workdir)
+    source = retrieval.code_source(config.to_dict(),
+                                   dataset or config.dataset)
+    for path in paths:
+        code_set = retrieval.load_codes(path)
+        if code_set.source != source:
+            retrieval.save_codes(path, code_set._replace(source=source))
+
+
+def run(flag_values=FLAGS) -> dict:
+    """The encoding of parsed flags, as ``main`` does it (codes, metrics
+    and plots); tests call it in-process.
+
+    Returns:
+      ``inference.export_codes``'s summary, with ``'plots'`` when drawn.
+
+    Raises:
+      UsageError: a missing or bad flag (before any work), or what
+        ``inference.export_codes`` raises.
+    """
+    workdir = flag_values['workdir'].value
+    if not workdir:
+        raise UsageError('pass --workdir (nhl-jax encode --help).')
+    checks.positive_or_unset(flag_values['batch_size'].value, '--batch_size',
+                             "the run's eval batch size")
+    plots = flag_values['plots'].value
+    if plots and importlib.util.find_spec('matplotlib') is None:
+        raise UsageError('plots need matplotlib: pip install -e ".[plots]", '
+                         'or pass --noplots.')
+    dataset = flag_values['dataset'].value
+    out = inference.export_codes(
+        workdir, params=flag_values['params'].value, dataset=dataset,
+        data_dir=flag_values['data_dir'].value,
+        splits=tuple(flag_values['splits'].value),
+        batch_size=flag_values['batch_size'].value)
+    _mark_source(workdir, dataset, out['paths'].values())
+    if plots:
+        from nhl_jax.train import plots as plots_lib
+        out['plots'] = plots_lib.plot_workdir(workdir)
+    return out
 
 
 def main(argv):
     del argv
-    if not flags.FLAGS['verbosity'].present:
+    if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore
-    if _PLOTS.value and importlib.util.find_spec('matplotlib') is None:
-        sys.exit('error: plots need matplotlib: pip install -e ".[plots]", '
-                 'or pass --noplots.')
     try:
-        out = inference.export_codes(
-            _WORKDIR.value, params=_PARAMS.value, dataset=_DATASET.value,
-            data_dir=_DATA_DIR.value, splits=tuple(_SPLITS.value),
-            batch_size=_BATCH_SIZE.value)
-        if _PLOTS.value:
-            from nhl_jax.train import plots
-            out['plots'] = plots.plot_workdir(_WORKDIR.value)
+        out = run()
     except (UsageError, ImportError) as e:
         sys.exit(f'error: {e}')
     if out['metrics'] is not None:
@@ -70,9 +115,15 @@ def main(argv):
         print(f'wrote {path}')
 
 
+def _flags_parser(argv):
+    if 'splits' not in FLAGS:  # here, so that importing defines none
+        define_flags()
+    return app.parse_flags_with_usage(argv)
+
+
 def cli(argv=None) -> None:
     """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv)
+    app.run(main, argv=argv, flags_parser=_flags_parser)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
+from nhl_jax import checks
 from nhl_jax.cli import bundle
 from nhl_jax.errors import UsageError
 
@@ -40,11 +41,14 @@ def run(flag_values=FLAGS) -> dict:
     """The export of parsed flags, as ``main`` does it; the manifest.
 
     Raises:
-      UsageError: a missing flag, or what ``bundle.export_run`` raises.
+      UsageError: a missing flag, a batch size that is not positive, or
+        what ``bundle.export_run`` raises.
     """
     for name in ('workdir', 'out'):
         if not flag_values[name].value:
             raise UsageError(f'pass --{name} (nhl-jax export --help).')
+    checks.positive_or_unset(flag_values['batch_size'].value, '--batch_size',
+                             "the run's eval batch size")
     return bundle.export_run(
         flag_values['workdir'].value, flag_values['out'].value,
         params=flag_values['params'].value,
