@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,8 @@ from absl import flags
 from flax import nnx
 from PIL import Image
 
-from nhl_jax import cli, models, parallel
+from nhl_jax import cli, data, models, parallel, retrieval
+from nhl_jax.cli import encode, export, export_splits, search
 from nhl_jax.cli import train as run
 from nhl_jax.cli.config import UsageError
 from nhl_jax.data import files, listfile
@@ -270,6 +272,18 @@ CASES = [
      "loss 'dpn' has no hyperparameter(s) ['margin2']; valid:"),
     ('loss_kwarg_type', ['--config.loss_kwargs.margin=abc'], None,
      "loss 'dpn' hyperparameter margin must be a number, got 'abc'"),
+    # Values of loss options and weights: declared choices and ranges.
+    ('loss_kwarg_choice', ['--method=dsh', '--config.loss_kwargs.pairs=foo'],
+     None,
+     ("loss 'dsh' hyperparameter pairs must be one of ['bank', 'batch'], "
+      "got 'foo'; pass e.g. --config.loss_kwargs.pairs=bank.")),
+    ('loss_kwarg_negative', ['--config.loss_kwargs.margin=-5'], None,
+     "loss 'dpn' hyperparameter margin must be >= 0, got -5"),
+    ('loss_kwarg_range', ['--config.loss_kwargs.p=1.5'], None,
+     "loss 'dpn' hyperparameter p must lie in [0, 1], got 1.5"),
+    ('distill_weight_huge', ['--distill_weight=1e30'], None,
+     ('NHL hyperparameter distill_weight must lie in [0, 1000], got 1e+30; '
+      'pass e.g. --distill_weight=0.1.')),
     # 1. Pretrained files: read and checked up front.
     ('pretrained_nan', [*RESNET, f'--config.pretrained={NPZ}'],
      lambda tmp: _weights(tmp, 'nan'),
@@ -577,3 +591,139 @@ def test_missing_workdir_parents_are_made_only_after_every_check(
                           '--seed=-1'])
     assert error.startswith('seed must be'), error
     assert os.listdir(tmp_path) == []
+
+
+# The other commands: in-process on their own FlagValues, like run.py.
+
+def _codes(tmp, name='run/codes/database.npz', run_id='a1', lengths=(8, 16)):
+    """A nested codes file of 6 items (3 classes) from run ``run_id``."""
+    rng = np.random.default_rng(0)
+    signs = rng.choice(np.array([-1, 1], np.int8), size=(6, lengths[-1]))
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    retrieval.save_codes(str(path), retrieval.CodeSet(
+        {lengths[-1]: retrieval.pack_codes(signs)}, lengths,
+        np.eye(3, dtype=np.float32)[np.arange(6) % 3],
+        np.arange(6, dtype=np.int64), 'last', True,
+        {'run': run_id, 'dataset': 'digits'}))
+
+
+def _encoded(tmp):
+    """A run directory's database and query codes, as encode writes them."""
+    _codes(tmp)
+    _codes(tmp, 'run/codes/query.npz')
+
+
+def _grey_images(tmp):
+    _encoded(tmp)
+    np.save(tmp / 'x.npy', np.zeros((2, 8, 8), np.uint8))
+
+
+def _other_config(tmp):
+    """The database of run a1, and a run directory of another config."""
+    _encoded(tmp)
+    (tmp / 'run' / 'config.json').write_text(
+        '{"method": "dpn", "dataset": "digits", "bits": [8, 16]}')
+
+
+SEARCH = ['--database=<run>/codes/database.npz']
+QUERY = [*SEARCH, '--query_codes=<run>/codes/query.npz']
+
+# (id, command module, arguments, setup, start of the message).
+COMMAND_CASES = [
+    ('search_bits_zero', search, [*QUERY, '--bits=0'], _encoded,
+     ('--bits=0 is not a length of the run of <run>/codes/database.npz '
+      '([8, 16]); pass one of them, or leave it unset for the longest')),
+    ('search_bits_untrained', search, [*QUERY, '--bits=12'], _encoded,
+     '--bits=12 is not a length of the run of'),
+    ('search_other_run', search, [*SEARCH, '--query_codes=<tmp>/q.npz'],
+     lambda tmp: _encoded(tmp) or _codes(tmp, 'q.npz', run_id='b2'),
+     ("query codes '<tmp>/q.npz' come from another run than the database "
+      '(run b2, dataset digits; database: run a1, dataset digits)')),
+    ('search_other_lengths', search, [*SEARCH, '--query_codes=<tmp>/q.npz'],
+     lambda tmp: _encoded(tmp) or _codes(tmp, 'q.npz', lengths=(8, 32)),
+     ("query codes '<tmp>/q.npz' are codes of lengths [8, 32], the database "
+      'of [8, 16]: another run')),
+    ('search_other_workdir', search,
+     [*SEARCH, '--workdir=<run>', '--query_split=query'], _other_config,
+     ("queries encoded by --workdir '<run>' come from another run than the "
+      'database')),
+    ('search_empty_index', search, [*QUERY, '--query_index='], _encoded,
+     '--query_index is empty; pass rows, e.g. --query_index=0,1,2'),
+    ('search_database_text', search,
+     ['--database=<tmp>/README.md', '--query_codes=<tmp>/README.md'],
+     lambda tmp: (tmp / 'README.md').write_text('# not codes\n'),
+     ("'<tmp>/README.md' is not a codes file (an .npz written by nhl-jax "
+      'encode): NumPy cannot read it as .npy or .npz.')),
+    ('search_grey_images', search,
+     [*SEARCH, '--workdir=<run>', '--query_images=<tmp>/x.npy'],
+     _grey_images,
+     ("--query_images '<tmp>/x.npy' holds uint8 of shape (2, 8, 8), not "
+      '[Q, H, W, C] uint8 images')),
+    ('search_output_under_file', search,
+     [*QUERY, '--output=<tmp>/file/hits.json'],
+     lambda tmp: _encoded(tmp) or (tmp / 'file').write_text(''),
+     ("--output '<tmp>/file/hits.json': '<tmp>/file' is a file, not a "
+      'folder; choose another --output.')),
+    ('search_output_folder', search, [*QUERY, '--output=<run>'], _encoded,
+     "--output '<run>' is a folder; name a file in it"),
+    ('encode_batch_negative', encode, ['--workdir=<run>', '--batch_size=-5'],
+     None,
+     ("--batch_size must be a positive int, or unset for the run's eval "
+      'batch size; got -5.')),
+    ('encode_batch_zero', encode, ['--workdir=<run>', '--batch_size=0'],
+     None, '--batch_size must be a positive int'),
+    ('export_batch_zero', export,
+     ['--workdir=<run>', '--out=<tmp>/b', '--batch_size=0'], None,
+     '--batch_size must be a positive int'),
+    ('splits_out_under_file', export_splits,
+     ['--dataset=digits', '--out=<tmp>/file/s.npz'],
+     lambda tmp: (tmp / 'file').write_text(''),
+     "--out '<tmp>/file/s.npz': '<tmp>/file' is a file, not a folder"),
+]
+
+
+def _command_flags(module, args) -> flags.FlagValues:
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    flag_values([module.__name__, *args])
+    return flag_values
+
+
+@pytest.mark.parametrize('module, args, setup, message',
+                         [case[1:] for case in COMMAND_CASES],
+                         ids=[case[0] for case in COMMAND_CASES])
+def test_bad_command_input_is_one_line_before_any_work(module, args, setup,
+                                                       message, tmp_path):
+    if setup is not None:
+        setup(tmp_path)
+    fill = {'<tmp>': str(tmp_path), '<run>': str(tmp_path / 'run')}
+    for key, value in fill.items():
+        args = [a.replace(key, value) for a in args]
+        message = message.replace(key, value)
+    before = _tree(tmp_path)
+    with pytest.raises(UsageError) as error:
+        module.run(_command_flags(module, args))
+    assert str(error.value).startswith(message), error.value
+    assert '\n' not in str(error.value)
+    assert _tree(tmp_path) == before
+
+
+def test_search_makes_a_missing_output_folder(tmp_path, capsys):
+    _encoded(tmp_path)
+    out = tmp_path / 'new' / 'deep' / 'hits.json'
+    args = [a.replace('<run>', str(tmp_path / 'run')) for a in QUERY]
+    result = search.run(_command_flags(search, [*args, '--k=2',
+                                                f'--output={out}']))
+    assert len(result) == 6 and out.is_file()
+    assert f'wrote {out}' in capsys.readouterr().out
+
+
+def test_export_splits_makes_a_missing_out_folder(tmp_path, monkeypatch):
+    ids = types.SimpleNamespace(ids=np.arange(3))  # all export_split_ids reads
+    monkeypatch.setattr(export_splits, '_load',
+                        lambda *_: data.Splits(ids, ids, ids))
+    out = tmp_path / 'new' / 's.npz'
+    _, written = export_splits.run(_command_flags(
+        export_splits, ['--dataset=digits', f'--out={out}']))
+    assert written == str(out) and out.is_file()
