@@ -6,6 +6,7 @@
     nhl-jax export --workdir=runs/x --out=bundle  # for nhl_jax.serving
     nhl-jax plot --workdirs=runs/a,runs/b   # mAP vs code length
     nhl-jax export-splits --dataset=digits  # the ids of a seeded split
+    nhl-jax make-lists --folder=~/photos    # list files of <class>/<image>
 
 (also ``python -m nhl_jax <command>``; ``nhl-jax <command> --help`` lists a
 command's flags). This layer is the only one that knows every system: the
@@ -30,6 +31,7 @@ COMMANDS = {
     'export': 'export',
     'plot': 'plot',
     'export-splits': 'export_splits',
+    'make-lists': 'make_lists',
 }
 
 _USAGE = '''usage: nhl-jax <command> [--flags]
@@ -43,6 +45,8 @@ commands:
   export         write a bundle (encoder, database, faiss) for serving
   plot           draw mAP versus code length for several runs
   export-splits  write the ids of a seeded split, with its digest
+  make-lists     write list files (train/test/database.txt) of a class
+                 folder tree or a CSV of path,label rows
 
 "nhl-jax <command> --help" lists the flags of a command.'''
 

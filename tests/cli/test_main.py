@@ -26,7 +26,7 @@ def test_unknown_command_is_one_line():
         cli.main(['nhl-jax', 'trian', '--method=dpn'])
     assert str(e.value) == (
         "error: unknown command 'trian'; choose one of train, encode, "
-        'search, export, plot, export-splits (nhl-jax --help).')
+        'search, export, plot, export-splits, make-lists (nhl-jax --help).')
 
 
 def test_the_dispatcher_hands_a_command_its_flags(tmp_path):
