@@ -11,7 +11,9 @@ distillation 0.1) and (b) the five single-length baselines
 summed), on mnist5k. Prints, per method, the total train seconds of both
 modes and their ratio (single / nested, measured in the same process, one
 seed after the other), and the per-length best mAP as mean and std over
-the seeds, as Markdown. ``--out`` also writes every run's results as JSON.
+the seeds, as Markdown; then the wall seconds of each mode by phase
+(results.json ``phase_seconds``, median over the seeds). ``--out`` also
+writes every run's results as JSON.
 Train seconds count the training loops only, not evaluation (the NHL
 papers' protocol); the first run of a mode also pays its compilation.
 """
@@ -46,6 +48,21 @@ def _table(method, runs, bits, seeds):
     return '\n'.join(lines)
 
 
+def _phase_table(method, runs):
+    """Markdown: median wall seconds by phase of each mode."""
+    names = list(runs['nested'][0]['phase_seconds'])
+    lines = [(f'\n**{method}**: wall seconds by phase, median over seeds '
+             '(single: the five lengths together)\n'),
+             '| mode | ' + ' | '.join(names) + ' |',
+             '|---' * (len(names) + 1) + '|']
+    for mode in ('nested', 'single'):
+        medians = [np.median([r['phase_seconds'].get(k, 0.0)
+                              for r in runs[mode]]) for k in names]
+        lines.append(f'| {mode} (s) | '
+                     + ' | '.join(f'{v:.2f}' for v in medians) + ' |')
+    return '\n'.join(lines)
+
+
 def main():
     parser = study.parser(__doc__, methods='dpn', seeds='0,1,2',
                           smoke='1 epoch on digits, 8/16 bits, one seed')
@@ -64,6 +81,7 @@ def main():
                     single_length=mode == 'single'))
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds))
+        tables.append(_phase_table(method, runs))
     study.report(tables, everything, args.out)
 
 

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import ROOT
 
 
@@ -35,6 +37,12 @@ def test_nested_vs_single_prints_both_modes_and_the_ratio():
     assert nested[-1].endswith('x') and float(nested[-1][:-1]) > 0
     for cell in nested[1:4] + single[1:4]:  # one seed: the mAP, no std
         assert '±' not in cell and 0 < float(cell) <= 1
+    assert '| mode | data | setup | trace | compile | train |' in out
+    for mode in ('nested (s)', 'single (s)'):
+        (row,) = _rows(out, mode)
+        total = float(row[-1])
+        assert total > 0 and sum(map(float, row[1:-1])) == pytest.approx(
+            total, abs=0.05)
 
 
 def test_step_overhead_prints_each_rule_against_plain_nested():
