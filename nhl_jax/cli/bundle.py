@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax import data, models, retrieval
+from nhl_jax import checks, data, models, retrieval
 from nhl_jax._version import __version__
 from nhl_jax.cli import inference
 from nhl_jax.errors import UsageError
@@ -66,6 +66,8 @@ def export_run(workdir: str, out: str, *, params: str = 'last',
     """
     _check_out(out)
     _check_platforms(platforms)
+    checks.positive_or_unset(batch_size, 'batch_size',
+                             "the run's eval_batch_size")
     faiss = faiss_search.load_faiss()
     config = inference.read_config(workdir)
     sets = inference.load_data(config)

@@ -31,7 +31,7 @@ import sys
 
 from absl import app, flags, logging
 
-from nhl_jax import checks, retrieval
+from nhl_jax import checks
 from nhl_jax.cli import inference
 from nhl_jax.errors import UsageError
 
@@ -54,18 +54,6 @@ def define_flags(flag_values=FLAGS) -> None:
         'batch_size', None,
         'Images per forward pass, > 0 (default: the run\'s).', **fv)
     flags.DEFINE_bool('plots', True, 'Draw workdir/plots/*.png.', **fv)
-
-
-def _mark_source(workdir: str, dataset: str | None, paths) -> None:
-    """Writes into each codes file the run and dataset it came from, which
-    ``nhl-jax search`` checks its queries against."""
-    config = inference.read_config(workdir)
-    source = retrieval.code_source(config.to_dict(),
-                                   dataset or config.dataset)
-    for path in paths:
-        code_set = retrieval.load_codes(path)
-        if code_set.source != source:
-            retrieval.save_codes(path, code_set._replace(source=source))
 
 
 def run(flag_values=FLAGS) -> dict:
@@ -94,7 +82,6 @@ def run(flag_values=FLAGS) -> dict:
         data_dir=flag_values['data_dir'].value,
         splits=tuple(flag_values['splits'].value),
         batch_size=flag_values['batch_size'].value)
-    _mark_source(workdir, dataset, out['paths'].values())
     if plots:
         from nhl_jax.train import plots as plots_lib
         out['plots'] = plots_lib.plot_workdir(workdir)

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nhl_jax import data, retrieval, runlog, train
+from nhl_jax import checks, data, retrieval, runlog, train
 from nhl_jax.cli import config as config_lib
 from nhl_jax.cli import registry as systems
 from nhl_jax.errors import UsageError
@@ -113,7 +113,8 @@ def load_data(config, *, dataset: str | None = None,
     """The splits to encode: the run's dataset, or ``dataset`` instead."""
     try:
         return data.load_splits(dataset or config.dataset, seed=config.seed,
-                                data_dir=data_dir or config.get('data_dir'))
+                                data_dir=data_dir or config.get('data_dir'),
+                                options=data.DataOptions.of(config))
     except UsageError:
         raise
     except ValueError as e:  # unknown dataset, missing data_dir, ...
@@ -316,6 +317,8 @@ def encode_dataset(run: TrainedRun, ds, *,
       An ``retrieval.CodeSet``: for a nested run only the longest code is
       stored (``retrieval.codes_of_length`` cuts the others).
     """
+    checks.positive_or_unset(batch_size, 'batch_size',
+                             "the run's eval_batch_size")
     batch_size = batch_size or run.spec.eval_batch_size
     packed = {}
     for lengths, encode, params, rest in _models(run):
@@ -461,6 +464,8 @@ def export_codes(workdir: str, *, params: str = 'last',
       {'paths': {split: path}, 'metrics': summary or None, 'top_k': k}.
     """
     config = read_config(workdir)
+    checks.positive_or_unset(batch_size, 'batch_size',
+                             "the run's eval_batch_size")
     unknown = sorted(set(splits) - set(data.Splits._fields))
     if unknown or not splits:
         raise UsageError(f'Unknown split(s) {unknown or splits}; choose from '
@@ -471,9 +476,13 @@ def export_codes(workdir: str, *, params: str = 'last',
     os.makedirs(out, exist_ok=True)
     codes, paths = {}, {}
     own_data = dataset in (None, config.dataset)
+    # What `nhl-jax search` checks its queries against.
+    source = retrieval.code_source(config.to_dict(),
+                                   dataset or config.dataset)
     for name in splits:
         codes[name] = split_code_set(run, sets, name, own_data=own_data,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size)._replace(
+                                         source=source)
         paths[name] = os.path.join(out, f'{name}.npz')
         retrieval.save_codes(paths[name], codes[name])
     top_k = _top_k(config, dataset, data_dir)

@@ -91,7 +91,8 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
     with phases('data'):
         check_workdir_policy(workdir, resume)  # before the data are loaded
         splits = data.load_splits(spec.dataset, seed=spec.seed,
-                                  data_dir=spec.data_dir)
+                                  data_dir=spec.data_dir,
+                                  options=data.DataOptions.of(spec.config))
         system.check_data(spec, splits)
         check_batches(system, spec, splits)
         check_same_config(workdir, spec, resume)
@@ -159,6 +160,8 @@ def make_results(system, spec: RunSpec, info: DataInfo, summaries) -> dict:
         'bits': [int(b) for b in spec.bits],
         'mode': 'single_length' if spec.single_length else 'nested',
         'seed': spec.seed, 'top_k': spec.top_k,
+        'image_shape': [int(n) for n in info.image_shape],
+        'num_classes': info.num_classes, 'split_sizes': dict(info.sizes),
         'evaluators': list(system.evaluators),
         'map': merged('best_map'), 'map_last': merged('last_map'),
         'train_seconds': sum(s['train_seconds'] for s in summaries),

@@ -50,6 +50,10 @@ def test_a_folder_trains_and_its_lists_give_the_same_split(tmp_path,
     results = cli.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['dataset'] == 'folder' and results['top_k'] is None
     assert set(results['map']) == {'8'}
+    # --config.image_size and the folder's split fields reach the run.
+    assert results['image_shape'] == [8, 8, 3]
+    assert results['split_sizes'] == {'train': 19, 'query': 6,
+                                      'database': 19}
     assert 'folder: mAP@all' in capsys.readouterr().out
 
     written = _make_lists(f'--folder={root}', '--seed=3',
