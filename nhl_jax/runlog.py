@@ -1,11 +1,12 @@
-"""Run outputs: a progress bar, metrics.jsonl, results.json, a final table."""
+"""Run outputs: progress bars, metrics.jsonl, results.json, a final table."""
 
 import contextlib
 import json
 import os
 import sys
 import tempfile
-import time
+
+import tqdm
 
 
 @contextlib.contextmanager
@@ -113,43 +114,79 @@ def truncate_jsonl(path: str, *, max_epoch: int,
     return torn
 
 
-class ProgressBar:
-    """A dependency-free progress line with a live loss, on stderr.
+def _live(stream) -> bool:
+    """Bars only on a terminal: logs and pipes get whole lines."""
+    return bool(getattr(stream, 'isatty', lambda: False)())
 
-    On a terminal it redraws one line; elsewhere (logs, CI) it prints one line
-    per epoch only.
+
+def bar(iterable, *, total: int, desc: str, stream=None):
+    """``iterable`` with a transient tqdm bar on a terminal (else as is).
+
+    For the inner loops of a run (encoding a split): the bar disappears
+    when done, under the run's own bar.
+    """
+    stream = stream or sys.stderr
+    if not _live(stream):
+        return iterable
+    return tqdm.tqdm(iterable, total=total, desc=desc, file=stream,
+                     leave=False, unit='batch', dynamic_ncols=True)
+
+
+class RunProgress:
+    """The whole run's progress: one bar with the loss and an ETA.
+
+    On a terminal a tqdm bar counts every training step of the run
+    (evaluations take their time from its rate, so the ETA includes
+    them) and each finished round or evaluation prints one line above
+    it; elsewhere (logs, CI) only those lines are printed, on ``stream``.
     """
 
-    def __init__(self, total: int, desc: str, *, stream=None,
+    def __init__(self, total: int, *, done: int = 0, stream=None,
                  quiet: bool = False):
-        self.total, self.desc = total, desc
+        """Opens the bar.
+
+        Args:
+          total: the run's training steps, all rounds.
+          done: the steps already done (a resumed run).
+          stream: where to write (default: stderr).
+          quiet: write nothing (processes other than the first).
+        """
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() and not quiet
         self.quiet = quiet
-        self.start = time.perf_counter()
+        self.live = _live(self.stream) and not quiet
+        self._bar = (tqdm.tqdm(total=total, initial=done, file=self.stream,
+                               unit='step', dynamic_ncols=True)
+                     if self.live else None)
 
-    def update(self, done: int, loss: float) -> None:
-        """Redraws the bar after ``done`` of ``total`` steps."""
-        if not self.live:
-            return
-        width = 24
-        filled = int(width * done / max(self.total, 1))
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        self.stream.write(
-            f'\r{self.desc} [{"#" * filled}{"." * (width - filled)}] '
-            f'{done}/{self.total} loss {loss:.4f} {rate:.1f} it/s'
-        )
-        self.stream.flush()
+    def round(self, desc: str) -> None:
+        """A round begins: the bar's description."""
+        if self._bar is not None:
+            self._bar.set_description(desc, refresh=False)
 
-    def close(self, summary: str) -> None:
-        """Ends the line with a summary."""
+    def update(self, steps: int) -> None:
+        """``steps`` more steps done."""
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def loss(self, value: float) -> None:
+        """The latest loss, shown beside the bar."""
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f'{value:.4f}', refresh=False)
+
+    def line(self, text: str) -> None:
+        """One line of the log (a round or an evaluation), above the bar."""
         if self.quiet:
             return
-        if self.live:
-            self.stream.write(f'\r{self.desc} {summary}\033[K\n')
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
         else:
-            self.stream.write(f'{self.desc} {summary}\n')
-        self.stream.flush()
+            self.stream.write(text + '\n')
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Ends the bar."""
+        if self._bar is not None:
+            self._bar.close()
 
 
 def format_table(bits, maps, best, *, title: str) -> str:

@@ -1,5 +1,6 @@
-"""metrics.jsonl on resume (torn lines) and the files' permissions."""
+"""Progress, metrics.jsonl on resume (torn lines), files' permissions."""
 
+import io
 import json
 import os
 import stat
@@ -47,3 +48,41 @@ def test_rewritten_files_keep_the_umask(tmp_path, mask):
     for name in ('metrics.jsonl', 'results.json'):
         mode = stat.S_IMODE(os.stat(tmp_path / name).st_mode)
         assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_the_run_has_one_bar_with_an_eta():
+    stream = _Terminal()
+    progress = runlog.RunProgress(100, done=20, stream=stream)
+    progress.round('epoch 3/10')
+    progress.update(30)
+    progress.loss(0.25)
+    progress.line('epoch 3/10 loss 0.2500 (1.00 s)')
+    progress.close()
+    out = stream.getvalue()
+    assert 'epoch 3/10' in out and '50/100' in out and 'loss=0.2500' in out
+    assert '<' in out  # tqdm's elapsed<remaining: the ETA
+    assert 'epoch 3/10 loss 0.2500 (1.00 s)\n' in out
+    assert list(runlog.bar(range(3), total=3, desc='encode', stream=stream)
+                ) == [0, 1, 2]
+
+
+def test_elsewhere_only_whole_lines_are_written():
+    stream = io.StringIO()
+    progress = runlog.RunProgress(100, stream=stream)
+    progress.round('epoch 1/10')
+    progress.update(10)
+    progress.loss(1.0)
+    progress.line('epoch 1/10 loss 1.0000 (1.00 s)')
+    progress.close()
+    assert stream.getvalue() == 'epoch 1/10 loss 1.0000 (1.00 s)\n'
+    batches = iter(range(3))
+    assert runlog.bar(batches, total=3, desc='encode',
+                      stream=stream) is batches
+    quiet = runlog.RunProgress(10, stream=_Terminal(), quiet=True)
+    quiet.line('x')
+    assert quiet._bar is None and not quiet.live

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nhl_jax import compiler, data, parallel
+from nhl_jax import compiler, data, parallel, runlog
 from nhl_jax.data import pipeline
 from nhl_jax.retrieval import codes
 from nhl_jax.retrieval.metrics import mean_average_precision
@@ -64,7 +64,8 @@ class CodeLayout(NamedTuple):
 
 
 def encode_outputs(encode: Callable, params, rest, ds, batch_size: int, *,
-                   workers: int = 0, mesh=None) -> np.ndarray:
+                   workers: int = 0, mesh=None,
+                   desc: str = 'encode') -> np.ndarray:
     """Continuous outputs [N, W] of a whole dataset, in its row order.
 
     Args:
@@ -80,19 +81,23 @@ def encode_outputs(encode: Callable, params, rest, ds, batch_size: int, *,
       mesh: a data mesh (``parallel.make_mesh``) to split every batch
         over, with each process loading only its rows; None encodes on
         one device.
+      desc: the label of its progress bar (on a terminal).
     """
     if mesh is not None:
         return _encode_sharded(encode, params, rest, ds, batch_size,
-                               workers, mesh, signs=False)
+                               workers, mesh, signs=False, desc=desc)
     outputs = []
-    for batch in data.eval_batches(ds, batch_size, workers=workers):
+    batches = data.eval_batches(ds, batch_size, workers=workers)
+    for batch in runlog.bar(batches, total=-(-len(ds.labels) // batch_size),
+                            desc=desc):
         h = np.asarray(encode(params, rest, batch['image']))
         outputs.append(h[: batch['valid']])
     return np.concatenate(outputs)
 
 
 def encode_codes(encode: Callable, params, rest, ds, batch_size: int, *,
-                 workers: int = 0, mesh=None) -> np.ndarray:
+                 workers: int = 0, mesh=None,
+                 desc: str = 'encode') -> np.ndarray:
     """±1 codes [N, W] of a whole dataset: ``sign_codes`` of its outputs.
 
     With a mesh, the signs are taken on the devices and gathered once as
@@ -107,17 +112,18 @@ def encode_codes(encode: Callable, params, rest, ds, batch_size: int, *,
     """
     if mesh is None:
         return codes.sign_codes(encode_outputs(
-            encode, params, rest, ds, batch_size, workers=workers))
+            encode, params, rest, ds, batch_size, workers=workers,
+            desc=desc))
     packed, nan, width = _encode_sharded(encode, params, rest, ds,
                                          batch_size, workers, mesh,
-                                         signs=True)
+                                         signs=True, desc=desc)
     if nan.any():  # the same error as sign_codes
         codes.sign_codes(np.array([np.nan]))
     return codes.unpack_codes(packed, width)
 
 
 def _encode_sharded(encode, params, rest, ds, batch_size, workers, mesh, *,
-                    signs):
+                    signs, desc='encode'):
     """``encode_outputs`` / ``encode_codes`` over the devices of ``mesh``.
 
     Returns:
@@ -130,7 +136,8 @@ def _encode_sharded(encode, params, rest, ds, batch_size, workers, mesh, *,
     fn = _sharded_encoder(encode, mesh, signs)
     params, rest = parallel.replicate((params, rest), mesh)
     outputs = []
-    for local in _process_images(ds, batch, workers):
+    for local in runlog.bar(_process_images(ds, batch, workers),
+                            total=-(-len(ds.labels) // batch), desc=desc):
         images = parallel.global_batch({'image': local}, mesh, batch)['image']
         outputs.append(fn(params, rest, images))
     # One all-gather of every batch; the padding rows are all at the end.
@@ -292,13 +299,14 @@ def evaluate_lengths(encode: Callable, params, rest, splits, layout, *,
         layout = CodeLayout(tuple(layout))
     fns = {name: get_evaluator(name) for name in evaluators}
 
-    def codes(ds):
-        return encode_codes(encode, params, rest, ds, batch_size,
-                            workers=workers, mesh=mesh)
+    def codes(split):
+        return encode_codes(encode, params, rest, getattr(splits, split),
+                            batch_size, workers=workers, mesh=mesh,
+                            desc=f'encode {split}')
 
     inputs = EvalInputs(
-        layout, codes(splits.query), splits.query.labels,
-        codes(splits.database) if _NEEDS_DATABASE & set(fns) else None,
+        layout, codes('query'), splits.query.labels,
+        codes('database') if _NEEDS_DATABASE & set(fns) else None,
         splits.database.labels,
         None if learned is None else tuple(np.asarray(v) for v in learned),
         learned_labels)

@@ -261,18 +261,30 @@ def fit(system, spec, splits, bits, workdir: str, *,
         state = parallel.replicate(state, mesh)
         writer.truncate(max_epoch=meta['epoch'],
                         max_step=int(parallel.to_host(state.step)))
+        progress = _progress(system, spec, splits, meta)
         loop = _Loop(system, spec, setup, splits, mesh, mngr,
-                     (writer, profiler, phases), identity)
+                     (writer, profiler, phases, progress), identity)
         loop.scalars.restore(meta.get('step_log'))
         meta = _continued(meta, spec, loop.schedule.rounds, workdir)
         phases.add('setup', begun, time.time())
-        while (meta['epoch'] < loop.schedule.rounds
-               and not meta['stopped_early']):
-            state, meta, best = loop.round(state, meta, best, stop)
+        with contextlib.closing(progress):
+            while (meta['epoch'] < loop.schedule.rounds
+                   and not meta['stopped_early']):
+                state, meta, best = loop.round(state, meta, best, stop)
         with phases('checkpoint'):
             checkpoint.wait(mngr)
     return dict(meta, bits=list(setup.bits),
                 params_sha256=params_digest(parallel.to_host(state.params)))
+
+
+def _progress(system, spec, splits, meta) -> runlog.RunProgress:
+    """The run's bar: every round's steps, those already done counted."""
+    steps = [system.plan(spec, splits, r).num_batches  # lazy: loads nothing
+             for r in range(1, system.schedule(spec).rounds + 1)]
+    done = sum(steps[:meta['epoch']]) + (meta['partial'] or {}).get(
+        'batches', 0)
+    return runlog.RunProgress(sum(steps), done=done,
+                              quiet=not parallel.is_main_process())
 
 
 def _note(line: str) -> None:
@@ -306,7 +318,7 @@ class _Loop:
         self.identity = identity
         self.system, self.spec, self.setup = system, spec, setup
         self.splits, self.mesh, self.mngr = splits, mesh, mngr
-        self.writer, self.profiler, self.phases = outputs
+        self.writer, self.profiler, self.phases, self.progress = outputs
         self.scalars = writer_lib.StepLogger(self.writer, setup.bits,
                                              spec.log_every)
         self.schedule = system.schedule(spec)
@@ -336,9 +348,9 @@ class _Loop:
             state = self._hook(plan.begin, state, hooks)
         else:
             before, hooks = partial['before'], partial['hooks']
-        bar = runlog.ProgressBar(plan.num_batches, self._desc(r, plan.stage),
-                                 quiet=not parallel.is_main_process())
-        state, progress = self._batches(state, plan, r, partial, stop, bar)
+        desc = self._desc(r, plan.stage)
+        self.progress.round(desc)
+        state, progress = self._batches(state, plan, r, partial, stop)
         self.scalars.flush()
         earlier = partial['seconds'] if partial else 0.0
         self._check_finite(progress, r, plan.stage)
@@ -358,7 +370,8 @@ class _Loop:
         self._check_hooks(hooks, r)
         record = self._record(r, plan, progress, seconds, before, hooks,
                               state)
-        bar.close(f'loss {record["loss"]:.4f} ({seconds:.2f} s)')
+        self.progress.line(f'{desc} loss {record["loss"]:.4f} '
+                           f'({seconds:.2f} s)')
         stages = meta['stage_seconds']
         stages[plan.stage] = stages.get(plan.stage, 0.0) + seconds
         meta.update(epoch=r, partial=None,
@@ -369,6 +382,9 @@ class _Loop:
                 evaluated = time.perf_counter()
                 meta, best = self._evaluate(state, meta, best, record)
                 record['evaluate_seconds'] = time.perf_counter() - evaluated
+            self.progress.line('  mAP ' + ' '.join(
+                f'{b}:{v:.4f}' for b, v in record['map'].items())
+                + f' ({record["evaluate_seconds"]:.2f} s)')
         if self.schedule.checkpoints(r):
             with self.phases('checkpoint'):
                 self._save(int(parallel.to_host(state.step)), state, best,
@@ -383,7 +399,7 @@ class _Loop:
         checkpoint.save(self.mngr, step, state, best, meta,
                         identity=self.identity)
 
-    def _batches(self, state, plan, r, partial, stop, bar):
+    def _batches(self, state, plan, r, partial, stop):
         """Runs (the rest of) the round's batches, stopping on SIGTERM."""
         done = partial['batches'] if partial else 0
         sums = ({k: jnp.asarray(v) for k, v in partial['sums'].items()}
@@ -405,8 +421,10 @@ class _Loop:
                 sums = jax.tree.map(jnp.zeros_like, metrics)
             sums, bad_step = _accumulate(sums, bad_step, metrics, state.step)
             done += 1
-            if bar.live and done % 10 == 0:  # only a terminal waits for it
-                bar.update(done, float(parallel.to_host(metrics['loss'])))
+            self.progress.update(1)
+            if self.progress.live and done % 10 == 0:  # only a terminal
+                self.progress.loss(float(              # waits for the loss
+                    parallel.to_host(metrics['loss'])))
         jax.block_until_ready(state)
         bad = int(parallel.to_host(bad_step))
         return state, {
@@ -491,7 +509,4 @@ class _Loop:
         snapshots = _host_snapshots(system, self.setup, state)
         meta, best = update_best(meta, best, maps[primary], snapshots.get,
                                  spec.patience)
-        if parallel.is_main_process():
-            print('  mAP ' + ' '.join(
-                f'{b}:{v:.4f}' for b, v in maps[primary].items()), flush=True)
         return _update_others(meta, maps), best

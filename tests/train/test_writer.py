@@ -1,7 +1,10 @@
 """Step scalars, TensorBoard events and profiler traces of a run."""
 
 import glob
+import io
 import os
+import re
+import sys
 import types
 
 import jax.numpy as jnp
@@ -21,11 +24,30 @@ def _config(**overrides):
     return config
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
+    """A run, its stderr a terminal (kept in terminal.txt beside it)."""
     workdir = tmp_path_factory.mktemp('scalars') / 'run'
-    cli.train_and_evaluate(_config(profile_steps=(3, 5)), str(workdir))
+    terminal = _Terminal()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, 'stderr', terminal)
+        cli.train_and_evaluate(_config(profile_steps=(3, 5)), str(workdir))
+    (workdir.parent / 'terminal.txt').write_text(terminal.getvalue())
     return workdir
+
+
+def test_a_terminal_shows_the_runs_eta_and_the_encoding(run):
+    out = (run.parent / 'terminal.txt').read_text()
+    assert re.search(r'epoch 2/2: +\d+%.*\| *\d+/62 \[.*<', out)  # ETA
+    assert 'encode query' in out and 'encode database' in out
+    assert re.search(r'\nepoch 1/2 loss \d\.\d{4} \(\d+\.\d\d s\)\n', out)
+    assert re.search(r'\n  mAP 8:\d\.\d{4} 16:\d\.\d{4} \(\d+\.\d\d s\)\n',
+                     out)
 
 
 def test_step_scalars_every_log_every_steps(run):
