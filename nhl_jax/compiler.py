@@ -90,11 +90,16 @@ _CACHE_OFF = ('', '0', 'off', 'none', 'false')
 CACHE_MAX_BYTES = 2 * 2**30
 
 
-def default_cache_dir() -> str | None:
-    """The command line's cache folder: ``$NHL_JAX_COMPILATION_CACHE``
-    ('' or 'off': none), else ``$XDG_CACHE_HOME/nhl_jax/xla`` (default
-    ``~/.cache/nhl_jax/xla``)."""
-    value = os.environ.get(CACHE_ENV)
+def default_cache_dir(setting: str | None = None) -> str | None:
+    """The command line's cache folder.
+
+    Args:
+      setting: the config's ``compilation_cache``: a folder, or 'off'
+        (none); None: ``$NHL_JAX_COMPILATION_CACHE`` (a folder, or '' /
+        'off': none), else ``$XDG_CACHE_HOME/nhl_jax/xla`` (default
+        ``~/.cache/nhl_jax/xla``).
+    """
+    value = os.environ.get(CACHE_ENV) if setting is None else setting
     if value is not None:
         return None if value.strip().lower() in _CACHE_OFF else value
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(

@@ -29,6 +29,12 @@ def atomic_file(path: str, mode: str = 'w', *, suffix: str = '.tmp'):
         raise
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes ``text`` so that ``path`` is either the old or the new file."""
+    with atomic_file(path) as f:
+        f.write(text)
+
+
 def write_json_atomic(path: str, payload) -> None:
     """Writes JSON so that ``path`` is either the old or the new file."""
     with atomic_file(path, suffix='.json') as f:

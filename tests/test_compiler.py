@@ -74,6 +74,10 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     for off in ('', 'off', 'NONE', '0'):
         monkeypatch.setenv(compiler.CACHE_ENV, off)
         assert compiler.default_cache_dir() is None
+    # The config's field wins over the environment.
+    assert compiler.default_cache_dir('/x/y') == '/x/y'
+    monkeypatch.setenv(compiler.CACHE_ENV, str(tmp_path / 'env'))
+    assert compiler.default_cache_dir('off') is None
 
 
 def test_the_cache_is_set_unless_the_user_set_one(tmp_path):

@@ -23,6 +23,7 @@ from nhl_jax.hparams import check_kwargs as _check_kwargs
 from nhl_jax.models import heads
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl import distill, objective
+from nhl_jax.train import writer as writer_lib
 from nhl_jax.train.system import RunSpec
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -138,10 +139,20 @@ def _check_fields(config) -> None:
         if config.get(name) is not None:
             _positive(config, (name,), int)
     _check_profile_steps(config.get('profile_steps'))
+    writer_lib.parse_writers(field(config, 'writers'))
+    _check_cache(field(config, 'compilation_cache'))
     _check_devices(config)
     _check_code_width(config)
     _check_pretrained(config)
     _check_weighting(config)
+
+
+def _check_cache(folder) -> None:
+    if folder is not None and (not isinstance(folder, str)
+                               or not folder.strip()):
+        raise UsageError(
+            f'compilation_cache must be a folder or off, got {folder!r}; '
+            'pass e.g. --config.compilation_cache=off.')
 
 
 def _check_weighting(config) -> None:
@@ -298,6 +309,7 @@ def resolve(config) -> RunSpec:
         freeze_backbone=bool(get('freeze_backbone')),
         compute_dtype=get('compute_dtype'),
         log_every=get('log_every'),
+        writers=writer_lib.parse_writers(get('writers')),
         profile_steps=(None if get('profile_steps') is None
                        else tuple(int(s) for s in config.profile_steps)),
         options=system.options(config), config=_as_json(config.to_dict()))

@@ -343,7 +343,8 @@ def run(flag_values=FLAGS) -> dict:
                         flag_values['num_processes'].value,
                         flag_values['process_id'].value)
     config, workdir, resume = parse(flag_values)
-    compiler.use_persistent_cache(compiler.default_cache_dir())
+    compiler.use_persistent_cache(compiler.default_cache_dir(
+        config_lib.field(config, 'compilation_cache')))
     # Missing parents of the workdir (./runs of the default runs/<name>)
     # are made after every check, as `mkdir -p` would.
     return train_and_evaluate(config, workdir, resume=resume,

@@ -249,7 +249,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     setup, state = system.create(spec, DataInfo.of(splits), bits)
     best = _host_snapshots(system, setup, state)
-    writer = writer_lib.MetricWriter(workdir)
+    writer = writer_lib.MetricWriter(workdir, writers=spec.writers,
+                                     config=spec.config)
     profiler = profile.Profiler(spec.profile_steps, workdir)
     identity = workdir_lib.run_identity(spec, setup.bits, state)
     with (checkpoint.opened(workdir) as mngr, _preemption() as stop,
@@ -273,6 +274,9 @@ def fit(system, spec, splits, bits, workdir: str, *,
                 state, meta, best = loop.round(state, meta, best, stop)
         with phases('checkpoint'):
             checkpoint.wait(mngr)
+        writer.table('results', ('bits', 'map_last', 'map'), [
+            (int(b), meta['last_map'].get(str(b)), meta['best_map'][str(b)])
+            for b in setup.bits])
     return dict(meta, bits=list(setup.bits),
                 params_sha256=params_digest(parallel.to_host(state.params)))
 

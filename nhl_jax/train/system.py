@@ -84,6 +84,7 @@ class RunSpec:
     freeze_backbone: bool
     compute_dtype: str
     log_every: int | None  # steps between step-scalar records (None: off)
+    writers: tuple[str, ...]  # besides metrics.jsonl ('tensorboard', ...)
     profile_steps: tuple[int, int] | None  # (start, stop) global steps
     options: Any  # the system's own resolved options (a NamedTuple)
     config: Mapping[str, Any]  # the config as JSON (config.json)

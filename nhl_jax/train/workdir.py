@@ -153,7 +153,8 @@ def _outputs(workdir: str) -> list[str]:
 # Fields a resumed run may change: they do not change what is computed
 # (patience only when the run stops; a run stopped early goes on with a
 # larger one).
-_FREE = frozenset({'epochs', 'log_every', 'profile_steps', 'patience'})
+_FREE = frozenset({'epochs', 'log_every', 'profile_steps', 'patience',
+                   'writers', 'compilation_cache'})
 
 
 def run_identity(spec: RunSpec, bits, state) -> dict:

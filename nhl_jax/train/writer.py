@@ -64,23 +64,107 @@ class _TensorBoard:
         self._writer.close()
 
 
+class _Wandb:
+    """Scalars as a Weights & Biases run in ``workdir/wandb``.
+
+    The run's id is kept in ``workdir/wandb_id.txt``, so a resumed run goes
+    on in the same W&B run. Its mode is W&B's own (``WANDB_MODE``:
+    'offline' writes only the local files, for ``wandb sync`` later).
+    Scalars are plotted against the global ``step``, which they carry, so
+    the step records written one interval late land in their place.
+    """
+
+    def __init__(self, workdir: str, config: Mapping | None):
+        import wandb  # the wandb extra; checked by parse_writers
+        self._wandb = wandb
+        self._run = wandb.init(
+            dir=workdir, id=_wandb_id(workdir), resume='allow',
+            project=os.environ.get('WANDB_PROJECT', 'nhl_jax'),
+            name=os.path.basename(os.path.abspath(workdir)),
+            config=dict(config or {}))
+        self._run.define_metric('*', step_metric='step')
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        self._run.log({**values, 'step': step})
+
+    def table(self, name: str, columns, rows) -> None:
+        """A table of the run (the final per-length results)."""
+        self._run.log({name: self._wandb.Table(columns=list(columns),
+                                                data=[list(r) for r in rows])})
+        self._run.summary.update({f'{name}/{c}/{r[0]}': v for r in rows
+                                  for c, v in zip(columns[1:], r[1:])})
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def _wandb_id(workdir: str) -> str:
+    path = os.path.join(workdir, 'wandb_id.txt')
+    if os.path.exists(path):
+        with open(path) as f:
+            return f.read().strip()
+    import secrets
+    run_id = secrets.token_hex(4)
+    os.makedirs(workdir, exist_ok=True)
+    runlog.write_text_atomic(path, run_id + '\n')
+    return run_id
+
+
+# Where scalars may go besides metrics.jsonl (always written): the name,
+# the module it needs and the extra that installs it.
+WRITERS = {'jsonl': (None, None), 'tensorboard': ('tensorboard', 'tensorboard'),
+           'wandb': ('wandb', 'wandb')}
+
+
+def parse_writers(value: str | None) -> tuple[str, ...]:
+    """The writers of ``--config.writers`` ('jsonl,wandb'), checked.
+
+    None: TensorBoard when it is installed. 'jsonl' is always on, named
+    or not.
+
+    Raises:
+      UsageError: an unknown writer, or one whose package is missing.
+    """
+    if value is None:
+        found = importlib.util.find_spec('tensorboard') is not None
+        return ('tensorboard',) if found else ()
+    if not isinstance(value, str):
+        raise UsageError(f'writers must be a comma-separated string, got '
+                         f'{value!r}; e.g. --config.writers=jsonl,wandb.')
+    names = [n.strip() for n in value.split(',') if n.strip()]
+    for name in names:
+        if name not in WRITERS:
+            raise UsageError(f'Unknown writer {name!r}; choose from '
+                             f'{sorted(WRITERS)} (--config.writers).')
+        module, extra = WRITERS[name]
+        if module and importlib.util.find_spec(module) is None:
+            raise UsageError(
+                f'writer {name!r} needs {module}: pip install '
+                f'"nhl_jax[{extra}]", or leave it out of --config.writers.')
+    return tuple(dict.fromkeys(n for n in names if n != 'jsonl'))
+
+
 class MetricWriter:
     """Writes round records and step scalars of one run (process 0)."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool | None = None):
+    def __init__(self, workdir: str, *, writers=None,
+                 config: Mapping | None = None):
         """Opens the run's writers.
 
         Args:
-          workdir: the run directory (metrics.jsonl, tensorboard/).
-          tensorboard: write event files; None: when tensorboard is
-            installed.
+          workdir: the run directory (metrics.jsonl, tensorboard/, wandb/).
+          writers: besides metrics.jsonl, some of 'tensorboard' and
+            'wandb' (``parse_writers``); None: tensorboard when installed.
+          config: the run's config, for the writers that record it.
         """
         self.log = os.path.join(workdir, 'metrics.jsonl')
         self.enabled = parallel.is_main_process()
-        if tensorboard is None:
-            tensorboard = importlib.util.find_spec('tensorboard') is not None
+        writers = parse_writers(None) if writers is None else tuple(writers)
         self._tb = (_TensorBoard(os.path.join(workdir, 'tensorboard'))
-                    if tensorboard and self.enabled else None)
+                    if 'tensorboard' in writers and self.enabled else None)
+        self._wandb = (_Wandb(workdir, config)
+                       if 'wandb' in writers and self.enabled else None)
+        self._sinks = [w for w in (self._tb, self._wandb) if w is not None]
 
     def truncate(self, *, max_epoch: int, max_step: int) -> None:
         """On resume: drops what was logged after the restored checkpoint."""
@@ -100,9 +184,10 @@ class MetricWriter:
         if not self.enabled:
             return
         runlog.append_jsonl(self.log, record)
-        if self._tb is not None:
-            self._tb.scalars(step, _flat(
-                {k: v for k, v in record.items() if k != 'epoch'}, 'round/'))
+        values = _flat({k: v for k, v in record.items() if k != 'epoch'},
+                       'round/')
+        for sink in self._sinks:
+            sink.scalars(step, values)
 
     def steps(self, step: int, epoch: int, scalars: Mapping) -> None:
         """Means of the step metrics over the interval ending at ``step``."""
@@ -110,13 +195,19 @@ class MetricWriter:
             return
         record = {'kind': 'step', 'step': step, 'epoch': epoch, **scalars}
         runlog.append_jsonl(self.log, record)
-        if self._tb is not None:
-            self._tb.scalars(step, _flat(scalars, 'step/'))
+        values = _flat(scalars, 'step/')
+        for sink in self._sinks:
+            sink.scalars(step, values)
+
+    def table(self, name: str, columns, rows) -> None:
+        """A table (the final results) to the writers that keep tables."""
+        if self._wandb is not None:
+            self._wandb.table(name, columns, rows)
 
     def close(self) -> None:
-        """Flushes the event files."""
-        if self._tb is not None:
-            self._tb.close()
+        """Flushes the event files, ends the W&B run."""
+        for sink in self._sinks:
+            sink.close()
 
 
 def _per_length(bits, value):

@@ -14,6 +14,7 @@ from nhl_jax import cli, runlog
 from nhl_jax.cli.configs import default
 from nhl_jax.errors import UsageError
 from nhl_jax.train import writer as writer_lib
+from tests.support import wandb_records
 
 
 def _config(**overrides):
@@ -109,3 +110,38 @@ def test_scalars_are_read_one_interval_late():
 def test_bad_profile_steps_are_refused():
     with pytest.raises(UsageError, match='profile_steps must be'):
         cli.resolve(_config(profile_steps=(5, 2)))
+
+
+def test_wandb_offline_logs_the_same_scalars_the_config_and_a_table(
+        tmp_path, monkeypatch):
+    pytest.importorskip('wandb')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    workdir = tmp_path / 'run'
+    cli.train_and_evaluate(_config(epochs=1, writers='jsonl,wandb'),
+                           str(workdir))
+    rows = wandb_records.history(str(workdir))
+    logged = runlog.read_jsonl(str(workdir / 'metrics.jsonl'))
+    rounds = [r for r in rows if 'round/loss' in r]
+    assert [r['round/loss'] for r in rounds] == pytest.approx(
+        [r['loss'] for r in logged], rel=1e-6)
+    assert rounds[0]['round/map/16'] == pytest.approx(logged[0]['map']['16'])
+    steps = [r for r in rows if 'step/loss' in r]
+    assert [r['step'] for r in steps] == [10, 20, 30]
+    assert any(r.get('results/_type') == 'table-file' for r in rows)
+    saved = wandb_records.config(str(workdir))
+    assert saved['method'] == 'dpn' and saved['bits'] == [8, 16]
+    assert (workdir / 'wandb_id.txt').read_text().strip()
+
+
+def test_an_unknown_or_missing_writer_is_one_line(monkeypatch):
+    with pytest.raises(UsageError, match=r"Unknown writer 'csv'; choose "
+                                         r"from \['jsonl', 'tensorboard', "
+                                         r"'wandb'\]"):
+        writer_lib.parse_writers('jsonl,csv')
+    monkeypatch.setattr(writer_lib.importlib.util, 'find_spec',
+                        lambda name: None)
+    with pytest.raises(UsageError, match='needs wandb: pip install'):
+        writer_lib.parse_writers('wandb')
+    assert writer_lib.parse_writers('jsonl') == ()
+    assert writer_lib.parse_writers(None) == ()

@@ -91,6 +91,14 @@ def get_config():
     # A jax.profiler trace of global steps (start, stop) into workdir/profile,
     # e.g. --config.profile_steps=10,20; None: no trace.
     config.profile_steps = ml_collections.config_dict.placeholder(tuple)
+    # Where the scalars go besides metrics.jsonl (always written), comma-
+    # separated: 'tensorboard' (the tensorboard extra), 'wandb' (the wandb
+    # extra; WANDB_MODE=offline writes the run into workdir/wandb only);
+    # None: tensorboard when it is installed.
+    config.writers = ml_collections.config_dict.placeholder(str)
+    # The command line's persistent compilation cache (a folder); None:
+    # $NHL_JAX_COMPILATION_CACHE, else ~/.cache/nhl_jax/xla; 'off': none.
+    config.compilation_cache = ml_collections.config_dict.placeholder(str)
     # Settings of the other systems (used only with --method=mah / odh).
     config.mah = _mah()
     config.odh = _odh()
