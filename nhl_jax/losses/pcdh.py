@@ -32,8 +32,11 @@ def pcdh(alpha: Weight = 1.0, beta: Weight = 1.0, *,
 
       L = contrastive(h, m) + alpha * contrastive(f, m) + beta * L_c(b W),
 
-    L_c the softmax cross-entropy of the first label (single-label data)
-    or, with ``multi_label``, the sum over classes of the logistic loss.
+    L_c = -sum_c y_c log softmax(b W)_c, summed over every positive label
+    (the reference's branch for all datasets but NUS-WIDE: with one-hot
+    labels the usual cross-entropy, with multi-hot ones not divided by the
+    label count) or, with ``multi_label``, the sum over classes of the
+    logistic loss (its NUS-WIDE branch).
 
     Shapes: codes [B, K], labels [B, C], features [B, D], params
     {'w': [K, C]}.
@@ -59,7 +62,7 @@ def pcdh(alpha: Weight = 1.0, beta: Weight = 1.0, *,
     References:
       Ma et al., "Deep discrete hashing with pairwise correlation learning",
       Neurocomputing 2020; DeepHash-pytorch ``PCDH.py`` ``PCDHLoss``
-      (lines 84-104).
+      (lines 84-104; L_c at lines 98-101).
     """
 
     def init_params(key, *, num_classes, bits):
@@ -69,9 +72,8 @@ def pcdh(alpha: Weight = 1.0, beta: Weight = 1.0, *,
         if multi_label:
             return jnp.mean(jnp.sum(
                 optax.sigmoid_binary_cross_entropy(logits, labels), axis=1))
-        target = jnp.argmax(labels, axis=1)
-        return jnp.mean(
-            optax.softmax_cross_entropy_with_integer_labels(logits, target))
+        # PCDH.py:101: every positive label, not only the first.
+        return jnp.mean(optax.softmax_cross_entropy(logits, labels))
 
     def apply_fn(state, codes, labels, index, *, params, features):
         _common.check_batch(codes, labels, index)

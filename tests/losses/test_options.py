@@ -177,6 +177,19 @@ def test_pcdh_multi_label_branch_matches_the_reference(kind):
     np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kind', ['onehot', 'multihot'])
+def test_pcdh_softmax_branch_sums_every_positive_label(kind):
+    # PCDH.py's non-NUS-WIDE L_c: -sum_c y_c log softmax_c; with one-hot
+    # labels the cross-entropy of the one label, as before.
+    codes, labels, index = loss_batches.batch(seed=7, kind=kind)
+    kw = loss_batches.apply_kwargs('pcdh')
+    value, _ = losses.get('pcdh').apply(losses.EmptyState(), codes, labels,
+                                        index, **kw)
+    expected = ref_params.pcdh(codes, labels, kw['params']['w'],
+                               kw['features'])
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_pcdh_classifier_trains_only_w_and_features_get_a_gradient():
     codes, labels, index = loss_batches.batch(seed=6)
     kw = loss_batches.apply_kwargs('pcdh')

@@ -226,8 +226,9 @@ def pcdh(u, y, w, features, *, alpha=1.0, beta=1.0, multi_label=False):
     for i in range(u.shape[0]):
         if multi_label:
             lc += sum(_softplus(x) - t * x for x, t in zip(logits[i], y[i]))
-        else:
-            lc -= _log_softmax(list(logits[i]))[int(np.argmax(y[i]))]
+        else:  # -log softmax of every positive label, summed
+            log_p = _log_softmax(list(logits[i]))
+            lc -= sum(t * lp for t, lp in zip(y[i], log_p))
     lc /= u.shape[0]
     return (_contrastive(h, y, margin) + alpha * _contrastive(f, y, margin)
             + beta * lc)
