@@ -109,6 +109,26 @@ def load_npy(path: str, what: str) -> np.ndarray:
     return loaded
 
 
+def load_images(path: str, flag: str) -> np.ndarray:
+    """[N, H, W, C] uint8 images of an .npy file, or a one-line error.
+
+    Args:
+      path: the file.
+      flag: the flag that named it, for the message ('--images').
+
+    Raises:
+      UsageError: not an .npy of 4-D uint8 images, with the fix.
+    """
+    images = load_npy(path, '[N, H, W, C] uint8 images')
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise UsageError(
+            f'{flag} {path!r} holds {images.dtype} of shape {images.shape}, '
+            'not [N, H, W, C] uint8 images; for one image use x[None], add '
+            'a channel axis to grey ones (x[..., None]) and store pixels as '
+            'uint8 0..255.')
+    return images
+
+
 def load_npz(path: str, what: str) -> np.lib.npyio.NpzFile:
     """An open .npz archive (a context manager), or a one-line error.
 

@@ -43,8 +43,8 @@ _KNOWN_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
 def export_run(workdir: str, out: str, *, params: str = 'last',
-               platforms=PLATFORMS,
-               batch_size: int | None = None) -> dict:
+               platforms=PLATFORMS, batch_size: int | None = None,
+               images=None, labels=None) -> dict:
     """Writes the bundle of a trained run's encoder and database.
 
     Args:
@@ -55,6 +55,9 @@ def export_run(workdir: str, out: str, *, params: str = 'last',
         this machine are left out (the manifest lists the rest).
       batch_size: images per forward pass, of the database encoding and
         of ``serving``'s encoder (default: the run's eval batch size).
+      images: [N, H, W, C] uint8 images to be the database instead of the
+        run's database split (ids 0..N-1), of the run's image shape.
+      labels: [N, C] labels of ``images`` (None: unlabelled).
 
     Returns:
       The manifest.
@@ -71,11 +74,14 @@ def export_run(workdir: str, out: str, *, params: str = 'last',
     faiss = faiss_search.load_faiss()
     config = inference.read_config(workdir)
     sets = inference.load_data(config)
+    shape = data.image_shape(sets.database)
+    given = None if images is None else _given_images(images, labels, shape)
     run = inference.load_run_for(workdir, sets.database, params=params)
     batch_size = batch_size or run.spec.eval_batch_size
-    database = inference.split_code_set(run, sets, 'database',
-                                        batch_size=batch_size)
-    shape = data.image_shape(sets.database)
+    database = (inference.split_code_set(run, sets, 'database',
+                                         batch_size=batch_size)
+                if given is None else
+                inference.encode_dataset(run, given, batch_size=batch_size))
     exported, dropped = export_encoder(inference.packed_codes_fn(run), shape,
                                        platforms=platforms)
     with _staging(out) as tmp:
@@ -85,11 +91,24 @@ def export_run(workdir: str, out: str, *, params: str = 'last',
             _write_faiss(faiss, os.path.join(tmp, bundle.faiss_file(b)),
                          retrieval.codes_of_length(database, b))
         manifest = _manifest(tmp, workdir, run, shape, exported, dropped,
-                             batch_size, database)
+                             batch_size, database, given is not None)
         with open(os.path.join(tmp, bundle.MANIFEST), 'w') as f:
             json.dump(manifest, f, indent=2)
             f.write('\n')
     return manifest
+
+
+def _given_images(images, labels, shape):
+    """The dataset of ``--images``, checked against the run's images."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise UsageError(f'images must be [N, H, W, C] uint8, got '
+                         f'{images.dtype} of shape {images.shape}.')
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise UsageError(
+            f'images are {tuple(images.shape[1:])}, but the run encodes '
+            f'{tuple(shape)} images (H, W, C); resize them first.')
+    return inference.image_dataset(images, labels, what='database images')
 
 
 def export_encoder(codes_fn, input_shape, *, platforms=PLATFORMS):
@@ -179,7 +198,7 @@ def _write_faiss(faiss, path: str, packed) -> None:
 
 
 def _manifest(directory, workdir, run, shape, exported, dropped, batch_size,
-              database) -> dict:
+              database, given: bool) -> dict:
     """What the bundle holds, where it came from, and its files' SHA-256."""
     spec = run.spec
     return {
@@ -199,10 +218,10 @@ def _manifest(directory, workdir, run, shape, exported, dropped, batch_size,
         },
         'database': {
             'file': bundle.DATABASE,
-            'split': 'database',
+            'split': 'images' if given else 'database',
             'size': len(database.ids),
             'codes': ('learned' if run.system.learned_split(spec)
-                      else 'encoded'),
+                      and not given else 'encoded'),
             'params': run.params,
         },
         'faiss': {str(b): bundle.faiss_file(b) for b in run.bits},

@@ -35,6 +35,13 @@ def define_flags(flag_values=FLAGS) -> None:
     flags.DEFINE_integer('batch_size', None,
                          'Images per forward pass (default: the run\'s).',
                          **fv)
+    flags.DEFINE_string('images', None,
+                        'An .npy of [N, H, W, C] uint8 images to be the '
+                        "database (default: the run's database split).",
+                        **fv)
+    flags.DEFINE_string('labels', None,
+                        'An .npy of [N, C] labels of --images (default: '
+                        'unlabelled).', **fv)
 
 
 def run(flag_values=FLAGS) -> dict:
@@ -49,11 +56,27 @@ def run(flag_values=FLAGS) -> dict:
             raise UsageError(f'pass --{name} (nhl-jax export --help).')
     checks.positive_or_unset(flag_values['batch_size'].value, '--batch_size',
                              "the run's eval batch size")
+    images, labels = _database_images(flag_values)
     return bundle.export_run(
         flag_values['workdir'].value, flag_values['out'].value,
         params=flag_values['params'].value,
         platforms=tuple(flag_values['platforms'].value),
-        batch_size=flag_values['batch_size'].value)
+        batch_size=flag_values['batch_size'].value,
+        images=images, labels=labels)
+
+
+def _database_images(flag_values):
+    """(images, labels) of ``--images`` / ``--labels``, or (None, None)."""
+    path, labels = flag_values['images'].value, flag_values['labels'].value
+    if path is None:
+        if labels is not None:
+            raise UsageError('--labels needs --images (the images they '
+                             'label).')
+        return None, None
+    images = checks.load_images(path, '--images')
+    if labels is not None:
+        labels = checks.load_npy(labels, '[N, C] labels')
+    return images, labels
 
 
 def main(argv):

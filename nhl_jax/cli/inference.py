@@ -406,14 +406,29 @@ def _same(a, b) -> bool:
         jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def image_dataset(images, labels=None, *, what: str = 'images'):
+    """An ``ArrayDataset`` of raw images [N, H, W, C] uint8, ids 0..N-1.
+
+    Args:
+      images: [N, H, W, C] uint8.
+      labels: [N, C] labels, or None (a column of ones: unlabelled).
+      what: what they are, for ``data.check_dataset``'s messages.
+    """
+    images = np.asarray(images)
+    count = len(images)
+    labels = (np.ones((count, 1), np.float32) if labels is None
+              else np.asarray(labels, np.float32))
+    if labels.ndim != 2 or len(labels) != count:
+        raise UsageError(f'labels of {what} must be [N, C] with N = '
+                         f'{count}, got shape {labels.shape}.')
+    return data.check_dataset(data.ArrayDataset(
+        images, labels, np.arange(count, dtype=np.int64)), what)
+
+
 def encode_images(run: TrainedRun, images, bits: int, *,
                   batch_size: int | None = None) -> np.ndarray:
     """[Q, ceil(bits / 8)] packed codes of raw images [Q, H, W, C] uint8."""
-    images = np.asarray(images)
-    count = len(images)
-    ds = data.check_dataset(data.ArrayDataset(
-        images, np.ones((count, 1), np.float32),  # labels are unused here
-        np.arange(count, dtype=np.int64)), 'query images')
+    ds = image_dataset(images, what='query images')
     return retrieval.codes_of_length(
         encode_dataset(run, ds, batch_size=batch_size), bits)
 

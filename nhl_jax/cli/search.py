@@ -138,13 +138,7 @@ def _code_queries(flag_values, database, bits, rows):
 
 def _query_images(path, rows):
     """(images [Q, H, W, C] uint8, rows) of ``--query_images``."""
-    images = checks.load_npy(path, '[Q, H, W, C] uint8 images')
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise UsageError(
-            f'--query_images {path!r} holds {images.dtype} of shape '
-            f'{images.shape}, not [Q, H, W, C] uint8 images; for one image '
-            'use x[None], add a channel axis to grey ones (x[..., None]) '
-            'and store pixels as uint8 0..255')
+    images = checks.load_images(path, '--query_images')
     rows = _pick(rows, len(images), path)
     return images[rows], rows
 

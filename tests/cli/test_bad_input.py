@@ -659,7 +659,7 @@ COMMAND_CASES = [
      [*SEARCH, '--workdir=<run>', '--query_images=<tmp>/x.npy'],
      _grey_images,
      ("--query_images '<tmp>/x.npy' holds uint8 of shape (2, 8, 8), not "
-      '[Q, H, W, C] uint8 images')),
+      '[N, H, W, C] uint8 images')),
     ('search_output_under_file', search,
      [*QUERY, '--output=<tmp>/file/hits.json'],
      lambda tmp: _encoded(tmp) or (tmp / 'file').write_text(''),

@@ -282,3 +282,32 @@ def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         bundle.export_run(run.workdir, str(out))
     assert os.listdir(tmp_path) == []
+
+
+def test_any_image_set_can_be_the_database(run, tmp_path):
+    images, labels = run.images[:20], np.eye(10, dtype=np.float32)[
+        np.arange(20) % 10]
+    np.save(tmp_path / 'images.npy', images)
+    np.save(tmp_path / 'labels.npy', labels)
+    out = tmp_path / 'bundle'
+    code, _ = _export(f'--workdir={run.workdir}', f'--out={out}',
+                      f'--images={tmp_path / "images.npy"}',
+                      f'--labels={tmp_path / "labels.npy"}')
+    assert code is None, code
+    searcher = serving.load(str(out))
+    assert searcher.manifest['database']['split'] == 'images'
+    np.testing.assert_array_equal(searcher.ids, np.arange(20))
+    np.testing.assert_array_equal(searcher.labels, labels)
+    # The first 20 queries were encoded by nhl-jax encode: the same codes.
+    hits = searcher.search(
+        retrieval.codes_of_length(run.query, 16)[:20], 1, bits=16)
+    assert (hits.distances[:, 0] == 0).all()
+    grey = tmp_path / 'grey.npy'
+    np.save(grey, images[..., 0])
+    code, _ = _export(f'--workdir={run.workdir}', f'--out={tmp_path / "x"}',
+                      f'--images={grey}')
+    assert 'not [N, H, W, C] uint8 images' in code
+    with pytest.raises(UsageError, match=r'the run encodes \(8, 8, 1\)'):
+        bundle.export_run(run.workdir, str(tmp_path / 'y'),
+                          images=np.zeros((2, 4, 4, 1), np.uint8))
+    assert not (tmp_path / 'x').exists() and not (tmp_path / 'y').exists()
