@@ -22,7 +22,9 @@ Ties (items at the same distance):
 Backends, ``backend=``: 'numpy' ranks on the host, in query chunks over a
 thread pool ('auto' on a CPU); 'jax' in ``ranking_jax`` on JAX's default
 device, where the codes are ('auto' on a GPU or TPU). Both give the same
-counts and, up to float64 summation order, the same AP.
+counts and the same AP: the JAX program returns integers only, and the AP
+of both backends is summed on the host by ``hit_sums`` and
+``ties.expected_stats`` in float64.
 
 In NumPy, the ranking itself (popcount distances, the stable radix sort or
 the selection of a short top k, distance histograms) is ``hamming``'s.
@@ -108,26 +110,16 @@ def _numpy_query_stats(inputs, plan, expected, chunk_size, num_threads):
             dist = ranker.distances(q)
             rel = (ranker.relevance(q_side) if q_side.ndim > 1
                    or plan.radii else None)  # class ids need none
-            sums, found = _hit_sums(ranker.ranked(dist, rel, q_side),
-                                    cutoffs)
-            count = len(plan.map_k)
-            stats.update(aps=sums[:count] / np.maximum(found[:count], 1),
-                         ap_counted=found[:count] > 0, hits=found[count:])
+            stats.update(ranked_stats(ranker.ranked(dist, rel, q_side),
+                                      plan))
             if plan.radii:
                 groups = hamming.histograms(dist, rel, num_bits)
             elif plan.relevant:
                 stats['relevant'] = ranker.relevant_counts(q_side, rel)
         else:
             groups = counter(q, q_side)
-        if groups is None:
-            return stats
-        counts, hits = groups  # n_d, m_d at each distance d
-        stats['relevant'] = hits.sum(axis=1)
-        if expected:
-            stats.update(expected_stats(counts, hits, plan, harmonic))
-        if plan.radii:
-            stats['retrieved'] = np.cumsum(counts, axis=1).T
-            stats['retrieved_hits'] = np.cumsum(hits, axis=1).T
+        if groups is not None:
+            stats.update(group_stats(*groups, plan, harmonic))
         return stats
 
     if num_threads is None and not ranks:
@@ -139,6 +131,47 @@ def _numpy_query_stats(inputs, plan, expected, chunk_size, num_threads):
                                 num_threads)
     return {name: np.concatenate([c[name] for c in chunks], axis=-1)
             for name in chunks[0]}
+
+
+def ranked_stats(relevant, plan: Plan) -> dict:
+    """AP@k and hits h_k of ranked rows (both backends finish with it).
+
+    Args:
+      relevant: [B, k] bool relevance in ranked order, k = the largest
+        cutoff of ``plan``.
+      plan: the cutoffs ``map_k`` and ``count_k``.
+
+    Returns:
+      {'aps': [len(map_k), B] float64, 'ap_counted': [len(map_k), B]
+      bool, 'hits': [len(count_k), B] int64}.
+    """
+    count = len(plan.map_k)
+    sums, found = hit_sums(relevant, (*plan.map_k, *plan.count_k))
+    return {'aps': sums[:count] / np.maximum(found[:count], 1),
+            'ap_counted': found[:count] > 0, 'hits': found[count:]}
+
+
+def group_stats(counts, hits, plan: Plan, harmonic) -> dict:
+    """R, the radius counts and 'expected' ties from tie-group histograms.
+
+    Args:
+      counts: [B, K + 1] ints, the items n_d at each distance d.
+      hits: [B, K + 1] ints, the relevant items m_d at each distance d.
+      plan: what to compute.
+      harmonic: ``harmonic_numbers(N)`` for 'expected' ties, else None.
+
+    Returns:
+      {'relevant': [B]} and, as the plan and ``harmonic`` ask, the
+      ``expected_stats`` and [K + 1, B] 'retrieved', 'retrieved_hits'.
+    """
+    counts, hits = counts.astype(np.int64), hits.astype(np.int64)
+    stats = {'relevant': hits.sum(axis=1)}
+    if harmonic is not None:
+        stats.update(expected_stats(counts, hits, plan, harmonic))
+    if plan.radii:
+        stats['retrieved'] = np.cumsum(counts, axis=1).T
+        stats['retrieved_hits'] = np.cumsum(hits, axis=1).T
+    return stats
 
 
 class _GroupCounter:
@@ -273,7 +306,7 @@ class _Ranker:
         return self.db_side[rows] == q_side[:, None]
 
 
-def _hit_sums(relevant, cutoffs):
+def hit_sums(relevant, cutoffs):
     """AP numerators and hit counts of ranked rows at several cutoffs.
 
     Only the relevant positions are visited: the t-th hit of a row at

@@ -3,26 +3,30 @@
 The JAX backend of ``ranking`` (and so of ``metrics``)
 (``backend='jax'``, and 'auto' on a GPU or TPU): the same per-query
 statistics as their NumPy path (``ranking.query_stats``), with the same
-tie policies, computed by one jitted program per chunk of queries:
+tie policies. One jitted program per chunk of queries does the O(B N)
+work in integers only (no float64 or int64, which a TPU lacks):
 
 - distances: popcounts of the XOR of packed uint32 words;
 - relevance: a comparison of class ids, or a 0/1 matmul for multi-hot
   labels (exact: float32 sums of at most C < 2^24 ones);
-- ranking, for 'stable' and 'random' ties: the unique keys
+- ranking, for 'stable' and 'random' ties: the unique int32 keys
   ``dist << s | position << 1 | relevant`` (``hamming``'s layout),
   whose order is the stable ranking; a top k of at most N / 2 by
-  ``lax.top_k``, a longer one by a full sort. Random ties rank the
-  permuted database, so positions are its order;
+  ``lax.top_k``, a longer one by a full sort. Keys wider than 32 bits
+  become a two-operand sort (distance, then position). Random ties rank
+  the permuted database, so positions are its order. The relevance of
+  the top k comes back packed, 32 ranks to a uint32 word;
 - histograms of items and relevant items over distances 0..K (radius
-  metrics, and the closed form of 'expected' ties, which needs no ranking:
-  ``ties.expected_stats`` with ``xp=jax.numpy``).
+  metrics, and the closed form of 'expected' ties, which needs no
+  ranking).
 
-Counts come back as integers, so precision, recall and the radius metrics
-equal NumPy's exactly; AP sums run in float64 (under ``jax.enable_x64``),
-so they differ from NumPy's only by the order of summation (about 1e-16
-relative). Chunks hold about ``PAIRS_PER_CHUNK`` (query, item) pairs: some
-40 bytes each (distances, keys, their sort, float64 AP terms of the top
-k), about 0.7 GB whatever N is.
+The host then finishes each chunk in float64 with the NumPy path's own
+functions (``ranking.ranked_stats``, ``ranking.group_stats``), from the
+[B, k / 32] words or [B, K + 1] histograms, so every statistic, AP
+included, equals NumPy's exactly. Chunks hold about ``PAIRS_PER_CHUNK``
+(query, item) pairs: some 24 bytes each (distances, keys, their sort),
+about 0.4 GB whatever N is; one chunk runs while the host finishes the
+one before.
 """
 
 import functools
@@ -35,11 +39,8 @@ from jax import lax
 
 from nhl_jax.retrieval import codes, hamming
 from nhl_jax.retrieval._inputs import Plan
-from nhl_jax.retrieval.ties import (
-    expected_stats,
-    harmonic_numbers,
-    hypergeometric_support,
-)
+from nhl_jax.retrieval.ranking import group_stats, ranked_stats
+from nhl_jax.retrieval.ties import harmonic_numbers
 
 PAIRS_PER_CHUNK = 1 << 24
 
@@ -61,7 +62,6 @@ class _Config(NamedTuple):
     num_items: int
     plan: Plan
     expected: bool
-    supports: tuple[int, ...]  # hypergeometric supports per map_k
 
 
 def query_stats(inputs, plan: Plan, *, expected: bool,
@@ -80,26 +80,38 @@ def query_stats(inputs, plan: Plan, *, expected: bool,
     num_queries = len(inputs.q_codes)
     num_items, num_bits = inputs.db_codes.shape
     size = chunk_size or default_chunk_size(num_queries, num_items)
-    config = _Config(num_bits, num_items, plan, expected, tuple(
-        hypergeometric_support(k, num_items) if k < num_items
-        else 0 for k in plan.map_k))
-    with jax.enable_x64(True):
-        db = (jnp.asarray(_words(inputs.db_codes)),
-              jnp.asarray(inputs.db_side))
-        harmonic = (jnp.asarray(harmonic_numbers(num_items))
-                    if expected else None)
-        q_words, q_side = _words(inputs.q_codes), inputs.q_side
-        chunks = []
-        for start in range(0, num_queries, size):
-            rows = np.minimum(np.arange(start, start + size),
-                              num_queries - 1)  # pad with the last query
-            chunks.append(_chunk_stats(q_words[rows], q_side[rows], *db,
-                                       harmonic, config=config))
-        chunks = jax.device_get(chunks)
+    config = _Config(num_bits, num_items, plan, expected)
+    harmonic = harmonic_numbers(num_items) if expected else None
+    db = (jnp.asarray(_words(inputs.db_codes)), jnp.asarray(inputs.db_side))
+    q_words, q_side = _words(inputs.q_codes), inputs.q_side
+    chunks, pending = [], None
+    for start in range(0, num_queries, size):
+        rows = np.minimum(np.arange(start, start + size),
+                          num_queries - 1)  # pad with the last query
+        running = _chunk_stats(q_words[rows], q_side[rows], *db,
+                               config=config)
+        if pending is not None:  # while ``running`` runs on the device
+            chunks.append(_finish(pending, plan, harmonic))
+        pending = running
+    chunks.append(_finish(pending, plan, harmonic))
     stats = {name: np.concatenate([c[name] for c in chunks], axis=-1)[
         ..., :num_queries] for name in chunks[0]}
     return {name: value.astype(np.int64) if value.dtype.kind in 'iu'
             else value for name, value in stats.items()}
+
+
+def _finish(device_stats, plan, harmonic) -> dict:
+    """A chunk's float64 statistics, on the host, from its integers."""
+    device_stats = jax.device_get(device_stats)
+    stats = {}
+    if 'flags' in device_stats:
+        width = max((*plan.map_k, *plan.count_k))
+        stats.update(ranked_stats(_unpack(device_stats['flags'], width),
+                                  plan))
+    if 'counts' in device_stats:
+        stats.update(group_stats(device_stats['counts'],
+                                 device_stats['hits'], plan, harmonic))
+    return stats
 
 
 def _words(signs) -> np.ndarray:
@@ -108,23 +120,23 @@ def _words(signs) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames='config')
-def _chunk_stats(q_words, q_side, db_words, db_side, harmonic, *, config):
-    """The statistics of one chunk of B queries (``query_stats``)."""
+def _chunk_stats(q_words, q_side, db_words, db_side, *, config):
+    """The integer statistics of one chunk of B queries.
+
+    Returns:
+      {'flags': [B, ceil(k / 32)] uint32, the relevance of the top k
+      packed by ``_pack``} when there is a ranking; {'counts', 'hits':
+      [B, K + 1] int32} when histograms are needed.
+    """
     plan = config.plan
     dist = _distances(q_words, db_words)  # [B, N] int32
     rel = _relevance(q_side, db_side)  # [B, N] bool
     stats = {}
     if plan.radii or plan.relevant or config.expected:
-        counts, hits = _histograms(dist, rel, config.num_bits)
-        stats['relevant'] = jnp.sum(hits, axis=1)
-    if config.expected:
-        stats.update(expected_stats(
-            counts, hits, plan, harmonic, jnp, config.supports))
-    elif plan.map_k or plan.count_k:
-        stats.update(_ranked_stats(dist, rel, config))
-    if plan.radii:
-        stats['retrieved'] = jnp.cumsum(counts, axis=1).T
-        stats['retrieved_hits'] = jnp.cumsum(hits, axis=1).T
+        stats['counts'], stats['hits'] = _histograms(dist, rel,
+                                                     config.num_bits)
+    if not config.expected and (plan.map_k or plan.count_k):
+        stats['flags'] = _pack(_top_flags(dist, rel, config))
     return stats
 
 
@@ -166,28 +178,40 @@ def _histograms(dist, rel, num_bits):
     return counts.T, hits.T
 
 
-def _ranked_stats(dist, rel, config):
-    """AP@k and hits h_k of the stable ranking of one chunk."""
+def _top_flags(dist, rel, config):
+    """[B, k] bool relevance of the top k of the stable ranking."""
     plan = config.plan
-    cutoffs = (*plan.map_k, *plan.count_k)
-    width = max(cutoffs)
+    width = max((*plan.map_k, *plan.count_k))
     # Signed, so that top_k of the negated keys selects the smallest.
     shift, dtype = hamming.key_layout(config.num_bits, config.num_items,
                                       signed=True)
-    position = jnp.arange(config.num_items, dtype=dtype)[None, :]
-    keys = ((dist.astype(dtype) << shift) | (position << 1)
-            | rel.astype(dtype))
-    if 2 * width > config.num_items:
-        top = jnp.sort(keys, axis=1)[:, :width]
-    else:  # keys are unique and non-negative: the k smallest, in order
-        top = -lax.top_k(-keys, width)[0]
-    flags = (top & 1).astype(bool)  # [B, k] relevance in ranked order
-    found = jnp.cumsum(flags, axis=1, dtype=jnp.int32)  # t at each hit
-    rank = jnp.arange(1, width + 1, dtype=jnp.float64)[None, :]
-    sums = jnp.cumsum(jnp.where(flags, found / rank, 0.0), axis=1)
-    found = jnp.stack([found[:, c - 1] for c in cutoffs])  # [len, B]
-    count = len(plan.map_k)
-    sums = (jnp.stack([sums[:, c - 1] for c in plan.map_k]) if count
-            else jnp.zeros((0, dist.shape[0])))
-    return {'aps': sums / jnp.maximum(found[:count], 1),
-            'ap_counted': found[:count] > 0, 'hits': found[count:]}
+    position = jnp.arange(config.num_items, dtype=jnp.int32)[None, :]
+    tagged = (position << 1) | rel.astype(jnp.int32)  # N < 2^30
+    if dtype.itemsize > 4:  # no int64 keys: sort by distance, then position
+        _, top = lax.sort((dist, tagged), dimension=1, num_keys=2)
+        top = top[:, :width]
+    else:
+        keys = (dist << shift) | tagged
+        if 2 * width > config.num_items:
+            top = jnp.sort(keys, axis=1)[:, :width]
+        else:  # keys are unique and non-negative: the k smallest, in order
+            top = -lax.top_k(-keys, width)[0]
+    return (top & 1).astype(bool)
+
+
+def _pack(flags):
+    """[B, ceil(k / 32)] uint32 words of [B, k] bool: rank 32 w + j is bit j
+    of word w (``_unpack`` reverses it)."""
+    num_rows, width = flags.shape
+    words = -(-width // 32)
+    bits = jnp.pad(flags, ((0, 0), (0, 32 * words - width))).astype(
+        jnp.uint32).reshape(num_rows, words, 32)
+    shifts = jnp.arange(32, dtype=jnp.uint32)[None, None]
+    return jnp.sum(bits << shifts, axis=2, dtype=jnp.uint32)
+
+
+def _unpack(words, width) -> np.ndarray:
+    """[B, width] bool flags of ``_pack``'s [B, ceil(width / 32)] words."""
+    as_bytes = np.ascontiguousarray(words, '<u4').view(np.uint8)
+    return np.unpackbits(as_bytes, axis=1, bitorder='little')[
+        :, :width].astype(bool)

@@ -4,8 +4,8 @@ The tie maths shared by the NumPy and JAX ranking backends: from the
 histograms of items and relevant items over the distances 0..K of each
 query, ``expected_stats`` gives E[AP@k] and E[h_k] over uniformly random
 orders within every group of equal distance (McSherry and Najork, ECIR
-2008). Written once for both array modules (``xp``: NumPy, or
-``jax.numpy`` under x64).
+2008). In NumPy float64 on the host for both backends: the JAX one
+computes the histograms on its device (``ranking_jax``).
 """
 
 from typing import NamedTuple
@@ -25,8 +25,7 @@ def harmonic_numbers(num_items: int) -> np.ndarray:
     return harmonic
 
 
-def expected_stats(counts, relevant, plan, harmonic, xp=np,
-                   supports=None) -> dict:
+def expected_stats(counts, relevant, plan, harmonic) -> dict:
     """E[AP@k] and E[h_k] over uniformly random orders within tie groups.
 
     The closed form of McSherry and Najork (ECIR 2008, "Computing
@@ -65,10 +64,7 @@ def expected_stats(counts, relevant, plan, harmonic, xp=np,
       counts: [B, K + 1] ints, n_d per query (rows sum to N).
       relevant: [B, K + 1] ints, m_d per query.
       plan: a ``Plan``; ``map_k`` and ``count_k`` are used.
-      harmonic: [N + 1] float64 ``harmonic_numbers(N)`` (an ``xp`` array).
-      xp: the array module, ``numpy`` or ``jax.numpy`` (under x64).
-      supports: per ``map_k`` cutoff below N, the static length of the
-        hypergeometric support (JAX); None takes it from the data.
+      harmonic: [N + 1] float64 ``harmonic_numbers(N)``.
 
     Returns:
       {'aps': [len(map_k), B] float64, 'ap_counted': [len(map_k), B]
@@ -76,38 +72,27 @@ def expected_stats(counts, relevant, plan, harmonic, xp=np,
       float64 E[h_k]}.
     """
     num_items = len(harmonic) - 1
-    above = xp.cumsum(counts, axis=1) - counts
+    above = np.cumsum(counts, axis=1) - counts
     groups = _Groups(counts, relevant, above,
-                     xp.cumsum(relevant, axis=1) - relevant)
+                     np.cumsum(relevant, axis=1) - relevant)
     sums = _tie_group_sums(groups.counts, groups.relevant, groups.above,
-                           groups.relevant_above, harmonic, xp)
-    total = xp.sum(relevant, axis=1)
+                           groups.relevant_above, harmonic)
+    total = np.sum(relevant, axis=1)
     aps, counted = [], []
-    for i, k in enumerate(plan.map_k):
+    for k in plan.map_k:
         if k >= num_items:  # h = R: no cut inside a group
-            aps.append(xp.sum(sums, axis=1) / xp.maximum(total, 1))
+            aps.append(np.sum(sums, axis=1) / np.maximum(total, 1))
             counted.append(total > 0)
             continue
-        ap, possible = _expected_ap_at_cut(
-            k, groups, sums, harmonic, xp,
-            None if supports is None else supports[i])
+        ap, possible = _expected_ap_at_cut(k, groups, sums, harmonic)
         aps.append(ap)
         counted.append(possible)
-    hits = [total.astype(xp.float64) if k >= num_items else
-            _expected_hits_at_cut(k, groups, xp) for k in plan.count_k]
+    hits = [total.astype(np.float64) if k >= num_items else
+            _expected_hits_at_cut(k, groups) for k in plan.count_k]
     num_rows = counts.shape[0]
-    return {'aps': _stack(aps, (0, num_rows), xp.float64, xp),
-            'ap_counted': _stack(counted, (0, num_rows), bool, xp),
-            'hits': _stack(hits, (0, num_rows), xp.float64, xp)}
-
-
-def hypergeometric_support(k: int, num_items: int) -> int:
-    """A bound on the values X takes at a cut k < N: min(k, N - k) + 1.
-
-    X lies in [max(0, c - n + m), min(c, m)], min(c, m, n - m, n - c) + 1
-    values, and c <= k, n - c <= N - k.
-    """
-    return min(k, num_items - k) + 1
+    return {'aps': _stack(aps, (0, num_rows), np.float64),
+            'ap_counted': _stack(counted, (0, num_rows), bool),
+            'hits': _stack(hits, (0, num_rows), np.float64)}
 
 
 class _Groups(NamedTuple):
@@ -118,76 +103,74 @@ class _Groups(NamedTuple):
     relevant_above: object  # M_d = m_0 + ... + m_{d-1}
 
 
-def _tie_group_sums(n, m, above, relevant_above, harmonic, xp):
+def _tie_group_sums(n, m, above, relevant_above, harmonic):
     """C(n, m) of ``expected_stats``, elementwise (ints in, float64 out)."""
     width = harmonic[above + n] - harmonic[above]  # D = sum_j 1 / (a + j)
     n, m, above, relevant_above = (
-        v.astype(xp.float64) for v in (n, m, above, relevant_above))
+        v.astype(np.float64) for v in (n, m, above, relevant_above))
     # sum_j (j - 1) / (a + j), as (j - 1) = (a + j) - (a + 1).
     later = n - (above + 1) * width
-    pairs = xp.where(n > 1, (m - 1) / xp.maximum(n - 1, 1), 0.0)
-    return xp.where(n > 0, m / xp.maximum(n, 1)
+    pairs = np.where(n > 1, (m - 1) / np.maximum(n - 1, 1), 0.0)
+    return np.where(n > 0, m / np.maximum(n, 1)
                     * ((relevant_above + 1) * width + pairs * later), 0.0)
 
 
-def _cut(k, groups, xp):
+def _cut(k, groups):
     """The tie group that holds rank k, per row.
 
     Returns:
       ([B, 1] int index g of the group, the ``_Groups`` fields at g, each
       [B, 1]).
     """
-    index = xp.argmax(groups.above + groups.counts >= k, axis=1)[:, None]
-    return index, _Groups(*(xp.take_along_axis(v, index, axis=1)
+    index = np.argmax(groups.above + groups.counts >= k, axis=1)[:, None]
+    return index, _Groups(*(np.take_along_axis(v, index, axis=1)
                             for v in groups))
 
 
-def _expected_hits_at_cut(k, groups, xp):
-    _, g = _cut(k, groups, xp)
-    kept = (k - g.above).astype(xp.float64)
+def _expected_hits_at_cut(k, groups):
+    _, g = _cut(k, groups)
+    kept = (k - g.above).astype(np.float64)
     return (g.relevant_above + kept * g.relevant / g.counts)[:, 0]
 
 
-def _expected_ap_at_cut(k, groups, sums, harmonic, xp, support):
+def _expected_ap_at_cut(k, groups, sums, harmonic):
     """([B] E[AP@k], [B] bool: a hit possible) for a cut k < N."""
-    index, g = _cut(k, groups, xp)
-    before = xp.take_along_axis(xp.cumsum(sums, axis=1) - sums, index,
+    index, g = _cut(k, groups)
+    before = np.take_along_axis(np.cumsum(sums, axis=1) - sums, index,
                                 axis=1)  # S
     kept = k - g.above  # c
-    low = xp.maximum(0, kept - (g.counts - g.relevant))
-    high = xp.minimum(kept, g.relevant)
-    if support is None:
-        support = int(xp.max(high - low)) + 1
-    x = low + xp.arange(support)[None, :]  # [B, L]
+    low = np.maximum(0, kept - (g.counts - g.relevant))
+    high = np.minimum(kept, g.relevant)
+    support = int(np.max(high - low)) + 1
+    x = low + np.arange(support)[None, :]  # [B, L]
     valid = x <= high
-    log_p = _hypergeometric_log_pmf(x, x < high, g.counts, g.relevant, kept,
-                                    xp)
-    log_p = xp.where(valid, log_p, -xp.inf)
-    p = xp.exp(log_p - xp.max(log_p, axis=1, keepdims=True))
-    p = p / xp.sum(p, axis=1, keepdims=True)
-    cut_sums = _tie_group_sums(kept, x, g.above, g.relevant_above, harmonic,
-                               xp)  # C(c, x), [B, L]
-    hits = (g.relevant_above + x).astype(xp.float64)
-    ap = xp.where(hits > 0, (before + cut_sums) / xp.maximum(hits, 1), 0.0)
-    return (xp.sum(xp.where(valid, p * ap, 0.0), axis=1),
+    log_p = _hypergeometric_log_pmf(x, x < high, g.counts, g.relevant, kept)
+    log_p = np.where(valid, log_p, -np.inf)
+    p = np.exp(log_p - np.max(log_p, axis=1, keepdims=True))
+    p = p / np.sum(p, axis=1, keepdims=True)
+    cut_sums = _tie_group_sums(kept, x, g.above, g.relevant_above,
+                               harmonic)  # C(c, x), [B, L]
+    hits = (g.relevant_above + x).astype(np.float64)
+    ap = np.where(hits > 0, (before + cut_sums) / np.maximum(hits, 1), 0.0)
+    return (np.sum(np.where(valid, p * ap, 0.0), axis=1),
             (g.relevant_above + high)[:, 0] > 0)
 
 
-def _hypergeometric_log_pmf(x, steps, n, m, c, xp):
+def _hypergeometric_log_pmf(x, steps, n, m, c):
     """log P(X = x) - log P(X = x_0) along rows of x = x_0, x_0 + 1, ...
 
     ``steps`` marks the x whose ratio P(x + 1) / P(x) is needed; the
     other entries are left to the caller's mask.
     """
     def log(v):
-        return xp.log(xp.where(steps, v, 1).astype(xp.float64))
+        return np.log(np.where(steps, v, 1).astype(np.float64))
 
     ratio = log(m - x) + log(c - x) - log(x + 1) - log(n - m - c + x + 1)
-    zero = xp.zeros_like(ratio[:, :1])
-    return xp.concatenate([zero, xp.cumsum(ratio[:, :-1], axis=1)], axis=1)
+    zero = np.zeros_like(ratio[:, :1])
+    return np.concatenate([zero, np.cumsum(ratio[:, :-1], axis=1)], axis=1)
 
 
-def _stack(rows, empty_shape, dtype, xp):
+def _stack(rows, empty_shape, dtype):
     if not rows:
-        return xp.zeros(empty_shape, dtype)
-    return xp.stack(rows)
+        return np.zeros(empty_shape, dtype)
+    return np.stack(rows)

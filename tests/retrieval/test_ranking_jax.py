@@ -7,6 +7,8 @@ import pytest
 
 from nhl_jax import retrieval
 from nhl_jax.retrieval import hamming, metrics, ranking, ranking_jax
+from nhl_jax.retrieval._inputs import Plan
+from tests.support import lowering
 
 # 8-bit codes: 9 distances for 160 items, so nearly every rank is a tie;
 # Q is odd, so no chunk size divides it.
@@ -92,9 +94,10 @@ def test_wide_codes_equal_the_numpy_path(num_bits):
                                           backend='numpy'))
 
 
-def test_int64_keys_rank_like_int32_ones(monkeypatch):
-    # Real data needs N near 2^24 for them; force the layout, on a shape
-    # (12 bits) that no other test compiles.
+def test_keys_wider_than_32_bits_rank_like_int32_ones(monkeypatch):
+    # Real data needs N near 2^24 for them (then a two-operand sort, not
+    # int64 keys); force the layout, on a shape (12 bits) that no other
+    # test compiles.
     data = make_data(3, True, 12)
     want = metrics.retrieval_metrics(*data, **TOP, backend='numpy')
     monkeypatch.setattr(hamming, 'key_layout',
@@ -117,6 +120,32 @@ def test_auto_ranks_with_jax_only_on_accelerators(monkeypatch):
                               ('cpu', 'numpy')):
         monkeypatch.setattr(jax, 'default_backend', lambda p=platform: p)
         assert ranking.resolve_backend('auto') == backend
+
+
+def chunk_operands(num_items, multi_label):
+    q_side, db_side = (
+        (jax.ShapeDtypeStruct((16, 4), jnp.float32),
+         jax.ShapeDtypeStruct((4, num_items), jnp.float32)) if multi_label
+        else (jax.ShapeDtypeStruct((16,), jnp.uint8),
+              jax.ShapeDtypeStruct((num_items,), jnp.uint8)))
+    return (jax.ShapeDtypeStruct((16, 2), jnp.uint32), q_side,
+            jax.ShapeDtypeStruct((num_items, 2), jnp.uint32), db_side)
+
+
+@pytest.mark.parametrize('plan, expected, multi_label, num_items', [
+    (Plan((10,), (5,), radii=True, relevant=True), False, True, 160),
+    (Plan((160,)), False, False, 160),  # the full sort
+    (Plan((10, 160), (7,), radii=True), True, True, 160),
+    (Plan((10,)), False, False, 1 << 29),  # keys wider than 32 bits
+], ids=['top_k', 'sort', 'expected', 'two_keys'])
+def test_chunks_lower_for_tpu_without_64_bit_arrays(plan, expected,
+                                                    multi_label, num_items):
+    config = ranking_jax._Config(64, num_items, plan, expected)
+    module = lowering.tpu_module(ranking_jax._chunk_stats,
+                                 *chunk_operands(num_items, multi_label),
+                                 config=config)
+    assert 'ui32' in module  # the module's array types were read
+    assert lowering.wide_types(module) == set()
 
 
 def test_default_chunk_size_is_a_bounded_power_of_two():

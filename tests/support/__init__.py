@@ -7,6 +7,7 @@
   distillation, written from the papers;
 - ``loss_batches``, ``toy_losses``: the batches and the toy loss of the
   loss tests;
+- ``lowering``: programs lowered for a TPU, read for 64-bit arrays;
 - ``multiprocess`` and the ``*_worker.py`` scripts: subprocess runs;
 - ``cifar``, ``cifar_archive``, ``folders``: CIFAR under tfds's mock data,
   CIFAR python-version files in the real format, class-folder trees.
