@@ -16,13 +16,14 @@ import jax
 from flax import nnx
 
 from nhl_jax import data, losses, models, parallel
-from nhl_jax.cli import registry
+from nhl_jax.cli import recipes, registry
 from nhl_jax.cli.configs import default as default_config
 from nhl_jax.errors import UsageError
 from nhl_jax.hparams import check_kwargs as _check_kwargs
 from nhl_jax.models import heads
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl import distill, objective
+from nhl_jax.train import optim
 from nhl_jax.train import writer as writer_lib
 from nhl_jax.train.system import RunSpec
 
@@ -139,12 +140,38 @@ def _check_fields(config) -> None:
         if config.get(name) is not None:
             _positive(config, (name,), int)
     _check_profile_steps(config.get('profile_steps'))
+    _check_optimizer(config)
     writer_lib.parse_writers(field(config, 'writers'))
     _check_cache(field(config, 'compilation_cache'))
     _check_devices(config)
     _check_code_width(config)
     _check_pretrained(config)
     _check_weighting(config)
+
+
+def _check_optimizer(config) -> None:
+    """The recipe, optimizer and step-decay fields."""
+    _choice('recipe', field(config, 'recipe'), recipes.RECIPES)
+    _choice('optimizer', field(config, 'optimizer'), optim.OPTIMIZERS)
+    momentum = field(config, 'momentum')
+    if (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+            or not 0 <= momentum < 1):
+        raise UsageError(f'momentum must be in [0, 1), got {momentum!r}.')
+    factor = field(config, 'lr_decay_factor')
+    if (isinstance(factor, bool) or not isinstance(factor, (int, float))
+            or not 0 < factor <= 1):
+        raise UsageError(
+            f'lr_decay_factor must be in (0, 1], got {factor!r}.')
+    if field(config, 'lr_decay_every') is not None:
+        _positive({'lr_decay_every': field(config, 'lr_decay_every')},
+                  ('lr_decay_every',), int)
+    epochs = field(config, 'lr_decay_epochs')
+    if not (isinstance(epochs, (tuple, list)) and all(
+            isinstance(e, int) and not isinstance(e, bool) and e > 0
+            for e in epochs)):
+        raise UsageError(
+            f'lr_decay_epochs must be positive epochs, e.g. '
+            f'--config.lr_decay_epochs=50,80; got {epochs!r}.')
 
 
 def _check_cache(folder) -> None:
@@ -261,12 +288,25 @@ def _as_json(value):
     return json.loads(json.dumps(value))  # tuples -> lists, ConfigDicts too
 
 
+def _recipe(config) -> dict:
+    """The resolved training recipe, as results.json records it."""
+    names = ('optimizer', 'learning_rate', 'weight_decay', 'batch_size',
+             'lr_decay_every', 'lr_decay_epochs', 'lr_decay_factor')
+    return {'name': field(config, 'recipe'),
+            **_as_json({name: field(config, name) for name in names})}
+
+
 def resolve(config) -> RunSpec:
     """Validates a run config and resolves it into an explicit ``RunSpec``.
 
     Every default that depends on something else (the dataset's backbone
-    and mAP cut-off, the system of ``--method``) is worked out here, once;
-    the cut-off of your own data (``data.OWN_DATA``) is said in one line.
+    and mAP cut-off, the system of ``--method``, the training recipe) is
+    worked out here, once; the cut-off of your own data
+    (``data.OWN_DATA``) is said in one line. ``recipe='reference'`` sets
+    the optimizer, rate, weight decay, batch and decay of every one of
+    those fields still at its ``configs/default.py`` value (a field set to
+    anything else wins; ``nhl_jax.cli.recipes``), and ``spec.config``
+    (config.json) holds the resolved values.
 
     Args:
       config: a ConfigDict as in ``nhl_jax/cli/configs/default.py``.
@@ -275,6 +315,10 @@ def resolve(config) -> RunSpec:
       UsageError: naming the first invalid field and how to fix it.
     """
     check_config(config)  # the method first, among the rest
+    resolved = recipes.apply(config, _defaults())
+    if resolved is not config:  # the recipe's batch must split over devices
+        config = resolved
+        check_config(config)
     system = registry.system_of(config.method)
     head = field(config, 'head')
     if head not in system.heads:
@@ -306,6 +350,12 @@ def resolve(config) -> RunSpec:
         top_k=config.top_k if get('top_k') is not None else dataset.top_k,
         learning_rate=config.learning_rate, weight_decay=config.weight_decay,
         backbone_learning_rate=get('backbone_learning_rate'),
+        optimizer=get('optimizer'), momentum=float(get('momentum')),
+        lr_decay_epochs=optim.decay_epochs(
+            config.epochs, every=get('lr_decay_every'),
+            at=get('lr_decay_epochs')),
+        lr_decay_factor=float(get('lr_decay_factor')),
+        recipe=_recipe(config),
         freeze_backbone=bool(get('freeze_backbone')),
         compute_dtype=get('compute_dtype'),
         log_every=get('log_every'),

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nhl_jax import losses, models, parallel
+from nhl_jax import data, losses, models, parallel
 from nhl_jax.hparams import check_hyperparameter
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl.objective import nhl_objective
+from nhl_jax.train import optim
 from nhl_jax.train import step as step_lib
 from nhl_jax.train.system import (
     DataInfo,
@@ -134,6 +135,27 @@ def _encode(graphdef):
     return encode
 
 
+def _optimizer(spec: RunSpec, info: DataInfo):
+    """The run's optimizer, its step decay on the head's and backbone's rate.
+
+    Without decay, Adam gets the float rate: the optimizer every run used
+    before the schedules existed, so those runs train bit for bit alike.
+    """
+    steps = data.steps_per_epoch(info.sizes['train'], spec.batch_size)
+
+    def rate(value):
+        return optim.step_decay(
+            value, steps_per_epoch=steps, epochs=spec.epochs,
+            at=spec.lr_decay_epochs, factor=spec.lr_decay_factor)
+
+    backbone = spec.backbone_learning_rate
+    return step_lib.make_optimizer(
+        rate(spec.learning_rate), weight_decay=spec.weight_decay,
+        optimizer=optim.factory(spec.optimizer, momentum=spec.momentum),
+        backbone_learning_rate=None if backbone is None else rate(backbone),
+        freeze_backbone=spec.freeze_backbone)
+
+
 def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     """Builds NHL's model, optimizer, objective, steps and initial state.
 
@@ -166,10 +188,7 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
             jax.random.fold_in(loss_key, len(bits) + 1),
             num_classes=info.num_classes))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = step_lib.make_optimizer(
-        spec.learning_rate, weight_decay=spec.weight_decay,
-        backbone_learning_rate=spec.backbone_learning_rate,
-        freeze_backbone=spec.freeze_backbone)
+    tx = _optimizer(spec, info)
     extra = step_lib.distinct_buffers(NHLExtra(
         objective.init(loss_key, num_train=info.sizes['train'],
                        num_classes=info.num_classes),
@@ -234,7 +253,8 @@ class NHL(System):
         del info
         opts = spec.options
         return {'loss': opts.loss, 'weighting': opts.weighting,
-                'distill_weight': opts.distill_weight}
+                'distill_weight': opts.distill_weight,
+                'recipe': dict(spec.recipe)}
 
     def title(self, spec):
         mode = 'single_length' if spec.single_length else 'nested'

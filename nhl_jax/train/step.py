@@ -78,7 +78,7 @@ def part_labels(params):
 
 
 def make_optimizer(learning_rate, *, weight_decay: float = 0.0,
-                   optimizer: str = 'adam', backbone_learning_rate=None,
+                   optimizer='adam', backbone_learning_rate=None,
                    freeze_backbone: bool = False, groups: bool = True,
                    decay_mask=None) -> optax.GradientTransformation:
     """The optimizer of every system: torch-style coupled weight decay.
@@ -91,7 +91,7 @@ def make_optimizer(learning_rate, *, weight_decay: float = 0.0,
       learning_rate: a float or an optax schedule (the head's, and the
         backbone's unless ``backbone_learning_rate`` is given).
       weight_decay: coupled L2 weight.
-      optimizer: a key of ``OPTIMIZERS``.
+      optimizer: a key of ``OPTIMIZERS``, or a factory of the rate.
       backbone_learning_rate: the backbone's own rate or schedule (None:
         ``learning_rate``), e.g. lower when fine-tuning a pretrained one.
       freeze_backbone: leave the backbone untouched (no update, no state).
@@ -103,10 +103,13 @@ def make_optimizer(learning_rate, *, weight_decay: float = 0.0,
     Returns:
       An ``optax.GradientTransformation``.
     """
-    if optimizer not in OPTIMIZERS:
+    if callable(optimizer):  # nhl_jax.train.optim.factory(...)
+        factory = optimizer
+    elif optimizer not in OPTIMIZERS:
         raise ValueError(f'Unknown optimizer {optimizer!r}; choose one of '
                          f'{sorted(OPTIMIZERS)}.')
-    factory = OPTIMIZERS[optimizer]
+    else:
+        factory = OPTIMIZERS[optimizer]
 
     def part(rate, mask=None):
         return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask),

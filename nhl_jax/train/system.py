@@ -81,6 +81,14 @@ class RunSpec:
     learning_rate: float
     weight_decay: float
     backbone_learning_rate: float | None
+    optimizer: str  # a name of nhl_jax.train.optim.OPTIMIZERS (NHL only)
+    momentum: float  # of 'sgd'
+    # Epochs after which the rate is multiplied by lr_decay_factor (NHL).
+    lr_decay_epochs: tuple[int, ...]
+    lr_decay_factor: float
+    # The resolved training recipe: its name and the fields it sets
+    # (nhl_jax.cli.recipes), as results.json records it.
+    recipe: Mapping[str, Any]
     freeze_backbone: bool
     compute_dtype: str
     log_every: int | None  # steps between step-scalar records (None: off)

@@ -62,9 +62,23 @@ def get_config():
     config.weighting_kwargs = ml_collections.ConfigDict()
     config.distill_weight = 0.1  # lambda of the cascade distillation
     config.topology = 'adjacent'  # distillation teachers
-    # Optimisation (torch Adam with coupled weight decay, as the NHL code).
+    # How the base loss is trained: 'library' (the fields below) or
+    # 'reference' (its reference code's optimizer, rate, weight decay, batch
+    # and decay, nhl_jax/cli/recipes.py) in every field left at its default.
+    config.recipe = 'library'
+    # Optimisation (torch Adam with coupled weight decay, as the NHL code);
+    # 'rmsprop' (torch's: alpha 0.99, eps 1e-8) or 'sgd' (with momentum).
+    # The base losses only: mah and odh have their own (config.mah / odh).
+    config.optimizer = 'adam'
+    config.momentum = 0.9  # of 'sgd' (0: none)
     config.learning_rate = 1e-3
     config.weight_decay = 1e-5
+    # Step decay: the rate x lr_decay_factor after every lr_decay_every
+    # epochs (None: never) and after each epoch of lr_decay_epochs (e.g.
+    # --config.lr_decay_epochs=50,80).
+    config.lr_decay_every = ml_collections.config_dict.placeholder(int)
+    config.lr_decay_epochs = ()
+    config.lr_decay_factor = 0.1
     # The backbone's own rate (None: learning_rate), e.g. lower when fine-
     # tuning a pretrained network; or freeze it (features only).
     config.backbone_learning_rate = ml_collections.config_dict.placeholder(
