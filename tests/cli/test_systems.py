@@ -219,12 +219,21 @@ _RUN_TOLERANCE = {'nhl': (1e-6, 1e-9), 'mah': (1e-6, 1e-9),
                   'odh': (1e-5, 1e-2)}
 
 
-def _four_devices_equal_one(tmp_path, runs):
+def _four_device_worker(tmp_path, runs) -> dict:
     out = tmp_path / 'result.json'
     subprocess.run([sys.executable, WORKER, '4', str(tmp_path), str(out),
                     ','.join(runs)], check=True, timeout=600,
                    capture_output=True)
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope='module')
+def four_devices(tmp_path_factory):
+    """The worker's result with NHL's whole run (the others: slow)."""
+    return _four_device_worker(tmp_path_factory.mktemp('four'), ['nhl'])
+
+
+def _four_devices_equal_one(result, runs):
     for name in SYSTEMS:
         assert result[f'{name}_step'] <= 1e-6, name
     for name in runs:
@@ -237,11 +246,21 @@ def _four_devices_equal_one(tmp_path, runs):
             assert four[key] == pytest.approx(one[key], abs=map_tol), name
 
 
-def test_four_devices_equal_one_for_every_system(tmp_path):
-    """Every system's first steps; NHL's whole run (the others: slow)."""
-    _four_devices_equal_one(tmp_path, ['nhl'])
+def test_four_devices_equal_one_for_every_system(four_devices):
+    """Every system's first steps; NHL's whole run."""
+    _four_devices_equal_one(four_devices, ['nhl'])
+
+
+@pytest.mark.parametrize('name', SYSTEMS)
+def test_train_steps_lower_for_tpu_without_64_bit_arrays(four_devices,
+                                                          name):
+    # A TPU has no float64 and emulates int64 (issue 32); every step and
+    # hook is lowered with jax.export in the worker.
+    wide = four_devices[f'{name}_tpu_wide']
+    assert wide and wide == {program: [] for program in wide}
 
 
 @pytest.mark.slow
 def test_four_devices_equal_one_for_whole_mah_and_odh_runs(tmp_path):
-    _four_devices_equal_one(tmp_path, ['mah', 'odh'])
+    _four_devices_equal_one(_four_device_worker(tmp_path, ['mah', 'odh']),
+                            ['mah', 'odh'])

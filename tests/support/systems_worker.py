@@ -4,9 +4,10 @@
         [<system>,...]
 
 With N fake CPU devices, for every system: one step of each of its stages
-on one device and sharded over all N (the largest metric difference); and
-for the systems listed (default: all) the whole tiny run on one device
-and on all N (per-round losses, mAP).
+on one device and sharded over all N (the largest metric difference), and
+the 64-bit array types of each of its steps and hooks lowered for a TPU
+(``tests.support.lowering``); and for the systems listed (default: all)
+the whole tiny run on one device and on all N (per-round losses, mAP).
 """
 
 import json
@@ -72,6 +73,26 @@ def _first_steps(name: str, num_devices: int) -> float:
     return worst
 
 
+def _tpu_wide_types(name: str) -> dict:
+    """{step or hook: sorted 64-bit array types of its TPU lowering}."""
+    from nhl_jax import cli, data, train
+    from nhl_jax.cli import registry
+    from tests.support import lowering, systems
+    splits = data.load_splits('digits', seed=0)
+    spec = cli.resolve(systems.tiny_config(name))
+    system = registry.SYSTEMS[spec.system]
+    setup, state = system.create(spec, train.DataInfo.of(splits), spec.bits)
+    consts = system.consts(spec, splits)
+    batch = next(iter(system.plan(spec, splits, 1).batches(state, 0)))
+    programs = {**{stage: (fn, (state, batch, consts))
+                   for stage, fn in setup.steps.items()},
+                **{hook: (fn, (state, consts))
+                   for hook, fn in setup.hooks.items()}}
+    return {program: sorted(lowering.wide_types(
+        lowering.tpu_module(jax.jit(fn), *args)))
+        for program, (fn, args) in programs.items()}
+
+
 def main(num_devices: int, workdir: str, out: str, runs=None) -> None:
     jax.config.update('jax_num_cpu_devices', num_devices)
     from nhl_jax import cli
@@ -79,6 +100,7 @@ def main(num_devices: int, workdir: str, out: str, runs=None) -> None:
     result = {}
     for name in systems.TINY:
         result[f'{name}_step'] = _first_steps(name, num_devices)
+        result[f'{name}_tpu_wide'] = _tpu_wide_types(name)
         if runs is not None and name not in runs:
             continue
         for devices in (1, num_devices):
