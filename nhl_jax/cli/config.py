@@ -142,6 +142,9 @@ def _check_fields(config) -> None:
     _check_profile_steps(config.get('profile_steps'))
     _check_optimizer(config)
     writer_lib.parse_writers(field(config, 'writers'))
+    if not isinstance(field(config, 'plots'), bool):
+        raise UsageError(f'plots must be true or false, got '
+                         f'{field(config, "plots")!r}.')
     _check_cache(field(config, 'compilation_cache'))
     _check_devices(config)
     _check_code_width(config)
@@ -360,6 +363,7 @@ def resolve(config) -> RunSpec:
         compute_dtype=get('compute_dtype'),
         log_every=get('log_every'),
         writers=writer_lib.parse_writers(get('writers')),
+        plots=bool(get('plots')),
         profile_steps=(None if get('profile_steps') is None
                        else tuple(int(s) for s in config.profile_steps)),
         options=system.options(config), config=_as_json(config.to_dict()))

@@ -93,6 +93,7 @@ class RunSpec:
     compute_dtype: str
     log_every: int | None  # steps between step-scalar records (None: off)
     writers: tuple[str, ...]  # besides metrics.jsonl ('tensorboard', ...)
+    plots: bool  # draw workdir/plots at the end
     profile_steps: tuple[int, int] | None  # (start, stop) global steps
     options: Any  # the system's own resolved options (a NamedTuple)
     config: Mapping[str, Any]  # the config as JSON (config.json)

@@ -106,7 +106,7 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
         if main:
             runlog.write_json_atomic(path, results)
     with phases('plots'):
-        plotted = _plots(workdir) if main else []
+        plotted = _plots(workdir) if main and spec.plots else []
     # Written again, complete: the plots read the first results.json.
     results['phase_seconds'] = phases.rounded()
     if main:

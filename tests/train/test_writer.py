@@ -118,8 +118,10 @@ def test_wandb_offline_logs_the_same_scalars_the_config_and_a_table(
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_SILENT', 'true')
     workdir = tmp_path / 'run'
-    cli.train_and_evaluate(_config(epochs=1, writers='jsonl,wandb'),
-                           str(workdir))
+    results = cli.train_and_evaluate(
+        _config(epochs=1, writers='jsonl,wandb', plots=False), str(workdir))
+    assert not (workdir / 'plots').exists()  # --config.plots=false
+    assert results['phase_seconds']['plots'] < 0.05
     rows = wandb_records.history(str(workdir))
     logged = runlog.read_jsonl(str(workdir / 'metrics.jsonl'))
     rounds = [r for r in rows if 'round/loss' in r]

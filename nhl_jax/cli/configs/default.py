@@ -110,6 +110,9 @@ def get_config():
     # extra; WANDB_MODE=offline writes the run into workdir/wandb only);
     # None: tensorboard when it is installed.
     config.writers = ml_collections.config_dict.placeholder(str)
+    # Draw workdir/plots at the end (with matplotlib): False saves a
+    # second or so of a sweep's every run; `nhl-jax plot` draws them later.
+    config.plots = True
     # The command line's persistent compilation cache (a folder); None:
     # $NHL_JAX_COMPILATION_CACHE, else ~/.cache/nhl_jax/xla; 'off': none.
     config.compilation_cache = ml_collections.config_dict.placeholder(str)
