@@ -107,7 +107,7 @@ def _finish(procs):
 def test_sigterm_to_one_process_stops_both_and_resume_is_exact(tmp_path):
     """Preemption is decided for all processes: only process 1 is told."""
     args = ['--dataset=mnist5k', '--backbone=mlp', '--bits=8,16',
-            '--epochs=8', '--config.eval_every=2']
+            '--epochs=4', '--config.eval_every=2']
     codes, outs = _finish(_two_processes(
         *args, f'--workdir={tmp_path / "straight"}'))
     assert codes == [0, 0], outs[0][1][-3000:]
