@@ -26,6 +26,8 @@ def test_four_devices_give_the_codes_and_map_of_one(tmp_path):
         # Expected-ties mAP is its own number (digits' codes have ties).
         assert not np.array_equal(f['one_symmetric'],
                                   f['one_symmetric_expected'])
+        # 2 and 12 batches compile no gather of their own (issue 32).
+        assert f['gather_compiles'].tolist() == [0, 0]
 
 
 def test_two_processes_give_the_codes_and_map_of_one(tmp_path):
