@@ -143,7 +143,7 @@ def test_skip_leaves_out_queries_without_a_possible_hit():
 
 
 def test_readme_worked_example():
-    # README, "Ties": query 00000000 against five 8-bit codes at
+    # docs/retrieval.md, "Ties": query 00000000 against five 8-bit codes at
     # distances 1, 1, 2, 2, 2; items 1, 2 and 4 are relevant.
     bits = ['10000000', '01000000', '11000000', '00110000', '00001100']
     db_codes = np.array([[1 if b == '1' else -1 for b in code]
