@@ -89,6 +89,7 @@ def run(flag_values=FLAGS) -> dict:
 
 
 def main(argv):
+    """nhl-jax encode: a trained run's packed codes, metrics and plots."""
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore

@@ -80,6 +80,7 @@ def _database_images(flag_values):
 
 
 def main(argv):
+    """nhl-jax export: a trained run as a self-contained serving bundle."""
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore

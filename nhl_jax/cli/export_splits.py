@@ -72,6 +72,7 @@ def run(flag_values=FLAGS) -> tuple[data.Splits, str]:
 
 
 def main(argv):
+    """nhl-jax export-splits: a dataset's seeded split as index files."""
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # tfds logs every info read

@@ -257,6 +257,7 @@ def _summary(lists: Lists, written: list[str], seed: int) -> None:
 
 
 def main(argv):
+    """nhl-jax make-lists: list files from a class folder or a CSV."""
     del argv
     try:
         run()

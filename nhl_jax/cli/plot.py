@@ -27,6 +27,7 @@ _ALL = flags.DEFINE_bool('all', False,
 
 
 def main(argv):
+    """nhl-jax plot: mAP against code length for several runs."""
     del argv
     from nhl_jax.train import plots
     labels = _LABELS.value or [None] * len(_WORKDIRS.value)

@@ -257,6 +257,7 @@ def run(flag_values=FLAGS) -> list:
 
 
 def main(argv):
+    """nhl-jax search: top-k or radius search of a run's database codes."""
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every restore

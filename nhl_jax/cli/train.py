@@ -383,6 +383,7 @@ def _orbax_failure(record) -> bool:
 
 
 def main(argv):
+    """nhl-jax train: train, evaluate and write a run (absl entry point)."""
     del argv
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save

@@ -146,7 +146,7 @@ def _cut(members: np.ndarray, c: int, *, fraction: float,
 
 def load_folder_splits(root: str, seed: int = 0,
                        options: DataOptions | None = None) -> datasets.Splits:
-    """The query, train and database ``FileDataset``s of a class folder.
+    """The query, train and database ``FileDataset`` splits of a class folder.
 
     Every image is opened once first (``listfile.check_images``), so a
     bad file fails before the run writes anything.

@@ -1,4 +1,4 @@
-"""Batches over in-memory ``ArrayDataset``s, built with grain.
+"""Batches over in-memory ``ArrayDataset`` objects, built with grain.
 
 Training order is a pure function of (seed, epoch): resuming at an epoch
 boundary replays exactly the batches an uninterrupted run would have seen,
@@ -192,6 +192,7 @@ def image_shape(ds) -> tuple[int, ...]:
 
 def gather_batch(ds, index: np.ndarray,
             augment_seed=None) -> dict[str, np.ndarray]:
+    """The batch ``{image, label, index}`` of rows ``index`` of ``ds``."""
     return {
         'image': _kind(ds)[1](ds, index, augment_seed),
         'label': ds.labels[index],

@@ -137,9 +137,11 @@ class MAH(System):
     round_name = 'outer iteration'
 
     def check(self, config):
+        """Raises ``UsageError`` for a bad ``config.mah`` field."""
         mah_config.check(config)
 
     def options(self, config) -> MAHOptions:
+        """The run's ``MAHOptions``, read from ``config``."""
         mah = config.mah
         return MAHOptions(
             head=config.head, outer_iterations=mah.outer_iterations,
@@ -153,23 +155,29 @@ class MAH(System):
             eval_every=mah.eval_every, v_split=mah.v_split)
 
     def check_data(self, spec, splits):
+        """Raises ``UsageError`` if Omega exceeds V's split."""
         mah_config.check_splits(spec, splits)
 
     def schedule(self, spec):
+        """Outer iterations as rounds, checkpointed after each."""
         opts = spec.options
         return Schedule(opts.outer_iterations, opts.eval_every,
                         checkpoint_every=1)
 
     def create(self, spec, info, bits):
+        """``(Setup, TrainState)``: the heads, their steps and V."""
         return create_train_state(spec, info, bits)
 
     def layout(self, bits):
+        """One head per length: the codes are not nested."""
         return evaluation.CodeLayout(tuple(bits), nested=False)
 
     def consts(self, spec, splits):
+        """The labels of V's split, replicated for every step."""
         return jnp.asarray(_vsplit(spec, splits).labels)
 
     def plan(self, spec, splits, r):
+        """Outer iteration ``r``: ``mah.epochs`` epochs over Omega."""
         del r
         vsplit, opts = _vsplit(spec, splits), spec.options
         rows = parallel.process_slice(spec.batch_size)
@@ -189,27 +197,33 @@ class MAH(System):
                      begin='begin', end='end')
 
     def record(self, spec, bits, r, result):
+        """Per-length losses and objective of outer iteration ``r``."""
         return {'outer_iteration': r,
                 'losses': per_length(bits, result.means['losses']),
                 'objective': per_length(bits,
                                         result.hooks['objective'])}
 
     def learned_codes(self, state, spec, splits):
+        """The learned database codes V per head and their labels."""
         codes = parallel.to_host(state.extra.codes)
         return tuple(codes), _vsplit(spec, splits).labels
 
     def learned_split(self, spec):
+        """The split whose rows own V (``mah.v_split``)."""
         return spec.options.v_split
 
     def snapshot(self, params, rest, extra, k):
+        """Length ``k``'s best model, with its V."""
         return {'params': params, 'rest': rest, 'codes': extra.codes[k]}
 
     def results(self, spec, info):
+        """MAH's own fields of results.json."""
         return {'head': spec.options.head, 'v_split': spec.options.v_split,
                 'num_database_codes': info.sizes[spec.options.v_split],
                 'mah': spec.options._asdict()}
 
     def title(self, spec):
+        """The final table's title: heads, dataset and V's split."""
         return (f'mah ({spec.options.head} heads) on {spec.dataset}, V over '
                 f'the {spec.options.v_split} split')
 

@@ -215,31 +215,37 @@ class NHL(System):
     def check(self, config) -> None:
         # The objective is built after the data load: its weight's range
         # is checked now (check_config refused negative and NaN ones).
+        """Raises ``UsageError`` for a distillation weight out of range."""
         check_hyperparameter('NHL', nhl_objective, 'distill_weight',
                              config.distill_weight, '--distill_weight')
 
     def options(self, config) -> NHLOptions:
+        """The run's ``NHLOptions``: loss, weighting, distillation."""
         return NHLOptions(
             config.method, dict(config.loss_kwargs), config.weighting,
             dict(config.get('weighting_kwargs') or {}),
             float(config.distill_weight), config.topology)
 
     def create(self, spec, info, bits):
+        """``(Setup, TrainState)``: network, objective and steps."""
         return create_train_state(spec, info, bits)
 
     def plan(self, spec, splits, r):
+        """Epoch ``r``, with the loss's epoch update as its end hook."""
         plan = super().plan(spec, splits, r)
         if losses.get(spec.options.loss).epoch_update is None:
             return plan
         return plan._replace(end='epoch')
 
     def round_info(self, setup, state):
+        """The weighting's anti-domination counters, or None."""
         counters = getattr(state.extra.weighting, 'anti_domination', None)
         if counters is None:
             return None
         return np.asarray(parallel.to_host(counters)).tolist()
 
     def record(self, spec, bits, r, result):
+        """Per-length losses, distillation, weights and anti-domination."""
         del spec, r
         record = {key: per_length(bits, result.means[key])
                   for key in ('losses', 'distill', 'weights')}
@@ -250,6 +256,7 @@ class NHL(System):
         return record
 
     def results(self, spec, info):
+        """NHL's own fields of results.json."""
         del info
         opts = spec.options
         return {'loss': opts.loss, 'weighting': opts.weighting,
@@ -257,6 +264,7 @@ class NHL(System):
                 'recipe': dict(spec.recipe)}
 
     def title(self, spec):
+        """The final table's title: method, dataset, mode, weighting."""
         mode = 'single_length' if spec.single_length else 'nested'
         return (f'{spec.method} on {spec.dataset} ({mode}, '
                 f'weighting={spec.options.weighting})')

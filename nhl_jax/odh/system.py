@@ -145,9 +145,11 @@ class ODH(System):
     name = 'odh'
 
     def check(self, config):
+        """Raises ``UsageError`` for a bad ``config.odh`` field."""
         odh_config.check(config)
 
     def options(self, config) -> ODHOptions:
+        """The run's ``ODHOptions``, read from ``config``."""
         odh = config.odh
         values = {name: odh[name] for name in ODHOptions._fields}
         values.update(
@@ -158,17 +160,21 @@ class ODH(System):
         return ODHOptions(**values)
 
     def check_data(self, spec, splits):
+        """Raises ``UsageError`` if a class has too few images."""
         odh_config.check_classes(splits, spec.options.n_positive)
 
     def schedule(self, spec):
+        """Warm-up epochs, then the main epochs (numbered after them)."""
         offset = spec.options.warmup_epochs
         return Schedule(offset + spec.epochs, spec.eval_every,
                         offset=offset)
 
     def create(self, spec, info, bits):
+        """``(Setup, TrainState)``: classifier, hasher, centres, steps."""
         return create_train_state(spec, info, bits)
 
     def plan(self, spec, splits, r):
+        """Epoch ``r`` of its stage: warm-up, exploration or aggregation."""
         stage, ds = stage_of(r, spec.options), splits.train
         n_positive = spec.options.n_positive
         if stage != 'aggregation':
@@ -185,10 +191,12 @@ class ODH(System):
                      batches)
 
     def round_info(self, setup, state):
+        """The hash-centre tables at the start of the epoch."""
         tables = parallel.to_host(setup.static(state.params, state.rest))
         return [np.asarray(t).tolist() for t in tables]
 
     def record(self, spec, bits, r, result):
+        """Per-length loss terms and centre bits flipped in epoch ``r``."""
         means = result.means
         return {
             'main_epoch': max(r - spec.options.warmup_epochs, 0),
@@ -202,6 +210,7 @@ class ODH(System):
         }
 
     def results(self, spec, info):
+        """ODH's own fields of results.json."""
         del info
         opts = spec.options
         return {'classifier_backbone': opts.classifier_backbone,
@@ -210,6 +219,7 @@ class ODH(System):
                 'warmup_epochs': opts.warmup_epochs}
 
     def title(self, spec):
+        """The final table's title: centres, dataset and backbone."""
         return (f'odh ({spec.options.centers} centres) on {spec.dataset}, '
                 f'backbone {spec.backbone}')
 
