@@ -76,8 +76,8 @@ def test_sgd_with_momentum_is_torchs(momentum):
 
 
 def test_step_decay_drops_the_rate_after_the_listed_epochs():
-    # 2 steps per epoch, 4 epochs, /10 after epoch 1 and 3: StepLR(2)
-    # would give the same drops as every=2 below.
+    # 2 steps per epoch, 4 epochs, / 10 after epochs 1 and 3
+    # (MultiStepLR(milestones=[1, 3]) stepped once per epoch).
     assert optim.decay_epochs(7, every=3) == (3, 6)
     assert optim.decay_epochs(7, every=3, at=(1, 6, 9)) == (1, 3, 6)
     rate = optim.step_decay(LR, steps_per_epoch=2, epochs=4, at=(1, 3))
