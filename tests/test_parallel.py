@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.support import ROOT, multiprocess, parallel_worker
+from nhl_jax import cli
+from nhl_jax.errors import UsageError
+from tests.support import ROOT, multiprocess, parallel_worker, systems
 
 WORKER = os.path.join(ROOT, 'tests', 'support', 'parallel_worker.py')
 
@@ -55,6 +57,26 @@ def test_sharded_step_equals_single_device_step(method, sharded):
     assert result['replicated']  # state (banks included) on every device
     if method == 'conflict':
         assert result['weights_capped']  # the weighting really acted
+
+
+def test_local_batch_stats_leave_at_most_three_all_reduces(sharded):
+    # Issue 32: with sync_batch_stats=True the ResNet-18 step all-reduces
+    # every BatchNorm's statistics (77 in all, measured); without, the
+    # gradients, the running averages and the loss's batch-wide terms.
+    result = sharded['resnet18_batch_stats']
+    assert result['local_all_reduces'] <= 3, result
+    assert result['sync_unchanged']
+
+
+def test_sync_batch_stats_reaches_the_run_spec():
+    assert cli.resolve(systems.tiny_config('nhl')).sync_batch_stats
+    assert not cli.resolve(systems.tiny_config(
+        'nhl', sync_batch_stats=False)).sync_batch_stats
+    config = systems.tiny_config('nhl')
+    with config.ignore_type():  # as a config file may have it
+        config.sync_batch_stats = 'no'
+    with pytest.raises(UsageError, match='sync_batch_stats must be true'):
+        cli.check_config(config)
 
 
 def test_two_processes_reach_the_single_process_parameters(tmp_path):

@@ -142,9 +142,10 @@ def _check_fields(config) -> None:
     _check_profile_steps(config.get('profile_steps'))
     _check_optimizer(config)
     writer_lib.parse_writers(field(config, 'writers'))
-    if not isinstance(field(config, 'plots'), bool):
-        raise UsageError(f'plots must be true or false, got '
-                         f'{field(config, "plots")!r}.')
+    for name in ('plots', 'sync_batch_stats'):
+        if not isinstance(field(config, name), bool):
+            raise UsageError(f'{name} must be true or false, got '
+                             f'{field(config, name)!r}.')
     _check_cache(field(config, 'compilation_cache'))
     _check_devices(config)
     _check_code_width(config)
@@ -348,6 +349,7 @@ def resolve(config) -> RunSpec:
         single_length=bool(get('single_length')), seed=config.seed,
         batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
         data_workers=get('data_workers'), devices=get('devices'),
+        sync_batch_stats=get('sync_batch_stats'),
         epochs=config.epochs, eval_every=config.eval_every,
         patience=config.patience,
         top_k=config.top_k if get('top_k') is not None else dataset.top_k,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
+from nhl_jax.models.batch_norm import BatchNorm
 from nhl_jax.types import Array
 
 # The dtype of every parameter (master weights) under any compute dtype.
@@ -190,7 +191,7 @@ def torch_conv(in_ch: int, out_ch: int, size: int, stride: int, *, dtype,
 
 
 def torch_batch_norm(channels: int, *, dtype,
-                     rngs: nnx.Rngs) -> nnx.BatchNorm:
+                     rngs: nnx.Rngs) -> BatchNorm:
     """BatchNorm with torch's defaults (eps 1e-5, torch momentum 0.1).
 
     Under a bfloat16 ``dtype``, flax still computes the batch statistics
@@ -199,6 +200,7 @@ def torch_batch_norm(channels: int, *, dtype,
     # Flax's momentum is the weight of the old running average, so torch's
     # 0.1 is flax's 0.9. Two-pass variance like torch: the fast
     # E[x^2] - E[x]^2 cancels badly on small batches / late 1x1 maps.
-    return nnx.BatchNorm(channels, epsilon=1e-5, momentum=0.9,
-                         use_fast_variance=False, dtype=dtype,
-                         param_dtype=PARAM_DTYPE, rngs=rngs)
+    # ``BatchNorm``: per-device statistics under ``per_device_statistics``.
+    return BatchNorm(channels, epsilon=1e-5, momentum=0.9,
+                     use_fast_variance=False, dtype=dtype,
+                     param_dtype=PARAM_DTYPE, rngs=rngs)

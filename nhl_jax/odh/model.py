@@ -28,6 +28,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes
 
 from nhl_jax import models
+from nhl_jax.models.batch_norm import BatchNorm
 from nhl_jax.models.layers import PARAM_DTYPE
 from nhl_jax.models.nested import NestedHashLayer
 from nhl_jax.odh import centers as centers_lib
@@ -46,10 +47,10 @@ def normalise(backbone: nnx.Module, x: Array,
                              getattr(backbone, 'input_std', None), dtype)
 
 
-def _batch_norm(features: int, *, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def _batch_norm(features: int, *, dtype, rngs: nnx.Rngs) -> BatchNorm:
     """torch's BatchNorm1d; statistics in float32 under any ``dtype``."""
-    return nnx.BatchNorm(features, dtype=dtype, param_dtype=PARAM_DTYPE,
-                         rngs=rngs, **_BN)
+    return BatchNorm(features, dtype=dtype, param_dtype=PARAM_DTYPE,
+                     rngs=rngs, **_BN)
 
 
 class Hasher(nnx.Module):

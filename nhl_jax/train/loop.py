@@ -329,8 +329,9 @@ class _Loop:
         consts = system.consts(spec, splits)
         self.consts = (None if consts is None
                        else parallel.replicate(consts, mesh))
-        self.steps = {name: step_lib.compile_step(guarded(fn), mesh)
-                      for name, fn in setup.steps.items()}
+        self.steps = {name: step_lib.compile_step(
+            guarded(fn), mesh, sync_batch_stats=spec.sync_batch_stats)
+            for name, fn in setup.steps.items()}
         self.hooks = {name: step_lib.compile_hook(fn, mesh)
                       for name, fn in setup.hooks.items()}
         self.encode = step_lib.compile_encode(setup)

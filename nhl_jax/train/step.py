@@ -16,6 +16,7 @@ constants replicated, and the state donated (``nhl_jax.parallel``
 explains why this is all data parallelism needs).
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ import optax
 from flax import nnx
 
 from nhl_jax import compiler, parallel
+from nhl_jax.models import batch_norm
 from nhl_jax.types import Array
 
 
@@ -218,23 +220,38 @@ def make_train_step(loss_fn: Callable, *, graphdef: nnx.GraphDef,
     return step
 
 
-def compile_step(step: Callable, mesh=None) -> Callable:
+def compile_step(step: Callable, mesh=None, *,
+                 sync_batch_stats: bool = True) -> Callable:
     """A step jitted once: batch ``P('data')``, the rest ``P()``, donated.
 
     Args:
       step: a pure ``(state, batch, consts) -> (state, metrics)``.
       mesh: optional ``parallel.make_mesh`` mesh (None: default device).
+      sync_batch_stats: BatchNorm statistics over the global batch; False:
+        over each device's shard (``models.batch_norm``), no all-reduce.
 
     Returns:
       The compiled ``step(state, batch, consts)``.
     """
     if mesh is None:
         return compiler.jit(step, donate_argnums=0)
+    if not sync_batch_stats and mesh.devices.size > 1:
+        step = _per_device_statistics(step, mesh.devices.size)
     repl = parallel.replicated(mesh)
     return compiler.jit(step, mesh=mesh,
                         in_shardings=(repl, parallel.batch_sharding(mesh),
                                       repl),
                         out_shardings=(repl, repl), donate_argnums=0)
+
+
+def _per_device_statistics(step: Callable, groups: int) -> Callable:
+    """``step`` traced with BatchNorm statistics over ``groups`` shards."""
+    @functools.wraps(step)
+    def local(*args):
+        with batch_norm.per_device_statistics(groups):
+            return step(*args)
+
+    return local
 
 
 def compile_hook(hook: Callable, mesh=None) -> Callable:

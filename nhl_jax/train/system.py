@@ -74,6 +74,7 @@ class RunSpec:
     eval_batch_size: int
     data_workers: int | None  # None: automatic (nhl_jax.data.pipeline)
     devices: int | None
+    sync_batch_stats: bool  # False: BatchNorm statistics per device
     epochs: int
     eval_every: int
     patience: int

@@ -4,7 +4,9 @@
     python tests/support/parallel_worker.py process <process_id> <port> <out>
 
 ``sharded``: with N fake CPU devices, runs the same steps with and without
-the mesh and writes the largest differences. ``process``: one of two gloo
+the mesh and writes the largest differences, and the all-reduces of the
+ResNet-18 step without synchronised batch statistics
+(``resnet18_batch_stats``). ``process``: one of two gloo
 processes of a multi-host run; process 0 writes the final parameters.
 """
 
@@ -87,6 +89,7 @@ def sharded(num_devices, methods, out):
     """Every method of the comma-separated ``methods`` in one process."""
     jax.config.update('jax_num_cpu_devices', num_devices)
     result = {m: _sharded(m) for m in methods.split(',')}
+    result['resnet18_batch_stats'] = _resnet18_batch_stats()
     with open(out, 'w') as f:
         json.dump(result, f)
 
@@ -124,6 +127,48 @@ def _sharded(method):
         'replicated': all(x.sharding.is_fully_replicated
                           for x in jax.tree.leaves(state4)),
     }
+
+
+def _resnet18_batch_stats():
+    """The NHL step of a ResNet-18 over the mesh, abstract state (no init):
+    {'local_all_reduces': in the program compiled with
+    sync_batch_stats=False, 'sync_unchanged': True's lowered program is
+    the default one}."""
+    from nhl_jax import cli, data, parallel, train
+    from nhl_jax.cli import registry
+    from tests.support import systems
+    splits = data.load_splits('digits', seed=0)
+    config = systems.tiny_config('nhl', backbone='resnet18', batch_size=32)
+    config.backbone_kwargs = {'input_size': None}  # digits' 8x8 as they are
+    spec = cli.resolve(config)
+    system = registry.SYSTEMS[spec.system]
+    built = {}
+
+    def build():
+        built['setup'], state = system.create(
+            spec, train.DataInfo.of(splits), spec.bits)
+        return state
+
+    state = jax.eval_shape(build)
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+        next(iter(system.plan(spec, splits, 1).batches(None, 0))))
+    fn, mesh = built['setup'].steps['train'], parallel.make_mesh()
+    consts = system.consts(spec, splits)
+
+    def lowered(**sync):
+        return train.compile_step(fn, mesh, **sync).lower(state, batch,
+                                                          consts)
+
+    # The HLO passes (the collective combiners) run at every level; the
+    # skipped LLVM work is most of the compile time.
+    fast = {'xla_backend_optimization_level': 0,
+            'xla_llvm_disable_expensive_passes': True}
+    text = lowered(sync_batch_stats=False).compile(fast).as_text()
+    return {'local_all_reduces': sum(' all-reduce(' in line
+                                     for line in text.splitlines()),
+            'sync_unchanged': (lowered(sync_batch_stats=True).as_text()
+                               == lowered().as_text())}
 
 
 def process(process_id, port, out):

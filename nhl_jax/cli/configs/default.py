@@ -91,6 +91,9 @@ def get_config():
     # Data parallelism: devices of the ('data',) mesh; None means all of them
     # (of every process). The global batch must split evenly over them.
     config.devices = ml_collections.config_dict.placeholder(int)
+    # BatchNorm statistics over the global batch (true) or over each
+    # device's shard, with no all-reduce of them in the step (false).
+    config.sync_batch_stats = True
     # Evaluation and early stopping (NHL: stop after `patience` evaluations
     # in which no length improved).
     config.eval_every = 5
