@@ -2,7 +2,8 @@
 
 The layers, lowest first: ``codes`` (signs, the one packed layout, nested
 prefixes, the codes file), ``hamming`` (the host's popcount engine and
-stable ranking), ``ties`` (exact expectations over tied items), ``ranking``
+stable ranking), ``ties`` (exact expectations over tied items), ``stats``
+(the float64 statistics both backends finish with), ``ranking``
 (per-query statistics, NumPy or JAX backend, ``ranking_jax``), ``metrics``
 (mAP, precision, recall, radius metrics) and ``index`` (top-k and radius
 search, NumPy or faiss)::

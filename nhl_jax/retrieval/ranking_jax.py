@@ -21,7 +21,7 @@ work in integers only (no float64 or int64, which a TPU lacks):
   ranking).
 
 The host then finishes each chunk in float64 with the NumPy path's own
-functions (``ranking.ranked_stats``, ``ranking.group_stats``), from the
+functions (``stats.ranked_stats``, ``stats.group_stats``), from the
 [B, k / 32] words or [B, K + 1] histograms, so every statistic, AP
 included, equals NumPy's exactly. Chunks hold about ``PAIRS_PER_CHUNK``
 (query, item) pairs: some 24 bytes each (distances, keys, their sort),
@@ -39,7 +39,7 @@ from jax import lax
 
 from nhl_jax.retrieval import codes, hamming
 from nhl_jax.retrieval._inputs import Plan
-from nhl_jax.retrieval.ranking import group_stats, ranked_stats
+from nhl_jax.retrieval.stats import group_stats, ranked_stats
 from nhl_jax.retrieval.ties import harmonic_numbers
 
 PAIRS_PER_CHUNK = 1 << 24
