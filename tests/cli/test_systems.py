@@ -159,8 +159,8 @@ def _interrupt_steps(monkeypatch, at: int, action):
     real = step_lib.compile_step
     calls = [0]
 
-    def compile_step(fn, mesh=None):
-        compiled = real(fn, mesh)
+    def compile_step(fn, mesh=None, **kwargs):
+        compiled = real(fn, mesh, **kwargs)
 
         def step(*args):
             calls[0] += 1
