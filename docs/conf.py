@@ -41,6 +41,10 @@ autodoc_default_options = {
     'members': True,
     'undoc-members': False,
     'show-inheritance': True,
+    # A package's re-exports (its __all__) are documented where they are
+    # defined, once; the loss functions would otherwise also collide with
+    # their modules of the same name (nhl_jax.losses.csq).
+    'ignore-module-all': True,
 }
 autodoc_typehints = 'description'
 autodoc_member_order = 'bysource'
@@ -57,7 +61,9 @@ napoleon_use_ivar = True
 # Docstrings name many objects in ``double backticks`` that are not
 # cross-references; only broken links that Sphinx can check are reported.
 nitpicky = False
-suppress_warnings = ['myst.header', 'myst.xref_missing']
+# ref.python: a field name (``bits``, ``rows``) that several NamedTuples
+# share makes napoleon's type links ambiguous; the first target is kept.
+suppress_warnings = ['myst.header', 'myst.xref_missing', 'ref.python']
 
 html_theme = 'furo'
 html_title = f'nhl_jax {release}'

@@ -45,14 +45,13 @@ def dfh(
     times 0.1 at each step of ``center_decay_at``) on
 
       mean_ki ((V y_i)_k - b_ik)^2 + vul * mean_cd ((V^T V)_cd - T_cd)^2
-          + nta * mean_kc (V_kc - sign(V_kc))^2,   T = K (2 I_C - 1_CC);
+      + nta * mean_kc (V_kc - sign(V_kc))^2,   T = K (2 I_C - 1_CC);
 
     (4) with theta_ij = clip(u_i . U_j / 2, -100, 50) over the N rows and
     s_ij = 1[y_i . Y_j > 0]:
 
       L = mean_ij [ (1 - s_ij) log(1 + e^(m + theta_ij))
-                    + s_ij log(1 + e^(m - theta_ij)) ]
-          + eta * mean_ik (b_ik - u_ik)^2.
+      + s_ij log(1 + e^(m - theta_ij)) ] + eta * mean_ik (b_ik - u_ik)^2.
 
     b and V carry no gradient.
 
