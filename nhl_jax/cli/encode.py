@@ -29,10 +29,10 @@ shape (e.g. another CIFAR-10 protocol). The logic lives in
 import importlib.util
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from nhl_jax import checks
-from nhl_jax.cli import inference
+from nhl_jax.cli import command, inference
 from nhl_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -103,15 +103,9 @@ def main(argv):
         print(f'wrote {path}')
 
 
-def _flags_parser(argv):
-    if 'splits' not in FLAGS:  # here, so that importing defines none
-        define_flags()
-    return app.parse_flags_with_usage(argv)
-
-
 def cli(argv=None) -> None:
     """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv, flags_parser=_flags_parser)
+    command.run(main, define_flags, argv, defines='splits')
 
 
 if __name__ == '__main__':

@@ -13,10 +13,10 @@ and ``nhl_jax.serving`` reads it.
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from nhl_jax import checks
-from nhl_jax.cli import bundle
+from nhl_jax.cli import bundle, command
 from nhl_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -95,15 +95,9 @@ def main(argv):
     print(f'wrote {FLAGS.out}')
 
 
-def _flags_parser(argv):
-    if 'out' not in FLAGS:  # here, so that importing defines none
-        define_flags()
-    return app.parse_flags_with_usage(argv)
-
-
 def cli(argv=None) -> None:
     """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv, flags_parser=_flags_parser)
+    command.run(main, define_flags, argv, defines='out')
 
 
 if __name__ == '__main__':

@@ -11,9 +11,10 @@ file back with ``nhl_jax.data.load_split_ids``.
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from nhl_jax import checks, data
+from nhl_jax.cli import command
 from nhl_jax.data import cifar
 from nhl_jax.errors import UsageError
 
@@ -87,15 +88,9 @@ def main(argv):
     print(f'wrote {out}')
 
 
-def _flags_parser(argv):
-    if 'seed' not in FLAGS:  # here, so that importing defines none
-        define_flags()
-    return app.parse_flags_with_usage(argv)
-
-
 def cli(argv=None) -> None:
     """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv, flags_parser=_flags_parser)
+    command.run(main, define_flags, argv, defines='seed')
 
 
 if __name__ == '__main__':

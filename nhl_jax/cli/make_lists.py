@@ -34,9 +34,10 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from nhl_jax import runlog
+from nhl_jax.cli import command
 from nhl_jax.data import datasets, listfile
 from nhl_jax.data import folder as folder_lib
 from nhl_jax.data.options import DataOptions
@@ -265,14 +266,9 @@ def main(argv):
         sys.exit(f'error: {e}')
 
 
-def _flags_parser(argv):
-    define_flags()  # here, so that importing this module defines none
-    return app.parse_flags_with_usage(argv)
-
-
 def cli(argv=None) -> None:
     """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv, flags_parser=_flags_parser)
+    command.run(main, define_flags, argv, defines='folder')
 
 
 if __name__ == '__main__':

@@ -36,9 +36,10 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from nhl_jax import checks, retrieval
+from nhl_jax.cli import command
 from nhl_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -267,15 +268,9 @@ def main(argv):
         sys.exit(f'error: {e}')
 
 
-def _flags_parser(argv):
-    if 'query_codes' not in FLAGS:  # here, so that importing defines none
-        define_flags()
-    return app.parse_flags_with_usage(argv)
-
-
 def cli(argv=None) -> None:
     """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv, flags_parser=_flags_parser)
+    command.run(main, define_flags, argv, defines='query_codes')
 
 
 if __name__ == '__main__':
