@@ -269,10 +269,10 @@ def _restore_step(mngr, step, state, best, identity, where):
             'with (its checkpoints are intact), or use another --workdir.')
     failure = None
     try:
+        # The meta is read_meta's: read and checked once.
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(state)),
-            best=ocp.args.StandardRestore(_abstract(best)),
-            meta=ocp.args.JsonRestore()))
+            best=ocp.args.StandardRestore(_abstract(best))))
     except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many)
         failure = _reason(e)
     if failure is not None:

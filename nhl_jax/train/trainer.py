@@ -99,15 +99,15 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
     summaries = [loop.fit(system, spec, splits, bits, run_dir, resume=resume,
                           phases=phases)
                  for bits, run_dir in training_runs(spec, workdir)]
+    main = parallel.is_main_process()
+    plotting = main and spec.plots
+    path = os.path.join(workdir, 'results.json')
     with phases('results'):
         results = make_results(system, spec, DataInfo.of(splits), summaries)
-        main = parallel.is_main_process()
-        path = os.path.join(workdir, 'results.json')
-        if main:
+        if plotting:  # the plots read results.json; written again below
             runlog.write_json_atomic(path, results)
     with phases('plots'):
-        plotted = _plots(workdir) if main and spec.plots else []
-    # Written again, complete: the plots read the first results.json.
+        plotted = _plots(workdir) if plotting else []
     results['phase_seconds'] = phases.rounded()
     if main:
         runlog.write_json_atomic(path, results)

@@ -41,12 +41,17 @@ def records(path: str) -> list:
     return out
 
 
-def history(workdir: str) -> list[dict]:
-    """The logged rows of the run's offline files under ``workdir``."""
+def _run_file(workdir: str) -> str:
+    """The one offline run file under ``workdir``."""
     (path,) = glob.glob(os.path.join(workdir, 'wandb', 'offline-run-*',
                                      'run-*.wandb'))
+    return path
+
+
+def history(workdir: str) -> list[dict]:
+    """The logged rows of the run's offline files under ``workdir``."""
     rows = []
-    for record in records(path):
+    for record in records(_run_file(workdir)):
         if record.WhichOneof('record_type') == 'history':
             rows.append({item.key or '/'.join(item.nested_key):
                          json.loads(item.value_json)
@@ -56,10 +61,8 @@ def history(workdir: str) -> list[dict]:
 
 def config(workdir: str) -> dict:
     """The run's config as W&B recorded it."""
-    (path,) = glob.glob(os.path.join(workdir, 'wandb', 'offline-run-*',
-                                     'run-*.wandb'))
     found = {}
-    for record in records(path):
+    for record in records(_run_file(workdir)):
         kind = record.WhichOneof('record_type')
         updates = (record.run.config.update if kind == 'run'
                    else record.config.update if kind == 'config' else ())
