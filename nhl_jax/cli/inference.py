@@ -185,17 +185,9 @@ def _read(run_dir, wanted, input_shape=None):
                           input_shape)
         try:
             meta = checkpoint.read_meta(mngr, latest)
-            failure = None
-            try:
-                restored = mngr.restore(latest, args=ocp.args.Composite(**{
-                    name: _partial_restore(tree)
-                    for name, tree in wanted.items()}))
-            except Exception as e:  # noqa: BLE001 (orbax raises many)
-                failure = f'{type(e).__name__}: {str(e).strip()[:200]}'
-            if failure is not None:
-                checkpoint.drop_pending_reads()
-                raise checkpoint.Unverified(failure.splitlines()[0])
-            restored = {name: restored[name] for name in wanted}
+            restored = checkpoint.restore_items(mngr, latest, **{
+                name: _partial_restore(tree)
+                for name, tree in wanted.items()})
             checkpoint.verify(meta, restored)
         except checkpoint.Unverified as e:
             raise UsageError(

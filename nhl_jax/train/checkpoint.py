@@ -231,7 +231,7 @@ def verify(meta: dict, restored: dict) -> None:
                 raise Unverified(f'{name} does not match its checksum')
 
 
-def drop_pending_reads() -> None:
+def _drop_pending_reads() -> None:
     """Collects the reads a failed orbax restore leaves behind, quietly.
 
     Orbax abandons the read coroutines of the other arrays when one fails;
@@ -267,20 +267,31 @@ def _restore_step(mngr, step, state, best, identity, where):
             f'checkpoint {step} of {where} was written by a different run '
             f'(fields {diff}); resume it with the config it was trained '
             'with (its checkpoints are intact), or use another --workdir.')
+    # The meta is read_meta's: read and checked once.
+    restored = restore_items(mngr, step,
+                             state=ocp.args.StandardRestore(_abstract(state)),
+                             best=ocp.args.StandardRestore(_abstract(best)))
+    verify(meta, restored)
+    meta = {k: v for k, v in meta.items() if k != INTEGRITY}
+    return restored['state'], restored['best'], meta
+
+
+def restore_items(mngr: ocp.CheckpointManager, step: int, **items) -> dict:
+    """{name: restored item} of checkpoint ``step``, e.g. ``state=`` args.
+
+    Raises:
+      Unverified: orbax cannot read them (the reads it leaves behind are
+        collected here, quietly).
+    """
     failure = None
     try:
-        # The meta is read_meta's: read and checked once.
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state)),
-            best=ocp.args.StandardRestore(_abstract(best))))
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many)
         failure = _reason(e)
     if failure is not None:
-        drop_pending_reads()
+        _drop_pending_reads()
         raise Unverified(f'its arrays cannot be read ({failure})')
-    verify(meta, {'state': restored.state, 'best': restored.best})
-    meta = {k: v for k, v in meta.items() if k != INTEGRITY}
-    return restored.state, restored.best, meta
+    return {name: restored[name] for name in items}
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state, best, *,
