@@ -120,13 +120,26 @@ def load_images(path: str, flag: str) -> np.ndarray:
       UsageError: not an .npy of 4-D uint8 images, with the fix.
     """
     images = load_npy(path, '[N, H, W, C] uint8 images')
+    check_images(images, f'{flag} {path!r}')
+    return images
+
+
+def check_images(images: np.ndarray, what: str) -> None:
+    """Raises unless ``images`` are [N, H, W, C] uint8 (the encoders' input).
+
+    Args:
+      images: the array.
+      what: what holds them, for the message ('images', '--images x.npy').
+
+    Raises:
+      UsageError: naming the dtype and shape found, and the fix.
+    """
     if images.ndim != 4 or images.dtype != np.uint8:
         raise UsageError(
-            f'{flag} {path!r} holds {images.dtype} of shape {images.shape}, '
-            'not [N, H, W, C] uint8 images; for one image use x[None], add '
-            'a channel axis to grey ones (x[..., None]) and store pixels as '
+            f'{what} holds {images.dtype} of shape {images.shape}, not '
+            '[N, H, W, C] uint8 images; for one image use x[None], add a '
+            'channel axis to grey ones (x[..., None]) and store pixels as '
             'uint8 0..255.')
-    return images
 
 
 def load_npz(path: str, what: str) -> np.lib.npyio.NpzFile:

@@ -101,9 +101,7 @@ def export_run(workdir: str, out: str, *, params: str = 'last',
 def _given_images(images, labels, shape):
     """The dataset of ``--images``, checked against the run's images."""
     images = np.asarray(images)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise UsageError(f'images must be [N, H, W, C] uint8, got '
-                         f'{images.dtype} of shape {images.shape}.')
+    checks.check_images(images, 'images')
     if tuple(images.shape[1:]) != tuple(shape):
         raise UsageError(
             f'images are {tuple(images.shape[1:])}, but the run encodes '
