@@ -1,104 +1,75 @@
-r"""HashNet's mAP against the initialisation of its layers (issue 28).
+r"""Best mAP against the nested hash layer's init, ``--config.head_init``.
 
-    python benchmarks/hashnet_init.py --inits=nhl,head_kernel --seeds=0,1,2
+    python benchmarks/hashnet_init.py --seeds=0,1,2
+    python benchmarks/hashnet_init.py --method=dpn --dataset=mnist5k \
+        --bits=8,16,32,64,128 --nested --epochs=40 --seeds=0
 
-Trains ``--method=hashnet --dataset=digits --single_length --bits=16
---epochs=20`` (the library recipe) per seed with the ``nnx.Linear`` layers
-initialised as named, and prints best mAP@all per seed and their mean:
+The first trains ``--method=hashnet --dataset=digits --single_length
+--bits=16 --epochs=20`` (the library recipe; issue 28's HashNet gap), the
+second the default run (DPN, nested, weighting 'paper'), once per seed and
+per ``--head_inits`` value:
 
-- ``nhl``: as shipped (hash layer N(0, 0.01) weights and zero bias; MLP
-  layers lecun normal weights and zero biases);
-- ``torch``: torch's ``nn.Linear`` default everywhere: weights and biases
-  U(±1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5));
-- ``torch_head`` / ``torch_mlp``: torch's default in the hash layer / in
-  the MLP only;
-- ``head_kernel`` / ``head_bias``: torch's default for the hash layer's
-  weights / bias only.
+- ``normal``: the NHL code's N(0, 0.01) weights and zero bias (default);
+- ``torch``: torch's ``nn.Linear`` default, U(+-1/sqrt(fan_in)) weights
+  and bias.
 
-The hash layer is told apart by its width (``--bits``); a measurement
-tool only: it patches ``flax.nnx.Linear`` in this process.
+Prints best mAP@all per length and seed, and the mean over seeds. The
+earlier ablation (torch's init in the MLP only, the bias only, ...) patched
+``nnx.Linear``; it is this file at commit 623003a.
 """
 
 import argparse
-import math
 import os
 import sys
 import tempfile
+import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nhl_jax import cli
 from nhl_jax.cli.configs import default
 
-_LINEAR_INIT = nnx.Linear.__init__
 
-# init -> (which of the hash layer's (weights, bias), which of the MLP's
-# (weights, bias) take torch's default).
-INITS = {
-    'nhl': ((False, False), (False, False)),
-    'torch': ((True, True), (True, True)),
-    'torch_head': ((True, True), (False, False)),
-    'torch_mlp': ((False, False), (True, True)),
-    'head_kernel': ((True, False), (False, False)),
-    'head_bias': ((False, True), (False, False)),
-}
-
-
-def _uniform(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
-
-
-def patch(name: str, bits: int) -> None:
-    """Makes ``nnx.Linear`` initialise as ``INITS[name]`` says."""
-    head, mlp = INITS[name]
-
-    def linear_init(self, in_features, out_features, **kwargs):
-        kernel, bias = head if out_features == bits else mlp
-        if kernel:
-            kwargs['kernel_init'] = _uniform(in_features)
-        if bias:
-            kwargs['bias_init'] = _uniform(in_features)
-        _LINEAR_INIT(self, in_features, out_features, **kwargs)
-
-    nnx.Linear.__init__ = linear_init
-
-
-def best_map(seed: int, bits: int, epochs: int) -> float:
+def best_maps(args, head_init: str, seed: int) -> dict[str, float]:
+    """One run's best mAP per length (a str of the bits -> mAP)."""
     config = default.get_config()
-    config.update(dict(method='hashnet', dataset='digits', single_length=True,
-                       bits=(bits,), epochs=epochs, seed=seed,
-                       patience=epochs))
+    config.update(dict(
+        method=args.method, dataset=args.dataset, head_init=head_init,
+        single_length=not args.nested, bits=args.bits, epochs=args.epochs,
+        seed=seed, patience=args.epochs, plots=False))
     with tempfile.TemporaryDirectory() as workdir:
-        return cli.train_and_evaluate(config, workdir)['map'][str(bits)]
+        return cli.train_and_evaluate(config, workdir)['map']
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--inits', default=','.join(INITS))
-    parser.add_argument('--seeds', default='0,1,2,3,4')
-    parser.add_argument('--bits', type=int, default=16)
+    parser.add_argument('--head_inits', default='normal,torch')
+    parser.add_argument('--seeds', default='0,1,2')
+    parser.add_argument('--method', default='hashnet')
+    parser.add_argument('--dataset', default='digits')
+    parser.add_argument('--bits', default='16')
+    parser.add_argument('--nested', action='store_true',
+                        help='one nested run (default: single-length runs)')
     parser.add_argument('--epochs', type=int, default=20)
     args = parser.parse_args()
+    args.bits = tuple(int(b) for b in args.bits.split(','))
     logging.set_verbosity(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(',')]
-    lines = ['| init | ' + ' | '.join(f'seed {s}' for s in seeds)
-             + ' | mean ± std |', '|---' * (len(seeds) + 2) + '|']
-    for name in args.inits.split(','):
-        patch(name, args.bits)
-        maps = [best_map(s, args.bits, args.epochs) for s in seeds]
-        lines.append(f'| {name} | ' + ' | '.join(f'{m:.3f}' for m in maps)
-                     + f' | {np.mean(maps):.3f} ± {np.std(maps):.3f} |')
-        print(lines[-1], flush=True)
-    nnx.Linear.__init__ = _LINEAR_INIT
+    lines = ['| head_init | bits | ' + ' | '.join(f'seed {s}' for s in seeds)
+             + ' | mean ± std |', '|---' * (len(seeds) + 3) + '|']
+    for head_init in args.head_inits.split(','):
+        start = time.perf_counter()
+        runs = [best_maps(args, head_init, s) for s in seeds]
+        for b in args.bits:
+            maps = [run[str(b)] for run in runs]
+            lines.append(
+                f'| {head_init} | {b} | '
+                + ' | '.join(f'{m:.3f}' for m in maps)
+                + f' | {np.mean(maps):.3f} ± {np.std(maps):.3f} |')
+            print(lines[-1], flush=True)
+        print(f'{head_init}: {time.perf_counter() - start:.0f} s', flush=True)
     print('\n'.join(lines))
 
 

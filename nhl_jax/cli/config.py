@@ -20,7 +20,7 @@ from nhl_jax.cli import recipes, registry
 from nhl_jax.cli.configs import default as default_config
 from nhl_jax.errors import UsageError
 from nhl_jax.hparams import check_kwargs as _check_kwargs
-from nhl_jax.models import heads
+from nhl_jax.models import heads, nested
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl import distill, objective
 from nhl_jax.train import optim
@@ -110,6 +110,7 @@ def check_config(config) -> None:
 def _check_fields(config) -> None:
     _choice('method', config.method, registry.methods())
     _choice('head', field(config, 'head'), heads.HEADS)
+    _choice('head_init', field(config, 'head_init'), nested.HEAD_INITS)
     _choice('dataset', config.dataset, data.DATASETS)
     # Needs a data_dir? Options of the right values, that the dataset takes?
     data.config_spec(config)

@@ -154,7 +154,8 @@ class HashNet(nnx.Module):
     """Backbone features -> a hash head for every code length (nested)."""
 
     def __init__(self, backbone: nnx.Module, bits: Sequence[int], *,
-                 rngs: nnx.Rngs, head: str = 'nested', dtype=jnp.float32):
+                 rngs: nnx.Rngs, head: str = 'nested', dtype=jnp.float32,
+                 head_init: str | None = None):
         """Creates the model.
 
         Args:
@@ -166,11 +167,14 @@ class HashNet(nnx.Module):
             also 'flat' and 'cascade' (read through ``head.codes``).
           dtype: computation dtype of the input normalisation and the head
             (e.g. ``jnp.bfloat16``); the parameters are float32.
+          head_init: the nested layer's init, a key of
+            ``nested.HEAD_INITS``; None: the head's own.
         """
         self.dtype = dtype
         self.backbone = backbone
+        init = {} if head_init is None else {'init': head_init}
         self.head = heads.get_head(head)(backbone.features, bits, rngs=rngs,
-                                         dtype=dtype)
+                                         dtype=dtype, **init)
 
     def features(self, images: Array) -> Array:
         """Backbone features [B, D] (float32) of uint8 images [B, H, W, C].

@@ -1,8 +1,10 @@
 """The nested hash layer: one linear map whose prefixes are the short codes."""
 
+import math
 from collections.abc import Sequence
 
 import chex
+import jax
 from flax import nnx
 
 from nhl_jax.models.layers import PARAM_DTYPE
@@ -60,12 +62,37 @@ def split_codes(h: Array, bits: Sequence[int]) -> tuple[Array, ...]:
     return tuple(h[:, :b] for b in bits)
 
 
+def _normal_init(in_features: int):
+    del in_features
+    return nnx.initializers.normal(stddev=0.01), nnx.initializers.zeros_init()
+
+
+def _torch_init(in_features: int):
+    # kaiming_uniform(a=sqrt(5)) is U(+-1/sqrt(fan_in)): variance scaling
+    # 1/3 of a uniform; torch draws the bias from the same interval.
+    bound = 1.0 / math.sqrt(in_features)
+
+    def bias_init(key, shape, dtype):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return (nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform'),
+            bias_init)
+
+
+# Name -> (in_features -> (kernel_init, bias_init)) of the nested layer:
+# 'normal' is the NHL code's N(0, 0.01^2) kernel and zero bias
+# (bl_network.py:RML_E_layer); 'torch' is torch.nn.Linear's default,
+# weights and bias U(-1/sqrt(D), 1/sqrt(D)), as in DeepHash-pytorch.
+HEAD_INITS = {'normal': _normal_init, 'torch': _torch_init}
+
+
 class NestedHashLayer(nnx.Module):
     """ONE linear layer of width max(bits); length b_k uses its first b_k.
 
     The code of length b_k is h_k = x W[:, :b_k] + bias[:b_k], so every
     shorter code's parameters are a prefix of the longest code's. Kernel
-    initialised N(0, 0.01^2), bias 0 (``bl_network.py:RML_E_layer``).
+    initialised N(0, 0.01^2), bias 0 (``bl_network.py:RML_E_layer``), or as
+    torch's ``nn.Linear`` (``init='torch'``, ``HEAD_INITS``).
 
     Attributes:
       bits: the validated code lengths.
@@ -76,7 +103,7 @@ class NestedHashLayer(nnx.Module):
     """
 
     def __init__(self, in_features: int, bits: Sequence[int], *,
-                 rngs: nnx.Rngs, dtype=None):
+                 rngs: nnx.Rngs, dtype=None, init: str = 'normal'):
         """Creates the layer.
 
         Args:
@@ -85,11 +112,17 @@ class NestedHashLayer(nnx.Module):
           rngs: Flax NNX random streams (``params`` is used).
           dtype: computation dtype, e.g. ``jnp.bfloat16`` (None: that of the
             features / float32); the parameters are float32.
+          init: a key of ``HEAD_INITS``: 'normal' (the NHL code's) or
+            'torch' (``nn.Linear``'s default, U(+-1/sqrt(D))).
 
         Raises:
-          ValueError: for invalid ``bits`` or b_M > D (a code wider than the
-            feature has rank at most D; use a wider backbone or fewer bits).
+          ValueError: for invalid ``bits``, an unknown ``init`` or b_M > D (a
+            code wider than the feature has rank at most D; use a wider
+            backbone or fewer bits).
         """
+        if init not in HEAD_INITS:
+            raise ValueError(f'unknown head init {init!r}; choose one of '
+                             f'{sorted(HEAD_INITS)}.')
         self.bits = check_bits(bits)
         if self.bits[-1] > in_features:
             raise ValueError(
@@ -97,11 +130,12 @@ class NestedHashLayer(nnx.Module):
                 f'feature ({in_features}); use bits <= {in_features} or a '
                 'wider backbone.'
             )
+        kernel_init, bias_init = HEAD_INITS[init](in_features)
         self.linear = nnx.Linear(
             in_features,
             self.bits[-1],
-            kernel_init=nnx.initializers.normal(stddev=0.01),
-            bias_init=nnx.initializers.zeros_init(),
+            kernel_init=kernel_init,
+            bias_init=bias_init,
             dtype=dtype,
             param_dtype=PARAM_DTYPE,
             rngs=rngs,

@@ -39,6 +39,7 @@ class NHLOptions(NamedTuple):
     weighting_kwargs: dict
     distill_weight: float
     topology: str  # a key of nhl_jax.nhl.distill.TOPOLOGIES
+    head_init: str = 'normal'  # a key of nhl_jax.models.nested.HEAD_INITS
 
 
 class NHLExtra(NamedTuple):
@@ -177,7 +178,8 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
                                    dtype=dtype, **dict(spec.backbone_kwargs))
     if spec.pretrained:
         models.load_pretrained(spec.backbone, backbone, spec.pretrained)
-    model = models.HashNet(backbone, bits, rngs=rngs, dtype=dtype)
+    model = models.HashNet(backbone, bits, rngs=rngs, dtype=dtype,
+                           head_init=opts.head_init)
     objective = nhl_objective(
         losses.get(opts.loss, **opts.loss_kwargs), bits,
         distill_weight=opts.distill_weight, weighting=opts.weighting,
@@ -224,7 +226,8 @@ class NHL(System):
         return NHLOptions(
             config.method, dict(config.loss_kwargs), config.weighting,
             dict(config.get('weighting_kwargs') or {}),
-            float(config.distill_weight), config.topology)
+            float(config.distill_weight), config.topology,
+            config.get('head_init', 'normal'))
 
     def create(self, spec, info, bits):
         """``(Setup, TrainState)``: network, objective and steps."""

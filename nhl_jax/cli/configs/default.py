@@ -21,6 +21,10 @@ def get_config():
     # What to train.
     config.method = 'dpn'  # a key of nhl_jax.losses.LOSSES, or 'mah' / 'odh'
     config.head = 'nested'  # 'nested' | 'flat' | 'cascade' (flat/cascade: MAH)
+    # The base losses' nested hash layer init: 'normal' (the NHL code's
+    # N(0, 0.01) weights, zero bias) or 'torch' (nn.Linear's default,
+    # U(+-1/sqrt(D)) weights and bias, as DeepHash-pytorch trains).
+    config.head_init = 'normal'
     # The base loss's hyperparameters (nhl_jax.losses), new keys allowed:
     # e.g. --config.loss_kwargs.margin=2.0 for dpn.
     config.loss_kwargs = ml_collections.ConfigDict()
