@@ -27,12 +27,58 @@ def dataset(tmp_path):
 
 
 def test_centre_crop_follows_resize_then_centre(dataset):
-    image = files.decode(dataset.paths[0], 32, 28)
+    image = files.decode(dataset.paths[0], 32, 28, decoder='full')
     assert image.shape == (28, 28, 3) and image.dtype == np.uint8
     with Image.open(dataset.paths[0]) as raw:  # 40x30 -> 43x32
         expected = np.asarray(raw.convert('RGB').resize(
             (43, 32), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(image, expected[2:30, 8:36])
+
+
+def _write_jpeg(path, w, h, mode='RGB'):
+    """A photograph-like JPEG: a smooth colour field with pixel noise."""
+    rng = np.random.default_rng(w * h)
+    field = Image.fromarray(rng.integers(0, 256, (6, 6, 3), np.uint8))
+    pixels = np.asarray(field.resize((w, h), Image.Resampling.BICUBIC),
+                        np.int16) + rng.integers(-8, 9, (h, w, 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert(
+        mode).save(path, quality=90)
+    return str(path)
+
+
+@pytest.mark.parametrize('rng', [None, 3])
+def test_draft_decoder_is_close_to_full_decoding(tmp_path, rng):
+    def both(path):
+        return [files.decode(path, 32, 28, None if rng is None else
+                             np.random.default_rng(rng), decoder=d)
+                .astype(np.int16) for d in ('draft', 'full')]
+
+    # 200x150 -> 43x32: the JPEG decodes at 1/4 scale (50x38).
+    reduced, full = both(_write_jpeg(tmp_path / 'big.jpg', 200, 150))
+    assert reduced.shape == full.shape == (28, 28, 3)
+    # Resampling the crop alone differs by ~0.01 on average: more shows
+    # the reduced scale was used.
+    assert 0.2 < np.abs(reduced - full).mean() < 2
+    # 60x45 -> 43x32: no smaller scale keeps 32 rows; only the resize of
+    # the crop alone differs, by rounding.
+    reduced, full = both(_write_jpeg(tmp_path / 'small.jpg', 60, 45))
+    assert np.abs(reduced - full).max() <= 1
+
+
+def test_draft_decoder_keeps_the_target_size_at_the_limit(tmp_path):
+    # 129x97 -> 64x48 at 1/2 scale is 65x49: one row above the limit.
+    path = _write_jpeg(tmp_path / 'limit.jpg', 129, 97)
+    grey = _write_jpeg(tmp_path / 'grey.jpg', 300, 200, mode='L')
+    for p in (path, grey):
+        image = files.decode(p, 48, 42, np.random.default_rng(0))
+        assert image.shape == (42, 42, 3) and image.dtype == np.uint8
+    full = files.decode(path, 48, 42, decoder='full').astype(np.int16)
+    assert 0.2 < np.abs(files.decode(path, 48, 42) - full).mean() < 2
+
+
+def test_unknown_decoder_is_refused_before_decoding(dataset):
+    with pytest.raises(ValueError, match=r"unknown decoder 'fast'; use one"):
+        data.eval_batches(dataset._replace(decoder='fast'), 2)
 
 
 def test_training_crops_are_random_but_seeded(dataset):
