@@ -96,11 +96,26 @@ def relevance_operands(q_y, db_y):
     return (q_y.astype(np.float32),
             np.ascontiguousarray(db_y.T, dtype=np.float32))
 
-def check_run_options(chunk_size, num_threads):
+def check_run_options(chunk_size, num_threads, devices=None):
     if chunk_size is not None:
         check_positive_int(chunk_size, 'chunk_size')
     if num_threads is not None:
         check_positive_int(num_threads, 'num_threads')
+    if devices is not None:
+        check_devices(devices)
+
+
+def check_devices(devices):
+    """Checks the JAX backend's devices: distinct ones of this process."""
+    import jax  # only here: the NumPy path never starts JAX's runtime
+    ok = (isinstance(devices, (list, tuple)) and len(devices) > 0
+          and all(isinstance(d, jax.Device) for d in devices)
+          and len(set(devices)) == len(devices)
+          and all(d.process_index == jax.process_index() for d in devices))
+    if not ok:
+        raise ValueError(f'devices must be a non-empty list of distinct '
+                         f'devices of this process, got {devices!r}; pass '
+                         f'e.g. jax.local_devices(), or None for all of them')
 
 def as_codes(codes, name):
     """Checks [N, K] ±1 codes and returns them as float32."""

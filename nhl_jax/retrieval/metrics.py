@@ -84,7 +84,8 @@ def hamming_distances(q_codes, db_codes) -> np.ndarray:
 @_inputs.host_only
 def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
                        top_k=None, ties='stable', seed=0, backend='auto',
-                       chunk_size=None, num_threads=None) -> np.ndarray:
+                       chunk_size=None, num_threads=None,
+                       devices=None) -> np.ndarray:
     """Per-query AP@top_k of Hamming ranking (``ranking``).
 
     Args:
@@ -104,6 +105,8 @@ def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
         ``ranking_jax.default_chunk_size``.
       num_threads: NumPy threads over query chunks; None uses every CPU
         (one for 'expected', whose counting holds the GIL).
+      devices: JAX devices of this process that split each chunk's
+        queries (``ranking_jax``); None: all local devices.
 
     Returns:
       [Q] float64 AP per query; 0 for a query with no relevant item in
@@ -115,7 +118,7 @@ def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
     aps, _ = _average_precisions_and_hits(
         q_codes, q_labels, db_codes, db_labels, top_k=top_k, ties=ties,
         seed=seed, backend=backend, chunk_size=chunk_size,
-        num_threads=num_threads)
+        num_threads=num_threads, devices=devices)
     return aps
 
 
@@ -123,7 +126,7 @@ def average_precisions(q_codes, q_labels, db_codes, db_labels, *,
 def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
                            top_k=None, zero_relevant='zero', ties='stable',
                            seed=0, backend='auto', chunk_size=None,
-                           num_threads=None) -> float:
+                           num_threads=None, devices=None) -> float:
     """mAP@top_k of Hamming ranking (``ranking``).
 
     Args:
@@ -140,6 +143,8 @@ def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
       backend: 'numpy', 'jax' or 'auto' (``ranking``).
       chunk_size: queries ranked at once (see ``average_precisions``).
       num_threads: NumPy threads over query chunks; None uses every CPU.
+      devices: JAX devices that split the query chunks (as
+        ``average_precisions``).
 
     Returns:
       The mean AP as a Python float.
@@ -151,7 +156,7 @@ def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
     aps, counted = _average_precisions_and_hits(
         q_codes, q_labels, db_codes, db_labels, top_k=top_k, ties=ties,
         seed=seed, backend=backend, chunk_size=chunk_size,
-        num_threads=num_threads)
+        num_threads=num_threads, devices=devices)
     if zero_relevant == 'skip':
         aps = aps[counted]
         if aps.size == 0:
@@ -161,7 +166,7 @@ def mean_average_precision(q_codes, q_labels, db_codes, db_labels, *,
 
 def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
                                  top_k, ties, seed, backend, chunk_size,
-                                 num_threads):
+                                 num_threads, devices):
     """Validates the inputs, then ranks query chunks.
 
     Returns:
@@ -171,14 +176,14 @@ def _average_precisions_and_hits(q_codes, q_labels, db_codes, db_labels, *,
     _inputs.check_top_k(top_k)
     _inputs.check_ties(ties, seed)
     _inputs.check_backend(backend)
-    _inputs.check_run_options(chunk_size, num_threads)
+    _inputs.check_run_options(chunk_size, num_threads, devices)
     inputs = _inputs.check_inputs(q_codes, q_labels, db_codes, db_labels)
     num_items = len(inputs.db_codes)
     plan = _inputs.Plan(map_k=(num_items if top_k is None else min(top_k,
                                                                    num_items),))
     stats = ranking.query_stats(inputs, plan, ties=ties, seed=seed,
                                 backend=backend, chunk_size=chunk_size,
-                                num_threads=num_threads)
+                                num_threads=num_threads, devices=devices)
     return stats['aps'][0], stats['ap_counted'][0]
 
 @_inputs.host_only
@@ -186,7 +191,7 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
                       map_at=(None,), precision_at=(), recall_at=(),
                       radius=(), pr_curve=False, ties='stable', seed=0,
                       zero_relevant='zero', backend='auto', chunk_size=None,
-                      num_threads=None) -> dict:
+                      num_threads=None, devices=None) -> dict:
     """Retrieval metrics of Hamming ranking (definitions: module docstring).
 
     Args:
@@ -211,6 +216,8 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
         module docstring), ``ranking_jax.default_chunk_size`` in JAX.
       num_threads: NumPy threads over query chunks; None uses every CPU
         when something is ranked, else one (``ranking``).
+      devices: JAX devices that split the query chunks (as
+        ``average_precisions``).
 
     Returns:
       A dict of Python floats keyed ``'map@all'``, ``'map@<k>'``,
@@ -227,7 +234,7 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
     for name, values in options.items():
         _check_cutoffs(values, name, minimum=0 if name == 'radius' else 1)
     _check_policies(ties, seed, zero_relevant, pr_curve, backend)
-    _inputs.check_run_options(chunk_size, num_threads)
+    _inputs.check_run_options(chunk_size, num_threads, devices)
     inputs = _inputs.check_inputs(q_codes, q_labels, db_codes, db_labels)
     num_items = len(inputs.db_codes)
     count_k = (*precision_at, *recall_at)
@@ -238,7 +245,7 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
         relevant=radii or bool(count_k))
     stats = ranking.query_stats(inputs, plan, ties=ties, seed=seed,
                                 backend=backend, chunk_size=chunk_size,
-                                num_threads=num_threads)
+                                num_threads=num_threads, devices=devices)
     return _summarise(stats, options, pr_curve, zero_relevant,
                       num_items=num_items)
 
@@ -246,7 +253,8 @@ def retrieval_metrics(q_codes, q_labels, db_codes, db_labels, *,
 @_inputs.host_only
 def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
                            zero_relevant='zero', backend='auto',
-                           chunk_size=None, num_threads=None):
+                           chunk_size=None, num_threads=None,
+                           devices=None):
     """Mean precision and recall within Hamming radius r, for r = 0..K.
 
     Within radius r means distance <= r; a query that retrieves nothing
@@ -263,6 +271,8 @@ def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
       backend: 'numpy', 'jax' or 'auto' (as ``retrieval_metrics``).
       chunk_size: queries processed at once (as ``retrieval_metrics``).
       num_threads: threads over query chunks; None uses every CPU.
+      devices: JAX devices that split the query chunks (as
+        ``average_precisions``).
 
     Returns:
       ([K + 1] precision, [K + 1] recall) float64 arrays; entry r is the
@@ -271,7 +281,7 @@ def precision_recall_curve(q_codes, q_labels, db_codes, db_labels, *,
     return retrieval_metrics(
         q_codes, q_labels, db_codes, db_labels, map_at=(), pr_curve=True,
         zero_relevant=zero_relevant, backend=backend, chunk_size=chunk_size,
-        num_threads=num_threads)['pr_curve']
+        num_threads=num_threads, devices=devices)['pr_curve']
 
 
 def _summarise(stats, options, pr_curve, zero_relevant, *, num_items):

@@ -20,10 +20,11 @@ Ties (items at the same distance):
   dominate.
 
 Backends, ``backend=``: 'numpy' ranks on the host, in query chunks over a
-thread pool ('auto' on a CPU); 'jax' in ``ranking_jax`` on JAX's default
-device, where the codes are ('auto' on a GPU or TPU). Both give the same
-counts and the same AP: the JAX program returns integers only, and the AP
-of both backends is summed on the host in float64 (``stats``).
+thread pool ('auto' on a CPU); 'jax' in ``ranking_jax``, each chunk's
+queries split over JAX's local devices ('auto' on a GPU or TPU). Both give
+the same counts and the same AP: the JAX program returns integers only,
+and the AP of both backends is summed on the host in float64
+(``stats``).
 
 In NumPy, the ranking itself (popcount distances, the stable radix sort or
 the selection of a short top k, distance histograms) is ``hamming``'s.
@@ -45,13 +46,13 @@ _ACCELERATORS = frozenset({'gpu', 'cuda', 'rocm', 'tpu'})
 
 
 def query_stats(inputs, plan: Plan, *, ties, seed, backend, chunk_size,
-                num_threads) -> dict:
+                num_threads, devices=None) -> dict:
     """Per-query statistics of validated inputs (every metric reads them).
 
     Args:
       inputs: ``Inputs`` from ``check_inputs``.
       plan: what to compute.
-      ties, seed, backend, chunk_size, num_threads: as in
+      ties, seed, backend, chunk_size, num_threads, devices: as in
         ``average_precisions`` (checked by the caller).
 
     Returns:
@@ -71,7 +72,8 @@ def query_stats(inputs, plan: Plan, *, ties, seed, backend, chunk_size,
     if resolve_backend(backend) == 'jax':
         from nhl_jax.retrieval import ranking_jax  # JAX's device runtime
         stats = ranking_jax.query_stats(inputs, plan, expected=expected,
-                                        chunk_size=chunk_size)
+                                        chunk_size=chunk_size,
+                                        devices=devices)
     else:
         stats = _numpy_query_stats(inputs, plan, expected,
                                    chunk_size or DEFAULT_CHUNK_SIZE,

@@ -1,4 +1,4 @@
-"""Retrieval statistics in JAX, on the device that holds the codes.
+"""Retrieval statistics in JAX, spread over the local devices.
 
 The JAX backend of ``ranking`` (and so of ``metrics``)
 (``backend='jax'``, and 'auto' on a GPU or TPU): the same per-query
@@ -27,6 +27,12 @@ included, equals NumPy's exactly. Chunks hold about ``PAIRS_PER_CHUNK``
 (query, item) pairs: some 24 bytes each (distances, keys, their sort),
 about 0.4 GB whatever N is; one chunk runs while the host finishes the
 one before.
+
+Devices: each chunk's queries are split over ``devices`` (every local
+device by default): its rows are sharded along a one-axis mesh and the
+database is replicated, so the same row-wise program runs on every
+device, with no collective, and the host gets the same integers as from
+one device. A chunk then holds ``PAIRS_PER_CHUNK`` pairs per device.
 """
 
 import functools
@@ -36,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nhl_jax.retrieval import codes, hamming
 from nhl_jax.retrieval._inputs import Plan
@@ -65,32 +73,41 @@ class _Config(NamedTuple):
 
 
 def query_stats(inputs, plan: Plan, *, expected: bool,
-                chunk_size: int | None = None) -> dict:
+                chunk_size: int | None = None, devices=None) -> dict:
     """``ranking.query_stats`` of distinct queries, in JAX.
 
     Args:
       inputs: ``_inputs.Inputs`` (database already in tie order).
       plan: what to compute (``Plan``).
       expected: the closed form of 'expected' ties instead of a ranking.
-      chunk_size: queries per program; None: ``default_chunk_size``.
+      chunk_size: queries per program, rounded up to a multiple of the
+        devices; None: ``default_chunk_size`` per device.
+      devices: the devices to split each chunk's queries over; None:
+        ``jax.local_devices()``.
 
     Returns:
       The statistics as NumPy arrays, keyed as ``ranking.query_stats``.
     """
+    devices = tuple(jax.local_devices() if devices is None else devices)
     num_queries = len(inputs.q_codes)
     num_items, num_bits = inputs.db_codes.shape
-    size = chunk_size or default_chunk_size(num_queries, num_items)
+    size = _chunk_rows(chunk_size, num_queries, num_items, len(devices))
     config = _Config(num_bits, num_items, plan, expected)
     harmonic = harmonic_numbers(num_items) if expected else None
-    db = (jnp.asarray(_words(inputs.db_codes)), jnp.asarray(inputs.db_side))
+    mesh = Mesh(np.array(devices), ('queries',))
+    rows, everywhere = NamedSharding(mesh, P('queries')), NamedSharding(
+        mesh, P())
+    db = jax.device_put((_words(inputs.db_codes), inputs.db_side),
+                        everywhere)
     q_words, q_side = _words(inputs.q_codes), inputs.q_side
     chunks, pending = [], None
     for start in range(0, num_queries, size):
-        rows = np.minimum(np.arange(start, start + size),
-                          num_queries - 1)  # pad with the last query
-        running = _chunk_stats(q_words[rows], q_side[rows], *db,
-                               config=config)
-        if pending is not None:  # while ``running`` runs on the device
+        index = np.minimum(np.arange(start, start + size),
+                           num_queries - 1)  # pad with the last query
+        running = _chunk_stats(
+            *jax.device_put((q_words[index], q_side[index]), rows), *db,
+            config=config)
+        if pending is not None:  # while ``running`` runs on the devices
             chunks.append(_finish(pending, plan, harmonic))
         pending = running
     chunks.append(_finish(pending, plan, harmonic))
@@ -98,6 +115,15 @@ def query_stats(inputs, plan: Plan, *, expected: bool,
         ..., :num_queries] for name in chunks[0]}
     return {name: value.astype(np.int64) if value.dtype.kind in 'iu'
             else value for name, value in stats.items()}
+
+
+def _chunk_rows(chunk_size, num_queries, num_items, num_devices) -> int:
+    """Queries per chunk: a multiple of the devices, each device's share
+    ``default_chunk_size`` unless ``chunk_size`` is given."""
+    if chunk_size is None:
+        return num_devices * default_chunk_size(
+            -(-num_queries // num_devices), num_items)
+    return -(-chunk_size // num_devices) * num_devices
 
 
 def _finish(device_stats, plan, harmonic) -> dict:

@@ -1,5 +1,9 @@
 """The JAX backend of the retrieval metrics equals the NumPy one (on CPU)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +12,9 @@ import pytest
 from nhl_jax import retrieval
 from nhl_jax.retrieval import hamming, metrics, ranking, ranking_jax
 from nhl_jax.retrieval._inputs import Plan
-from tests.support import lowering
+from tests.support import ROOT, lowering
+
+WORKER = os.path.join(ROOT, 'tests', 'support', 'ranking_worker.py')
 
 # 8-bit codes: 9 distances for 160 items, so nearly every rank is a tie;
 # Q is odd, so no chunk size divides it.
@@ -155,3 +161,29 @@ def test_default_chunk_size_is_a_bounded_power_of_two():
         assert size & (size - 1) == 0  # a power of two
         assert size * items <= max(ranking_jax.PAIRS_PER_CHUNK, items)
         assert size < 2 * queries
+
+
+def test_four_devices_rank_like_one(tmp_path):
+    # Issue 32: each chunk's queries split over the devices, the integers
+    # (so AP too) those of one device.
+    out = tmp_path / 'ranks.npz'
+    done = subprocess.run([sys.executable, WORKER, '4', str(out)],
+                          check=False, timeout=300, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as f:
+        results = {k: f[k] for k in f.files if k != 'spread'}
+        assert set(f['spread'].tolist()) == {1, 4}  # one, then all four
+    ones = sorted(k for k in results if k.startswith('one/'))
+    assert len(ones) == 10  # 5 metrics, 2 tie policies
+    for key in ones:
+        np.testing.assert_array_equal(results['all/' + key[4:]],
+                                      results[key], err_msg=key)
+
+
+@pytest.mark.parametrize('devices', [[], 'cpu', [None], 'twice'])
+def test_bad_devices_are_one_line_errors(data, devices):
+    if devices == 'twice':
+        devices = jax.local_devices() * 2
+    with pytest.raises(ValueError, match='devices must be a non-empty list'):
+        metrics.retrieval_metrics(*data, backend='jax', devices=devices)
