@@ -16,7 +16,7 @@ import jax
 from flax import nnx
 
 from nhl_jax import data, losses, models, parallel
-from nhl_jax.cli import recipes, registry
+from nhl_jax.cli import recipes, registry, scaling
 from nhl_jax.cli.configs import default as default_config
 from nhl_jax.errors import UsageError
 from nhl_jax.hparams import check_kwargs as _check_kwargs
@@ -137,9 +137,11 @@ def _check_fields(config) -> None:
                                 or workers < 0):
         raise UsageError(f'data_workers must be None (auto) or an int >= 0, '
                          f'got {workers!r}.')
-    for name in ('top_k', 'devices', 'log_every'):
+    for name in ('top_k', 'devices', 'log_every', 'per_device_batch_size',
+                 'lr_reference_batch'):
         if config.get(name) is not None:
             _positive(config, (name,), int)
+    _check_lr_scaling(config)
     _check_profile_steps(config.get('profile_steps'))
     _check_optimizer(config)
     writer_lib.parse_writers(field(config, 'writers'))
@@ -177,6 +179,15 @@ def _check_optimizer(config) -> None:
         raise UsageError(
             f'lr_decay_epochs must be positive epochs, e.g. '
             f'--config.lr_decay_epochs=50,80; got {epochs!r}.')
+
+
+def _check_lr_scaling(config) -> None:
+    _choice('lr_scaling', field(config, 'lr_scaling'), scaling.LR_SCALINGS)
+    if (config.get('lr_reference_batch') is not None
+            and field(config, 'lr_scaling') != 'linear'):
+        raise UsageError(
+            'lr_reference_batch is the batch of --config.lr_scaling=linear; '
+            'pass that too or leave lr_reference_batch unset.')
 
 
 def _check_cache(folder) -> None:
@@ -258,7 +269,9 @@ def _check_devices(config) -> None:
             f'devices={devices} but {available} device(s) exist; pass at '
             f'most {available} or leave it unset for all.'
         )
-    if config.batch_size % devices:
+    # A per-device batch splits by construction (scaling.apply).
+    if config.get('per_device_batch_size') is None and (
+            config.batch_size % devices):
         raise UsageError(
             f'batch_size {config.batch_size} does not split over {devices} '
             f'devices; use a multiple of {devices}.'
@@ -310,8 +323,10 @@ def resolve(config) -> RunSpec:
     (``data.OWN_DATA``) is said in one line. ``recipe='reference'`` sets
     the optimizer, rate, weight decay, batch and decay of every one of
     those fields still at its ``configs/default.py`` value (a field set to
-    anything else wins; ``nhl_jax.cli.recipes``), and ``spec.config``
-    (config.json) holds the resolved values.
+    anything else wins; ``nhl_jax.cli.recipes``), a per-device batch and
+    ``lr_scaling`` set the global batch and the rates
+    (``nhl_jax.cli.scaling``), and ``spec.config`` (config.json) holds the
+    resolved values.
 
     Args:
       config: a ConfigDict as in ``nhl_jax/cli/configs/default.py``.
@@ -320,7 +335,8 @@ def resolve(config) -> RunSpec:
       UsageError: naming the first invalid field and how to fix it.
     """
     check_config(config)  # the method first, among the rest
-    resolved = recipes.apply(config, _defaults())
+    resolved = scaling.apply(recipes.apply(config, _defaults()), _defaults(),
+                             recipes.batch_size(config, _defaults()))
     if resolved is not config:  # the recipe's batch must split over devices
         config = resolved
         check_config(config)

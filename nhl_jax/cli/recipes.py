@@ -10,7 +10,10 @@ A field that the run sets away from ``configs/default.py``'s value (a flag,
 a ``--config.<field>`` override, a config file) wins over the recipe;
 a field left at the default takes the recipe's value. So an override equal
 to the default (``--config.batch_size=64`` when the recipe says 128) is
-not told apart from no override: pass a config file instead.
+not told apart from no override: pass a config file instead. A
+``per_device_batch_size`` sets the global batch itself: the recipe's
+batch size is then only the reference of ``--config.lr_scaling=linear``
+(``nhl_jax.cli.scaling``).
 """
 
 import ml_collections
@@ -99,8 +102,15 @@ def apply(config, defaults):
     recipe = fields(config, defaults)
     if not recipe:
         return config
+    if config.get('per_device_batch_size') is not None:
+        del recipe['batch_size']  # the run sets its global batch
     resolved = ml_collections.ConfigDict(config.to_dict())
     for name, value in recipe.items():
         if resolved.get(name, defaults[name]) == defaults[name]:
             resolved[name] = value
     return resolved
+
+
+def batch_size(config, defaults) -> int:
+    """The batch the recipe's learning rate was set for."""
+    return fields(config, defaults).get('batch_size', defaults.batch_size)

@@ -24,7 +24,7 @@ from ml_collections.config_flags import config_path
 
 from nhl_jax import compiler, data, errors, models, parallel, train
 from nhl_jax.cli import config as config_lib
-from nhl_jax.cli import configs
+from nhl_jax.cli import configs, scaling
 from nhl_jax.cli import registry as systems
 from nhl_jax.models import heads
 from nhl_jax.nhl import objective
@@ -252,6 +252,12 @@ def _check_overrides(flag_values) -> None:
             config_path.get_value(path, written)
         except (AttributeError, IndexError, KeyError):
             raise _unknown_error(path, config_flag.config_filename) from None
+    # Seen here only: a --config.batch_size equal to the file's is not
+    # told apart from none once the overrides are applied.
+    overrides = config_flag.override_values
+    if {'batch_size', 'per_device_batch_size'} <= set(overrides):
+        raise scaling.both_batches(overrides['batch_size'],
+                                   overrides['per_device_batch_size'])
 
 
 def _load_config(filename):

@@ -89,7 +89,16 @@ def get_config():
         float)
     config.freeze_backbone = False
     config.compute_dtype = 'float32'  # 'bfloat16': mixed precision forward
-    config.batch_size = 64
+    config.batch_size = 64  # the global batch, over every device
+    # Or a per-device batch: the global batch is it x the devices the run
+    # uses (not with batch_size); None: batch_size.
+    config.per_device_batch_size = ml_collections.config_dict.placeholder(
+        int)
+    # 'linear': the learning rates x global batch / lr_reference_batch
+    # (arXiv 1706.02677, Sec. 2.1), for a batch other than the one they
+    # were set for (None: the recipe's, 64 here); 'none': as given.
+    config.lr_scaling = 'none'
+    config.lr_reference_batch = ml_collections.config_dict.placeholder(int)
     config.epochs = 40
     config.seed = 0
     # Data parallelism: devices of the ('data',) mesh; None means all of them
