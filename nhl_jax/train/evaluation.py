@@ -27,6 +27,14 @@ program depends on the number of batches (one operand per batch made the
 gather of a 1M-row database take 24 s to compile). Without a mesh, one
 device encodes.
 
+A run scores its first evaluator at every evaluation (best parameters,
+patience) and the others only where their numbers are reported: the
+lengths whose best parameters an evaluation replaced, and every length at
+the last evaluation (``scorer``, ``scheduled_lengths``).
+
+The JAX ranking (on a GPU or TPU) splits its query chunks over the
+mesh's devices of this process.
+
 Evaluation reads only parameters and batch statistics; it never touches a
 loss state or memory bank.
 """
@@ -242,6 +250,8 @@ class EvalInputs(NamedTuple):
       learned: per length, [N_v, b_k] learned database codes (MAH's V), or
         None for systems without them.
       learned_labels: [N_v, C] labels of the rows that own them.
+      devices: the devices the JAX ranking spreads its query chunks
+        over (``nhl_jax.retrieval.ranking_jax``); None: every local one.
     """
 
     layout: CodeLayout
@@ -251,30 +261,42 @@ class EvalInputs(NamedTuple):
     database_labels: np.ndarray
     learned: tuple[np.ndarray, ...] | None = None
     learned_labels: np.ndarray | None = None
+    devices: tuple | None = None
 
 
-def symmetric(inputs: EvalInputs, *, top_k=None) -> dict[str, float]:
-    """mAP per length: network codes of the query vs of the database."""
-    return _symmetric(inputs, top_k, 'stable')
+def symmetric(inputs: EvalInputs, *, top_k=None, bits=None
+              ) -> dict[str, float]:
+    """mAP per length: network codes of the query vs of the database.
+
+    Args:
+      inputs: the ``EvalInputs``.
+      top_k: mAP cut-off (None: all).
+      bits: the lengths to score (None: all of ``inputs.layout``).
+    """
+    return _symmetric(inputs, top_k, bits, 'stable')
 
 
-def symmetric_expected(inputs: EvalInputs, *, top_k=None
+def symmetric_expected(inputs: EvalInputs, *, top_k=None, bits=None
                        ) -> dict[str, float]:
     """``symmetric``'s mAP, ties='expected': its exact expectation over
     random orders of equal-distance items (``nhl_jax.retrieval``)."""
-    return _symmetric(inputs, top_k, 'expected')
+    return _symmetric(inputs, top_k, bits, 'expected')
 
 
-def _symmetric(inputs, top_k, ties):
+def _symmetric(inputs, top_k, bits, ties):
     layout = inputs.layout
     return {str(b): float(mean_average_precision(
         inputs.query[:, layout.columns(b)], inputs.query_labels,
         inputs.database[:, layout.columns(b)], inputs.database_labels,
-        top_k=top_k, ties=ties)) for b in layout.bits}
+        top_k=top_k, ties=ties, devices=inputs.devices))
+        for b in _lengths(layout, bits)}
 
 
-def asymmetric(inputs: EvalInputs, *, top_k=None) -> dict[str, float]:
+def asymmetric(inputs: EvalInputs, *, top_k=None, bits=None
+               ) -> dict[str, float]:
     """mAP per length: network codes of the query vs learned codes V.
+
+    Args: as ``symmetric``'s.
 
     References:
       ADSH (Jiang and Li, AAAI 2018) and MAH, arXiv 1809.09329: queries are
@@ -284,10 +306,17 @@ def asymmetric(inputs: EvalInputs, *, top_k=None) -> dict[str, float]:
         raise ValueError('the asymmetric evaluator needs learned database '
                          'codes (MAH); use the symmetric one.')
     layout = inputs.layout
+    learned = dict(zip(layout.bits, inputs.learned))
     return {str(b): float(mean_average_precision(
         inputs.query[:, layout.columns(b)], inputs.query_labels,
-        codes.sign_codes(v), inputs.learned_labels, top_k=top_k))
-        for b, v in zip(layout.bits, inputs.learned)}
+        codes.sign_codes(learned[b]), inputs.learned_labels, top_k=top_k,
+        devices=inputs.devices)) for b in _lengths(layout, bits)}
+
+
+def _lengths(layout, bits) -> tuple[int, ...]:
+    """The layout's lengths among ``bits`` (None: all), in its order."""
+    return layout.bits if bits is None else tuple(
+        b for b in layout.bits if b in set(bits))
 
 
 # name -> evaluator(inputs, *, top_k) -> {str(bits): mAP}.
@@ -328,25 +357,86 @@ def evaluate_lengths(encode: Callable, params, rest, splits, layout, *,
       workers: decoding processes for file datasets.
       learned: per length, learned database codes [N_v, b_k] (MAH's V).
       learned_labels: [N_v, C] their labels.
-      mesh: the data mesh to encode over (``encode_outputs``); None
-        encodes on one device.
+      mesh: the data mesh to encode over (``encode_outputs``) and to
+        rank on (its devices of this process); None encodes on one
+        device and ranks on every local one.
 
     Returns:
       {evaluator name: {str(bits): mAP}}.
     """
     if not isinstance(layout, CodeLayout):
         layout = CodeLayout(tuple(layout))
-    fns = {name: get_evaluator(name) for name in evaluators}
+    run = scorer(encode, params, rest, splits, layout, batch_size=batch_size,
+                 top_k=top_k, workers=workers, learned=learned,
+                 learned_labels=learned_labels, mesh=mesh)
+    return run(dict.fromkeys(evaluators, layout.bits))
 
-    def codes(split):
+
+def scorer(encode: Callable, params, rest, splits, layout: CodeLayout, *,
+           batch_size: int = 500, top_k=None, workers: int = 0,
+           learned=None, learned_labels=None, mesh=None) -> Callable:
+    """``evaluate_lengths`` in parts: one encoding, scored in several calls.
+
+    Arguments as ``evaluate_lengths``'s. A split is encoded when an
+    evaluator first needs it (the database only for the symmetric ones),
+    and then kept, so a run can score its first evaluator, decide which
+    lengths the others need (``scheduled_lengths``) and score those
+    without encoding again.
+
+    Returns:
+      A function ``{evaluator name: lengths} -> {name: {str(bits): mAP}}``
+      (names with no lengths are left out); unknown names raise before
+      anything is encoded.
+    """
+    @functools.cache
+    def codes_of(split):
         return encode_codes(encode, params, rest, getattr(splits, split),
                             batch_size, workers=workers, mesh=mesh,
                             desc=f'encode {split}')
 
-    inputs = EvalInputs(
-        layout, codes('query'), splits.query.labels,
-        codes('database') if _NEEDS_DATABASE & set(fns) else None,
-        splits.database.labels,
-        None if learned is None else tuple(np.asarray(v) for v in learned),
-        learned_labels)
-    return {name: fn(inputs, top_k=top_k) for name, fn in fns.items()}
+    devices = None if mesh is None else tuple(
+        d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    learned = None if learned is None else tuple(np.asarray(v)
+                                                 for v in learned)
+
+    def run(lengths: Mapping[str, Sequence[int]]):
+        fns = {name: get_evaluator(name) for name in lengths}
+        wanted = {name: bits for name, bits in lengths.items() if bits}
+        if not wanted:
+            return {}
+        inputs = EvalInputs(
+            layout, codes_of('query'), splits.query.labels,
+            codes_of('database') if _NEEDS_DATABASE & set(wanted) else None,
+            splits.database.labels, learned, learned_labels, devices)
+        return {name: fns[name](inputs, top_k=top_k, bits=bits)
+                for name, bits in wanted.items()}
+
+    return run
+
+
+def scheduled_lengths(evaluators: Sequence[str], bits: Sequence[int], *,
+                      improved: Sequence[int], final: bool
+                      ) -> dict[str, tuple[int, ...]]:
+    """The lengths each of a run's other evaluators scores at an evaluation.
+
+    The first evaluator scores every length first: it alone selects the
+    best parameters and drives patience. The others are reported for
+    the parameters kept as best (``map_<name>``) and at the last
+    evaluation (``map_<name>_last``), so they score only the lengths
+    whose best parameters this evaluation replaced, and every length at
+    the last one (the last round, or the one that stops the run early).
+
+    Args:
+      evaluators: the run's evaluator names, the first the primary.
+      bits: the run's lengths.
+      improved: the lengths whose best first-evaluator mAP this
+        evaluation raised.
+      final: whether this evaluation is the run's last.
+
+    Returns:
+      {name: lengths} of the evaluators after the first, in ``bits``'
+      order (empty where nothing is needed).
+    """
+    improved = set(improved)
+    wanted = tuple(b for b in bits if final or b in improved)
+    return dict.fromkeys(evaluators[1:], wanted)
