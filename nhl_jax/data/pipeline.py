@@ -11,10 +11,12 @@ Only the host side is covered: batches are numpy arrays::
             ...  # batch['image'], batch['label'], batch['index']
 
 Image files are decoded ahead of the consumer, by threads of this process
-or by worker processes (``resolve_workers``); the batches and their order
-are the same whichever builds them.
+or by worker processes (``resolve_workers``), started per iterator or once
+for a whole run (``run_workers``, which ``fit`` uses); the batches and
+their order are the same whichever builds them.
 """
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -25,6 +27,7 @@ from absl import flags
 
 from nhl_jax.data import files
 from nhl_jax.data.datasets import ArrayDataset, check_dataset
+from nhl_jax.data.workers import WorkerPool
 
 # grain's default reads with 16 threads and a 500-element buffer. For a
 # numpy gather that is slower than reading inline (benchmarks/RESULTS.md)
@@ -65,7 +68,8 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_workers(ds, workers: int | Workers | None) -> Workers:
+def resolve_workers(ds, workers: int | Workers | WorkerPool | None,
+                    ) -> Workers:
     """The processes and threads that build ``ds``'s batches.
 
     The default (``workers=None``, ``config.data_workers = None``) suits
@@ -74,15 +78,18 @@ def resolve_workers(ds, workers: int | Workers | None) -> Workers:
     ``min(available_cpus(), AUTO_THREADS)`` threads of this process, which
     start at once and need no copies. Worker processes scale past the GIL
     on hosts with many cores but cost an interpreter start per iterator
-    (each epoch, each evaluated split), so they are opt-in.
+    (each epoch, each evaluated split) unless a ``WorkerPool`` serves the
+    run (``run_workers``), so they are opt-in.
 
     Args:
       ds: the dataset (``ArrayDataset``, ``FileDataset``), or None when
         unknown (then None builds inline).
       workers: None for the default above; 0 to build every batch inline
         in the calling thread (no threads: plain tracebacks, no
-        background work); N > 0 for N worker processes; or a ``Workers``
-        for both explicitly (threads then decode inside each process).
+        background work); N > 0 for N worker processes; a ``Workers``
+        for both explicitly (threads then decode inside each process); or
+        a ``WorkerPool`` whose processes outlive the iterator
+        (``run_workers``).
 
     Returns:
       The ``Workers`` to use.
@@ -91,6 +98,8 @@ def resolve_workers(ds, workers: int | Workers | None) -> Workers:
       ValueError: unless ``workers`` is None, an int >= 0 or a
         ``Workers`` of ints >= 0.
     """
+    if isinstance(workers, WorkerPool):
+        return Workers(workers.processes, 0)
     if isinstance(workers, Workers):
         for name, value in zip(workers._fields, workers):
             _check_count(value, f'Workers.{name}')
@@ -321,7 +330,8 @@ def iterate(dataset: grain.MapDataset,
     Args:
       dataset: a ``grain.MapDataset`` (of batches).
       workers: as ``resolve_workers``: None for the default of ``source``,
-        0 inline, N > 0 for N worker processes, or a ``Workers``.
+        0 inline, N > 0 for N worker processes (started for this iterator),
+        a ``Workers``, or a ``WorkerPool``.
       source: the dataset the elements are read from, which picks the
         default (None: unknown, built inline).
 
@@ -329,6 +339,8 @@ def iterate(dataset: grain.MapDataset,
       An iterator over the elements of ``dataset``, in its order.
     """
     plan = resolve_workers(source, workers)
+    if isinstance(workers, WorkerPool):
+        return workers.iterate(dataset)
     options = _READ_OPTIONS
     if plan.threads:
         # One ready batch beyond those being decoded: enough to hide the
@@ -344,3 +356,28 @@ def iterate(dataset: grain.MapDataset,
         iterable = iterable.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=plan.processes))
     return iter(iterable)
+
+
+@contextlib.contextmanager
+def run_workers(workers: int | Workers | WorkerPool | None, source):
+    """``workers`` for a whole run: its worker processes started once.
+
+    A plan with worker processes (and no threads in them) becomes one
+    ``WorkerPool`` that every epoch and evaluation reuses, instead of new
+    processes per iterator; any other plan is yielded unchanged, so runs
+    without worker processes start none.
+
+    Args:
+      workers: as ``resolve_workers``.
+      source: the dataset that picks the default (the training set).
+
+    Yields:
+      What to pass as ``workers`` for the rest of the run.
+    """
+    plan = resolve_workers(source, workers)
+    if (isinstance(workers, WorkerPool) or not plan.processes
+            or plan.threads):
+        yield workers
+        return
+    with WorkerPool(plan.processes) as pool:
+        yield pool

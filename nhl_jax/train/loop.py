@@ -16,6 +16,7 @@ that round is saved.
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -29,6 +30,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from nhl_jax import parallel, runlog
+from nhl_jax.data import pipeline
 from nhl_jax.train import checkpoint, evaluation, profile
 from nhl_jax.train import step as step_lib
 from nhl_jax.train import workdir as workdir_lib
@@ -254,7 +256,10 @@ def fit(system, spec, splits, bits, workdir: str, *,
     profiler = profile.Profiler(spec.profile_steps, workdir)
     identity = workdir_lib.run_identity(spec, setup.bits, state)
     with (checkpoint.opened(workdir) as mngr, _preemption() as stop,
-          contextlib.closing(writer), contextlib.closing(profiler)):
+          contextlib.closing(writer), contextlib.closing(profiler),
+          pipeline.run_workers(spec.data_workers, splits.train) as workers):
+        # Worker processes, if any, serve every epoch and evaluation.
+        spec = dataclasses.replace(spec, data_workers=workers)
         state, best, meta = checkpoint.restore_or_start(
             mngr, state, best,
             lambda: new_meta(setup.bits, system.evaluators), resume=resume,

@@ -72,7 +72,8 @@ class RunSpec:
     seed: int
     batch_size: int
     eval_batch_size: int
-    data_workers: int | None  # None: automatic (nhl_jax.data.pipeline)
+    # None: automatic (nhl_jax.data.pipeline); in ``fit``, its WorkerPool
+    data_workers: Any
     devices: int | None
     sync_batch_stats: bool  # False: BatchNorm statistics per device
     epochs: int
