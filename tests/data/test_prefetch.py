@@ -95,12 +95,17 @@ def test_input_pipeline_benchmark_smoke(capsys):
     spec.loader.exec_module(module)
     table = module.main(['--smoke'])
     assert table in capsys.readouterr().out
-    rows = [line for line in table.splitlines() if line.startswith('| ')]
-    assert rows[0].startswith('| workers | images / s | first batch s |')
-    names = [row.split('|')[1].strip() for row in rows[1:]]
+    first = table.split('\n\n')[1].splitlines()  # the decoding table
+    assert first[0].startswith('| workers | variant | images / s | cores busy '
+                               '| images / s per core | first batch s |')
+    cells = [[c.strip() for c in row.strip('|').split('|')]
+             for row in first[2:]]
+    names = [row[0] for row in cells]
     assert names[0] == 'inline (0)' and '1 process' in names
     assert sum(name.endswith('auto') or name.startswith('auto')
-               for name in names) == 1
-    for row in rows[1:]:
-        cells = [c.strip() for c in row.strip('|').split('|')]
-        assert float(cells[1]) > 0 and cells[4].endswith('%')
+               for name in names) == 2  # before and after
+    assert {row[1] for row in cells} == {'before', 'after'}
+    for row in cells:
+        assert float(row[2]) > 0 and float(row[4]) > 0
+    ratios = table.split('per core, after / before')[1]
+    assert '| 1 process | ' in ratios
