@@ -169,6 +169,10 @@ def nhl_objective(
         )
     m = len(bits)
 
+    # One program for every length's state: drawn op by op, the centres
+    # and banks of M lengths are dozens of small programs, each a
+    # compilation (or a cache load) at the start of every run.
+    @functools.partial(jax.jit, static_argnames=('num_train', 'num_classes'))
     def init_fn(key, *, num_train, num_classes):
         if loss.init_lengths is not None:
             return tuple(loss.init_lengths(
