@@ -39,6 +39,9 @@ _JOIN_S = 5.0
 class WorkerPool:
     """Worker processes that build the elements of many datasets in order.
 
+    Use a pool from one thread; several of its iterators may be open at
+    once.
+
     Attributes:
       processes: the number of worker processes.
       pids: their process ids (to watch their CPU time, say).
@@ -201,8 +204,12 @@ def _unwrap(message):
 
 def _serve(requests, results) -> None:
     """A worker: loads datasets, builds the elements asked for, in order."""
-    # The parent handles Ctrl-C and closes the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent handles Ctrl-C and preemption (a checkpoint, maybe from
+    # batches still to come) and then closes the pool; should it die
+    # instead, the worker notices below and exits.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags
@@ -210,7 +217,12 @@ def _serve(requests, results) -> None:
     datasets, inbox = {}, collections.deque()
     while True:
         if not inbox:
-            inbox.append(requests.get())
+            try:
+                inbox.append(requests.get(timeout=_POLL_S))
+            except queue.Empty:
+                if not parent.is_alive():
+                    os._exit(0)
+                continue
         _drain(requests, inbox, datasets)
         if not inbox:
             continue
