@@ -1,7 +1,8 @@
 """Pieces shared by the base losses: similarity, norms, centres, checks."""
 
+import typing
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import numpy as np
 
 from nhl_jax.checks import is_int
 from nhl_jax.errors import UsageError
+from nhl_jax.hparams import Range
 from nhl_jax.types import Array, EmptyState, PRNGKey
 
 
@@ -348,29 +350,111 @@ class BankState(NamedTuple):
     Attributes:
       codes: [N, K] float32, the (transformed) codes last seen per sample.
       labels: [N, C] float32, their multi-hot labels.
+      count: [] int32, the steps taken, kept only with a ``warmup`` (None,
+        no leaf, otherwise).
     """
 
     codes: Array  # [N, K]
     labels: Array  # [N, C]
+    count: Array | None = None  # []
 
 
-def bank_init(key, *, num_train, num_classes, bits) -> BankState:
-    """``init`` of the bank losses: an all-zero [N, K] and [N, C] bank."""
-    del key
-    return BankState(
-        codes=jnp.zeros((num_train, bits), jnp.float32),
-        labels=jnp.zeros((num_train, num_classes), jnp.float32),
-    )
+# What the bank stores of each code: the relaxed code itself (the papers)
+# or its sign.
+BankCodes = Literal['relaxed', 'sign']
+# Steps of in-batch pairs before the bank is used; 0: the bank from the
+# first step (the papers).
+Steps = Annotated[int, Range(0)]
 
 
-def bank_write(
-    state: BankState, codes: Array, labels: Array, index: Array
-) -> BankState:
-    """Writes the batch into rows ``index`` of the bank (codes detached)."""
-    return BankState(
+class BankOptions(NamedTuple):
+    """The bank-collapse remedies every bank loss takes (all off by default).
+
+    Attributes:
+      warmup: for the first ``warmup`` steps the pair term compares the
+        batch with itself (B x B pairs against its detached codes) instead
+        of the bank; the bank is written all along.
+      bank_codes: ``'relaxed'`` stores sg(v), ``'sign'`` stores sign(v).
+    """
+
+    warmup: int = 0
+    bank_codes: str = 'relaxed'
+
+
+PAPER_BANK = BankOptions()  # the bank as the papers keep it
+
+
+def bank_options(name: str, warmup: int, bank_codes: str) -> BankOptions:
+    """Checked ``BankOptions`` for a factory called directly.
+
+    Raises:
+      ValueError: one line naming the bad option and its valid values.
+    """
+    if bank_codes not in typing.get_args(BankCodes):
+        raise ValueError(f"{name}: bank_codes must be 'relaxed' or 'sign', "
+                         f'got {bank_codes!r}.')
+    if not is_int(warmup) or warmup < 0:
+        raise ValueError(f'{name}: warmup must be an int >= 0 (steps), got '
+                         f'{warmup!r}.')
+    return BankOptions(int(warmup), bank_codes)
+
+
+def bank_init_fn(options: BankOptions = PAPER_BANK):
+    """``init`` of the bank losses: an all-zero [N, K] and [N, C] bank, and
+    a step counter when ``options`` has a warm-up."""
+
+    def init_fn(key, *, num_train, num_classes, bits) -> BankState:
+        del key
+        return BankState(
+            codes=jnp.zeros((num_train, bits), jnp.float32),
+            labels=jnp.zeros((num_train, num_classes), jnp.float32),
+            count=jnp.zeros((), jnp.int32) if options.warmup else None,
+        )
+
+    return init_fn
+
+
+bank_init = bank_init_fn()
+
+
+def bank_write(state, codes: Array, labels: Array, index: Array):
+    """Writes the batch into rows ``index`` of the bank (codes detached).
+
+    ``state`` is any NamedTuple with ``codes`` [N, K] and ``labels`` [N, C];
+    its other fields are kept.
+    """
+    return state._replace(
         codes=state.codes.at[index].set(jax.lax.stop_gradient(codes)),
         labels=state.labels.at[index].set(labels),
     )
+
+
+def bank_pairs(state, v: Array, labels: Array, index: Array, pair_term,
+               options: BankOptions = PAPER_BANK):
+    """Writes the batch into the bank and evaluates the pair term on it.
+
+    Args:
+      state: a bank (``codes`` [N, K], ``labels`` [N, C], and ``count`` []
+        with a warm-up).
+      v: [B, K] the codes the loss compares (after its squashing).
+      labels: [B, C] multi-hot labels.
+      index: [B] rows of the batch in the training set.
+      pair_term: ``pair_term(v, labels, others [R, K], other_labels [R, C])
+        -> scalar``, the loss's mean over the [B, R] pairs.
+      options: the remedies (``BankOptions``); the default is the paper's
+        bank.
+
+    Returns:
+      ``(pair term, new bank)``.
+    """
+    stored = jnp.sign(v) if options.bank_codes == 'sign' else v
+    bank = bank_write(state, stored, labels, index)
+    value = pair_term(v, labels, bank.codes, bank.labels)
+    if not options.warmup:
+        return value, bank
+    in_batch = pair_term(v, labels, jax.lax.stop_gradient(stored), labels)
+    value = jnp.where(state.count < options.warmup, in_batch, value)
+    return value, bank._replace(count=state.count + 1)
 
 
 def pair_nll(theta: Array, s: Array) -> Array:
@@ -391,43 +475,54 @@ def cosine_label_similarity(y1: Array, y2: Array, eps: float = 1e-5) -> Array:
     return (y1 @ y2.T) / (norms + eps)
 
 
-def bank_pair_likelihood(state, codes: Array, labels: Array,
-                         index: Array):
-    """DPSH's pairwise likelihood of the batch against the whole bank.
+def likelihood_term(v: Array, labels: Array, others: Array,
+                    other_labels: Array) -> Array:
+    """DPSH's pairwise likelihood of a batch against ``others``.
 
-    Writes the batch into the bank, then with theta = u_i . U_j / 2 and
-    s_ij the label similarity returns mean_ij [log(1 + e^theta_ij) -
-    s_ij theta_ij] over the [B, N] pairs (shared by DPSH and DHN).
+    With theta = v_i . U_j / 2 and s_ij the label similarity: mean_ij
+    [log(1 + e^theta_ij) - s_ij theta_ij] over the [B, R] pairs (DPSH, DHN,
+    DBDH).
+
+    Args:
+      v: [B, K] codes; labels: [B, C]; others: [R, K]; other_labels: [R, C].
+    """
+    s = similarity(labels, other_labels)  # [B, R]
+    theta = 0.5 * v @ others.T  # [B, R]
+    return jnp.mean(pair_nll(theta, s))
+
+
+def bank_pair_likelihood(state, codes: Array, labels: Array, index: Array,
+                         options: BankOptions = PAPER_BANK):
+    """``likelihood_term`` of the batch against the whole bank, written
+    first (``bank_pairs``).
 
     Returns:
       ``(likelihood, new bank state)``.
     """
-    bank = bank_write(state, codes, labels, index)
-    s = similarity(labels, bank.labels)  # [B, N]
-    theta = 0.5 * codes @ bank.codes.T  # [B, N]
-    return jnp.mean(pair_nll(theta, s)), bank
+    return bank_pairs(state, codes, labels, index, likelihood_term, options)
 
 
 class SoftPairs(NamedTuple):
     """What IDHN and ISDH compute alike before their pair losses."""
 
-    v: Array  # [B, K] squashed codes u / (|u| + 1)
-    bank: Any  # the bank after writing v
-    s: Array  # [B, N] cosine label similarity
-    hard: Array  # [B, N] 1 for s > 0.99 or s < 0.01
-    theta: Array  # [B, N] alpha v_i . U_j
-    cross: Array  # [B, N] log(1 + e^theta) - s theta
+    s: Array  # [B, R] cosine label similarity
+    hard: Array  # [B, R] 1 for s > 0.99 or s < 0.01
+    theta: Array  # [B, R] alpha v_i . U_j
+    cross: Array  # [B, R] log(1 + e^theta) - s theta
 
 
-def soft_pairs(state, codes: Array, labels: Array, index: Array,
+def squash(codes: Array) -> Array:
+    """IDHN / ISDH's v = u / (|u| + 1), elementwise."""
+    return codes / (jnp.abs(codes) + 1.0)
+
+
+def soft_pairs(v: Array, labels: Array, others: Array, other_labels: Array,
                alpha: float) -> SoftPairs:
-    """Squash, write the bank, and the pair terms of IDHN / ISDH."""
-    v = codes / (jnp.abs(codes) + 1.0)
-    bank = bank_write(state, v, labels, index)
-    s = cosine_label_similarity(labels, bank.labels)  # [B, N]
+    """The pair terms of IDHN / ISDH between v [B, K] and others [R, K]."""
+    s = cosine_label_similarity(labels, other_labels)  # [B, R]
     hard = (s > 0.99).astype(jnp.float32) + (s < 0.01).astype(jnp.float32)
-    theta = alpha * v @ bank.codes.T  # [B, N]
-    return SoftPairs(v, bank, s, hard, theta, pair_nll(theta, s))
+    theta = alpha * v @ others.T  # [B, R]
+    return SoftPairs(s, hard, theta, pair_nll(theta, s))
 
 
 def squared_distances(u: Array, bank: Array) -> Array:

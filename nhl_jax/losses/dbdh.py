@@ -9,7 +9,9 @@ from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def dbdh(alpha: Weight = 0.1, p: Literal[1, 2] = 2) -> HashLoss:
+def dbdh(alpha: Weight = 0.1, p: Literal[1, 2] = 2, *,
+         warmup: _common.Steps = 0,
+         bank_codes: _common.BankCodes = 'relaxed') -> HashLoss:
     """DPSH-style likelihood on clipped codes with a bit-balance penalty.
 
     The codes are clipped, v = clip(u, -1, 1) (straight pass inside the box,
@@ -25,6 +27,10 @@ def dbdh(alpha: Weight = 0.1, p: Literal[1, 2] = 2) -> HashLoss:
     Args:
       alpha: weight of the balance term.
       p: 1 (absolute value) or 2 (square) in the balance term.
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``BankState`` ([N, K] codes, [N, C]
@@ -37,14 +43,14 @@ def dbdh(alpha: Weight = 0.1, p: Literal[1, 2] = 2) -> HashLoss:
     if p not in (1, 2):
         raise ValueError(f'dbdh: p must be 1 or 2, got {p!r}.')
 
+    options = _common.bank_options('dbdh', warmup, bank_codes)
+
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
         v = jnp.clip(codes, -1.0, 1.0)
-        bank = _common.bank_write(state, v, labels, index)
-        s = _common.similarity(labels, bank.labels)  # [B, N]
-        theta = 0.5 * v @ bank.codes.T  # [B, N]
-        likelihood = jnp.mean(_common.pair_nll(theta, s))
+        likelihood, bank = _common.bank_pair_likelihood(state, v, labels,
+                                                        index, options)
         balance = jnp.mean(jnp.abs(jnp.mean(v, axis=1)) ** p)
         return likelihood + alpha * balance, bank
 
-    return HashLoss(_common.bank_init, apply_fn)
+    return HashLoss(_common.bank_init_fn(options), apply_fn)

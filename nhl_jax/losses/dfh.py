@@ -18,11 +18,13 @@ class DFHState(NamedTuple):
       labels: [N, C] float32, their labels.
       centers: [K, C] float32, the relaxed centres V; sign(V) are the class
         codes. Zero at the start, as in the reference.
+      count: [] int32 steps taken, only with a ``warmup`` (else None).
     """
 
     codes: Array  # [N, K]
     labels: Array  # [N, C]
     centers: Array  # [K, C]
+    count: Array | None = None  # []
 
 
 def dfh(
@@ -35,6 +37,8 @@ def dfh(
     center_lr: Scale = 0.03,
     center_steps: Count = 200,
     center_decay_at: tuple[int, ...] = (149, 179),
+    warmup: _common.Steps = 0,
+    bank_codes: _common.BankCodes = 'relaxed',
 ) -> HashLoss:
     """Margin pairwise likelihood on a bank, quantisation to centre-pushed b.
 
@@ -64,6 +68,10 @@ def dfh(
       center_lr: learning rate of the centre refit.
       center_steps: gradient steps of the centre refit per training step.
       center_decay_at: refit steps at which the rate is divided by 10.
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``DFHState``.
@@ -74,11 +82,14 @@ def dfh(
       swuxyj/DeepHash-pytorch ``DFH.py``.
     """
 
+    options = _common.bank_options('dfh', warmup, bank_codes)
+
     def init_fn(key, *, num_train, num_classes, bits):
-        bank = _common.bank_init(key, num_train=num_train,
-                                 num_classes=num_classes, bits=bits)
-        return DFHState(*bank, centers=jnp.zeros((bits, num_classes),
-                                                 jnp.float32))
+        bank = _common.bank_init_fn(options)(
+            key, num_train=num_train, num_classes=num_classes, bits=bits)
+        return DFHState(bank.codes, bank.labels,
+                        centers=jnp.zeros((bits, num_classes), jnp.float32),
+                        count=bank.count)
 
     def center_objective(v, y, b, target):
         intra = jnp.mean((v @ y.T - b.T) ** 2)
@@ -103,21 +114,23 @@ def dfh(
         )
         return v
 
+    def pair_term(u, labels, others, other_labels):
+        s = _common.similarity(labels, other_labels)  # [B, R]
+        theta = jnp.clip(0.5 * u @ others.T, -100.0, 50.0)  # [B, R]
+        return jnp.mean(
+            (1.0 - s) * jax.nn.softplus(m + theta)
+            + s * jax.nn.softplus(m - theta)
+        )
+
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        bank_codes = state.codes.at[index].set(jax.lax.stop_gradient(codes))
-        bank_labels = state.labels.at[index].set(labels)
         b = jax.lax.stop_gradient(
             jnp.sign(mu * labels @ jnp.sign(state.centers).T + codes)
         )  # [B, K]
         centers = refit_centers(state.centers, labels, b)
-        s = _common.similarity(labels, bank_labels)  # [B, N]
-        theta = jnp.clip(0.5 * codes @ bank_codes.T, -100.0, 50.0)
-        metric = jnp.mean(
-            (1.0 - s) * jax.nn.softplus(m + theta)
-            + s * jax.nn.softplus(m - theta)
-        )
+        metric, bank = _common.bank_pairs(state, codes, labels, index,
+                                          pair_term, options)
         quant = jnp.mean((b - codes) ** 2)
-        return metric + eta * quant, DFHState(bank_codes, bank_labels, centers)
+        return metric + eta * quant, bank._replace(centers=centers)
 
     return HashLoss(init_fn, apply_fn)

@@ -7,7 +7,8 @@ from nhl_jax.losses import _common
 from nhl_jax.types import Array, HashLoss
 
 
-def dhn(alpha: Weight = 0.1) -> HashLoss:
+def dhn(alpha: Weight = 0.1, *, warmup: _common.Steps = 0,
+        bank_codes: _common.BankCodes = 'relaxed') -> HashLoss:
     """Pairwise logistic likelihood against a bank, log-cosh quantisation.
 
     Each step first writes the batch into the bank (U[index] <- sg(u),
@@ -19,6 +20,10 @@ def dhn(alpha: Weight = 0.1) -> HashLoss:
 
     Args:
       alpha: weight of the log-cosh quantisation term.
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``BankState`` ([N, K] codes, [N, C]
@@ -31,14 +36,16 @@ def dhn(alpha: Weight = 0.1) -> HashLoss:
       ``bit_length/DHN.py``.
     """
 
+    options = _common.bank_options('dhn', warmup, bank_codes)
+
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        likelihood, bank = _common.bank_pair_likelihood(state, codes, labels,
-                                                        index)
+        likelihood, bank = _common.bank_pair_likelihood(
+            state, codes, labels, index, options)
         quant = jnp.mean(log_cosh(jnp.abs(codes) - 1.0))
         return likelihood + alpha * quant, bank
 
-    return HashLoss(_common.bank_init, apply_fn)
+    return HashLoss(_common.bank_init_fn(options), apply_fn)
 
 
 def log_cosh(x: Array) -> Array:

@@ -7,7 +7,8 @@ from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def dpsh(alpha: Weight = 0.1) -> HashLoss:
+def dpsh(alpha: Weight = 0.1, *, warmup: _common.Steps = 0,
+         bank_codes: _common.BankCodes = 'relaxed') -> HashLoss:
     """Pairwise logistic likelihood against a bank, squared quantisation.
 
     Each step first writes the batch into the bank (U[index] <- sg(u),
@@ -19,6 +20,10 @@ def dpsh(alpha: Weight = 0.1) -> HashLoss:
 
     Args:
       alpha: weight of the quantisation term (eta in the paper).
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``BankState`` ([N, K] codes, [N, C]
@@ -30,11 +35,13 @@ def dpsh(alpha: Weight = 0.1) -> HashLoss:
       defaults of swuxyj/DeepHash-pytorch ``DPSH.py``.
     """
 
+    options = _common.bank_options('dpsh', warmup, bank_codes)
+
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        likelihood, bank = _common.bank_pair_likelihood(state, codes, labels,
-                                                        index)
+        likelihood, bank = _common.bank_pair_likelihood(
+            state, codes, labels, index, options)
         quant = jnp.mean((codes - jnp.sign(codes)) ** 2)
         return likelihood + alpha * quant, bank
 
-    return HashLoss(_common.bank_init, apply_fn)
+    return HashLoss(_common.bank_init_fn(options), apply_fn)

@@ -23,16 +23,19 @@ class DSDHState(NamedTuple):
       labels: [N, C] float32, Y: its label.
       binary: [N, K] float32 in {-1, 0, +1}, B: the discrete codes.
       w: [K, C] float32, W: the linear classifier of B.
+      count: [] int32 steps taken, only with a ``warmup`` (else None).
     """
 
     codes: Array  # [N, K]
     labels: Array  # [N, C]
     binary: Array  # [N, K]
     w: Array  # [K, C]
+    count: Array | None = None  # []
 
 
 def dsdh(mu: Weight = 1.0, nu: Weight = 1.0, eta: Weight = 55.0,
-         dcc_iter: Count = 10) -> HashLoss:
+         dcc_iter: Count = 10, *, warmup: _common.Steps = 0,
+         bank_codes: _common.BankCodes = 'relaxed') -> HashLoss:
     """Pairwise likelihood over a bank, plus the discrete classification.
 
     Each step first writes the batch into the banks (U[index] <- sg(u),
@@ -60,6 +63,10 @@ def dsdh(mu: Weight = 1.0, nu: Weight = 1.0, eta: Weight = 55.0,
       nu: weight of the W regulariser (DSDH.py:20).
       eta: weight of U in the B-step (DSDH.py:22).
       dcc_iter: W/B alternations per update (DSDH.py:23).
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``DSDHState``, with ``epoch_update``.
@@ -76,26 +83,29 @@ def dsdh(mu: Weight = 1.0, nu: Weight = 1.0, eta: Weight = 55.0,
       DeepHash-pytorch ``DSDH.py`` ``DSDHLoss`` (lines 53-98).
     """
 
+    options = _common.bank_options('dsdh', warmup, bank_codes)
+
     def init_fn(key, *, num_train, num_classes, bits):
-        bank = _common.bank_init(key, num_train=num_train,
-                                 num_classes=num_classes, bits=bits)
-        return DSDHState(*bank,
+        bank = _common.bank_init_fn(options)(
+            key, num_train=num_train, num_classes=num_classes, bits=bits)
+        return DSDHState(bank.codes, bank.labels,
                          binary=jnp.zeros((num_train, bits), jnp.float32),
-                         w=jnp.zeros((bits, num_classes), jnp.float32))
+                         w=jnp.zeros((bits, num_classes), jnp.float32),
+                         count=bank.count)
+
+    def pair_term(u, labels, others, other_labels):
+        theta = 0.5 * u @ others.T  # [B, R]
+        s = _common.similarity(labels, other_labels)  # [B, R]
+        return jnp.mean(jnp.log1p(jnp.exp(-jnp.abs(theta)))
+                        + jnp.maximum(theta, 0.0) - s * theta)
 
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        state = state._replace(
-            codes=state.codes.at[index].set(jax.lax.stop_gradient(codes)),
-            labels=state.labels.at[index].set(labels),
-        )
-        theta = 0.5 * codes @ state.codes.T  # [B, N]
-        s = _common.similarity(labels, state.labels)  # [B, N]
-        likelihood = (jnp.log1p(jnp.exp(-jnp.abs(theta)))
-                      + jnp.maximum(theta, 0.0) - s * theta)
+        likelihood, state = _common.bank_pairs(state, codes, labels, index,
+                                               pair_term, options)
         cl = jnp.mean((labels - state.binary[index] @ state.w) ** 2)
         reg = jnp.mean(state.w ** 2)
-        return jnp.mean(likelihood) + mu * cl + nu * reg, state
+        return likelihood + mu * cl + nu * reg, state
 
     def epoch_update(state, params):
         del params

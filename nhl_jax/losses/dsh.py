@@ -65,8 +65,9 @@ def dsh(alpha: Weight = 0.1,
                          f'{pairs!r}.')
 
     def init_fn(key, *, num_train, num_classes, bits):
-        return DSHState(*_common.bank_init(
-            key, num_train=num_train, num_classes=num_classes, bits=bits))
+        bank = _common.bank_init(key, num_train=num_train,
+                                 num_classes=num_classes, bits=bits)
+        return DSHState(bank.codes, bank.labels)
 
     def value(codes, labels, others, other_labels):
         m = 2.0 * codes.shape[-1] if margin is None else margin

@@ -7,8 +7,9 @@ from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def idhn(alpha: Scale = 0.5, gamma: Weight = 0.1,
-         lam: Weight = 0.1) -> HashLoss:
+def idhn(alpha: Scale = 0.5, gamma: Weight = 0.1, lam: Weight = 0.1, *,
+         warmup: _common.Steps = 0,
+         bank_codes: _common.BankCodes = 'relaxed') -> HashLoss:
     """Cross-entropy on hard pairs, squared error on soft pairs, with a bank.
 
     The codes are squashed, v = u / (|u| + 1) elementwise. Each step writes
@@ -26,6 +27,10 @@ def idhn(alpha: Scale = 0.5, gamma: Weight = 0.1,
       alpha: scale of the inner product.
       gamma: weight of the squared error on the soft (partly similar) pairs.
       lam: weight of the quantisation term.
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``BankState`` ([N, K] squashed codes,
@@ -37,13 +42,20 @@ def idhn(alpha: Scale = 0.5, gamma: Weight = 0.1,
       defaults of swuxyj/DeepHash-pytorch ``IDHN.py``.
     """
 
+    options = _common.bank_options('idhn', warmup, bank_codes)
+
+    def pair_term(v, labels, others, other_labels):
+        k = v.shape[-1]
+        p = _common.soft_pairs(v, labels, others, other_labels, alpha)
+        squared = (p.theta + k - 2.0 * p.s * k) ** 2
+        return jnp.mean(p.hard * p.cross + gamma * (1.0 - p.hard) * squared)
+
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        k = codes.shape[-1]
-        p = _common.soft_pairs(state, codes, labels, index, alpha)
-        squared = (p.theta + k - 2.0 * p.s * k) ** 2
-        pair = jnp.mean(p.hard * p.cross + gamma * (1.0 - p.hard) * squared)
-        quant = jnp.mean(jnp.abs(jnp.abs(p.v) - 1.0))
-        return pair + lam * quant, p.bank
+        v = _common.squash(codes)
+        pair, bank = _common.bank_pairs(state, v, labels, index, pair_term,
+                                        options)
+        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
+        return pair + lam * quant, bank
 
-    return HashLoss(_common.bank_init, apply_fn)
+    return HashLoss(_common.bank_init_fn(options), apply_fn)

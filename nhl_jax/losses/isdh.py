@@ -8,8 +8,9 @@ from nhl_jax.losses import _common
 from nhl_jax.types import HashLoss
 
 
-def isdh(alpha: Scale = 0.5, gamma: Weight = 10.0,
-         lam: Weight = 0.1) -> HashLoss:
+def isdh(alpha: Scale = 0.5, gamma: Weight = 10.0, lam: Weight = 0.1, *,
+         warmup: _common.Steps = 0,
+         bank_codes: _common.BankCodes = 'relaxed') -> HashLoss:
     """Weighted cross-entropy on hard pairs, sigmoid MSE on soft pairs.
 
     The codes are squashed, v = u / (|u| + 1) elementwise. Each step writes
@@ -26,6 +27,10 @@ def isdh(alpha: Scale = 0.5, gamma: Weight = 10.0,
       alpha: scale of the inner product.
       gamma: weight of the cross-entropy on the hard pairs.
       lam: weight of the quantisation term.
+      warmup: steps of in-batch pairs before the bank is used, a remedy
+        for the bank's collapse at large learning rates (0: the paper).
+      bank_codes: what the bank stores: ``'relaxed'`` codes (the paper) or
+        their ``'sign'``.
 
     Returns:
       A ``HashLoss`` whose state is a ``BankState`` ([N, K] squashed codes,
@@ -37,12 +42,19 @@ def isdh(alpha: Scale = 0.5, gamma: Weight = 10.0,
       swuxyj/DeepHash-pytorch ``ISDH.py``.
     """
 
+    options = _common.bank_options('isdh', warmup, bank_codes)
+
+    def pair_term(v, labels, others, other_labels):
+        p = _common.soft_pairs(v, labels, others, other_labels, alpha)
+        squared = (p.s - jax.nn.sigmoid(p.theta)) ** 2
+        return jnp.mean(gamma * p.hard * p.cross + (1.0 - p.hard) * squared)
+
     def apply_fn(state, codes, labels, index):
         _common.check_batch(codes, labels, index)
-        p = _common.soft_pairs(state, codes, labels, index, alpha)
-        squared = (p.s - jax.nn.sigmoid(p.theta)) ** 2
-        pair = jnp.mean(gamma * p.hard * p.cross + (1.0 - p.hard) * squared)
-        quant = jnp.mean(jnp.abs(jnp.abs(p.v) - 1.0))
-        return pair + lam * quant, p.bank
+        v = _common.squash(codes)
+        pair, bank = _common.bank_pairs(state, v, labels, index, pair_term,
+                                        options)
+        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
+        return pair + lam * quant, bank
 
-    return HashLoss(_common.bank_init, apply_fn)
+    return HashLoss(_common.bank_init_fn(options), apply_fn)
