@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from nhl_jax.hparams import Weight, check_hyperparameter, check_kwargs
 from nhl_jax.models.nested import check_bits, split_codes
-from nhl_jax.nhl import baselines, distill
+from nhl_jax.nhl import baselines, distill, label_bank
 from nhl_jax.nhl import weighting as weighting_lib
 from nhl_jax.types import Array, HashLoss
 
@@ -87,7 +87,8 @@ class NHLObjective(NamedTuple):
 
     Attributes:
       init: ``init(key, *, num_train, num_classes) -> states``, a tuple of one
-        base-loss state per length.
+        base-loss state per length; a label bank [N, C] is kept in the
+        first length's state only (``label_bank``).
       apply: ``apply(states, h, labels, index, *, features=None,
         weighting_state=None, loss_params=None) -> (total, (new_states,
         NHLMetrics))``, ready for ``jax.value_and_grad(..., has_aux=True)``.
@@ -292,8 +293,9 @@ def nhl_objective(
         params = loss_params if loss_params is not None else (None,) * m
         return tuple(loss.epoch_update(s, p) for s, p in zip(states, params))
 
-    return NHLObjective(
+    # Every length writes the same labels: its state keeps them once.
+    return label_bank.share_labels(NHLObjective(
         init_fn, apply_fn, rule.init, update_weighting,
         init_params if loss.init_params is not None else None,
-        epoch_update if loss.epoch_update is not None else None)
+        epoch_update if loss.epoch_update is not None else None))
 

@@ -9,7 +9,7 @@ import pytest
 
 from nhl_jax import losses
 from nhl_jax.errors import UsageError
-from nhl_jax.nhl import distill, weighting
+from nhl_jax.nhl import distill, label_bank, weighting
 from nhl_jax.nhl.objective import nhl_objective
 from tests.support import objective_setup as toy
 from tests.support.objective_setup import BITS, C, N
@@ -27,13 +27,16 @@ def test_unweighted_objective_is_the_sum_of_per_length_objectives(name):
     states = obj.init(jax.random.key(0), num_train=N, num_classes=C)
     _, h = toy.forward(params, x)
     total, (new_states, metrics) = jax.jit(obj.apply)(states, h, labels, index)
-    expected = toy.per_length(loss, states, params, x, labels, index, 0.1)
+    # Each length's own full state, its label bank included.
+    full = label_bank.attach(states)
+    expected = toy.per_length(loss, full, params, x, labels, index, 0.1)
     np.testing.assert_allclose(metrics.objectives, expected, rtol=1e-5)
     np.testing.assert_allclose(total, expected.sum(), rtol=1e-5)
     np.testing.assert_allclose(metrics.weights, 1.0)
     for k, b in enumerate(BITS):
-        _, ref_state = loss.apply(states[k], h[:, :b], labels, index)
-        chex.assert_trees_all_close(new_states[k], ref_state)
+        _, ref_state = loss.apply(full[k], h[:, :b], labels, index)
+        chex.assert_trees_all_close(label_bank.attach(new_states)[k],
+                                    ref_state)
     chex.assert_trees_all_equal_shapes_and_dtypes(states, new_states)
 
 

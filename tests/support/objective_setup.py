@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nhl_jax import losses
-from nhl_jax.nhl import distill
+from nhl_jax.nhl import distill, label_bank
 
 BITS = (4, 8, 16)
 B, C, N, D_IN, D = 8, 3, 16, 6, 12
@@ -59,10 +59,15 @@ def toy_loss():
 
 
 def per_length(loss, states, params, x, labels, index, lam):
-    """[M] objectives built directly from the pieces (independent of apply)."""
+    """[M] objectives built directly from the pieces (independent of apply).
+
+    ``states`` as the objective keeps them (one label bank) or each
+    length's full state.
+    """
     _, h = forward(params, x)
     codes = [h[:, :b] for b in BITS]
-    base = [loss.apply(s, c, labels, index)[0] for s, c in zip(states, codes)]
+    base = [loss.apply(s, c, labels, index)[0]
+            for s, c in zip(label_bank.attach(states), codes)]
     dis = [distill.similarity_distill(codes[k], codes[k + 1])
            for k in range(len(BITS) - 1)] + [0.0]
     return jnp.stack([b + lam * d for b, d in zip(base, dis)])
