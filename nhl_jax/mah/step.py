@@ -16,12 +16,13 @@ uint8, label [B, C], index [B] int32 position in Omega, mask [B] float32
 
 from typing import NamedTuple
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nhl_jax import data
+from nhl_jax.data import pipeline
 from nhl_jax.mah import adsh
 from nhl_jax.train import step as step_lib
 from nhl_jax.types import Array
@@ -172,18 +173,37 @@ def encode_codes(model, images: Array) -> Array:
     return jnp.concatenate(model.head.codes(model.features(images)), 1)
 
 
-def omega_batches(ds, omega, batch_size: int, *, workers: int = 0):
+def omega_batches(ds, omega, batch_size: int, *, workers=0,
+                  rows: slice = slice(None)):
     """Batches of the Omega rows of ``ds``, in Omega's order, padded.
 
     The MAH code iterates Omega in its sampled order every epoch (a
     ``SubsetSampler``) and keeps the last, smaller batch; here it is
     padded with copies of its last row, masked out of the loss.
 
+    Args:
+      ds: the V split.
+      omega: [S] rows of ``ds``, in their sampled order.
+      batch_size: B, the global batch.
+      workers: who builds the batches (``data.train_batches``).
+      rows: the rows of every global batch to load, e.g. this process's
+        share (``parallel.process_slice``): images are decoded for these
+        rows only.
+
     Yields:
-      {image, label, index [B] int32 position in Omega, mask [B] float32}.
+      {image, label, index [B'] int32 position in Omega, mask [B'] float32},
+      B' = the rows of ``rows`` (B by default).
     """
     subset = type(ds)(*(x[omega] if hasattr(x, 'shape') else x for x in ds))
-    for batch in data.eval_batches(subset, batch_size, workers=workers):
-        mask = (np.arange(batch_size) < batch['valid']).astype(np.float32)
-        yield {'image': batch['image'], 'label': batch['label'],
-               'index': batch['index'], 'mask': mask}
+    size = len(omega)
+
+    def gather(j):
+        positions = (j * batch_size + np.arange(batch_size))[rows]
+        # Padding positions read Omega's last row (eval_batches' 'edge').
+        batch = pipeline.gather_batch(subset, np.minimum(positions, size - 1))
+        batch['mask'] = (positions < size).astype(np.float32)
+        return batch
+
+    count = -(-size // batch_size)
+    dataset = grain.MapDataset.source(range(count)).map(gather)
+    return pipeline.iterate(dataset, workers, source=subset)

@@ -188,9 +188,9 @@ class MAH(System):
             for _ in range(opts.epochs):
                 for batch in mah_step.omega_batches(
                         vsplit, omega, spec.batch_size,
-                        workers=spec.data_workers):
+                        workers=spec.data_workers, rows=rows):
                     if done >= start:
-                        yield {k: v[rows] for k, v in batch.items()}
+                        yield batch
                     done += 1
 
         return Round('outer', _steps_per_outer(spec), batches,
