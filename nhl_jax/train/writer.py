@@ -10,7 +10,8 @@ writes; the others get a writer that drops everything.
 
 Step scalars are fetched from the device one interval late
 (``StepLogger``), so logging never makes the host wait for the step in
-flight.
+flight; ``read_finished`` is the one read the train loop's transfer guard
+lets through.
 """
 
 import importlib.util
@@ -27,6 +28,17 @@ from nhl_jax.errors import UsageError
 
 # One compiled add of two metric trees: eager adds cost a dispatch a leaf.
 _tree_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+
+def read_finished(tree):
+    """Host copies of device values whose steps have finished.
+
+    The train loop runs its steps under ``jax.transfer_guard_device_to_host
+    ('disallow')``; this is the read it allows, for values one logging
+    interval old (a read of the step just dispatched would wait for it).
+    """
+    with jax.transfer_guard_device_to_host('allow'):
+        return parallel.to_host(tree)
 
 
 def _flat(record: Mapping, prefix: str = '') -> dict[str, float]:
@@ -276,7 +288,7 @@ class StepLogger:
             return
         step, epoch, sums, count = self._pending
         self._pending = None
-        host = parallel.to_host(sums)
+        host = read_finished(sums)
         self.writer.steps(step, epoch, {
             k: _per_length(self.bits, np.asarray(v) / count)
             for k, v in host.items()})
