@@ -18,8 +18,10 @@ distillation 0.1, bits 8-128) per remedy and seed:
   ``backbone_learning_rate``);
 
 ``a+b`` combines remedies. Rows: best mAP@all per length (mean ± std over
-seeds), their mean, the one-sided bits of the longest code and the
-distinct codes of the shortest (``results_table.collapse``), train s.
+seeds), their mean, the mean of the last evaluation's mAP, the one-sided
+bits of the longest code and the distinct codes of the shortest
+(``results_table.collapse``), train s. ``--tables_from`` merges the
+``--json`` files of several invocations (e.g. seeds run apart).
 """
 
 import argparse
@@ -80,23 +82,38 @@ def run_one(method: str, spec: str, args, bits, seed: int) -> dict:
         return {**results, **results_table.collapse(workdir, bits)}
 
 
+def _means(runs, bits, key: str) -> list[float]:
+    """Per seed: the mean over lengths of ``key`` ('map': best, 'map_last')."""
+    return [float(np.mean([r[key][str(b)] for b in bits])) for r in runs]
+
+
 def table(rows: dict, bits) -> list[str]:
     """Markdown lines: one row per (method, remedy)."""
     lines = ['| method | remedy | ' + ' | '.join(f'{b} bits' for b in bits)
-             + f' | mean | one-sided ({bits[-1]}) | distinct ({bits[0]}) '
-             '| train s |', '|---' * (len(bits) + 6) + '|']
+             + ' | mean | mean (last) | one-sided '
+             f'({bits[-1]}) | distinct ({bits[0]}) | train s |',
+             '|---' * (len(bits) + 7) + '|']
     for (method, spec), runs in rows.items():
         cells = [results_table.cell([r['map'][str(b)] for r in runs])
                  for b in bits]
-        means = [float(np.mean([r['map'][str(b)] for b in bits]))
-                 for r in runs]
         lines.append(
             f'| {method} | {spec} | ' + ' | '.join(cells)
-            + f' | {results_table.cell(means)}'
+            + f' | {results_table.cell(_means(runs, bits, "map"))}'
+            f' | {results_table.cell(_means(runs, bits, "map_last"))}'
             f' | {np.mean([r["one_sided"] for r in runs]):.0%}'
             f' | {np.mean([r["distinct"] for r in runs]):.0f}'
             f' | {np.mean([r["train_seconds"] for r in runs]):.1f} |')
     return lines
+
+
+def merged(paths) -> dict:
+    """{(method, remedy): runs} of several ``--json`` files, in order."""
+    rows = {}
+    for path in paths:
+        with open(path) as f:
+            for key, runs in json.load(f).items():
+                rows.setdefault(tuple(key.split('|')), []).extend(runs)
+    return rows
 
 
 def main():
@@ -109,9 +126,15 @@ def main():
     parser.add_argument('--epochs', type=int, default=None)
     parser.add_argument('--seeds', default='0')
     parser.add_argument('--json', default=None)
+    parser.add_argument('--tables_from', default=None,
+                        help='comma-separated --json files: print their '
+                        'runs (seeds merged) as one table, train nothing')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     bits = tuple(int(b) for b in args.bits.split(','))
+    if args.tables_from:
+        print('\n'.join(table(merged(args.tables_from.split(',')), bits)))
+        return
     methods, specs = args.methods.split(','), args.remedies.split(',')
     for method in methods:  # every option is checked before the first run
         for spec in specs:
