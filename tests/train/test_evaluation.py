@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nhl_jax import data
+from nhl_jax import cli, data, runlog
+from nhl_jax.cli.configs import default
 from nhl_jax.train import evaluation
 
 BITS = (8, 16)
@@ -80,3 +81,32 @@ def test_scheduled_lengths(improved, final, want):
     got = evaluation.scheduled_lengths(('asymmetric', *NAMES), BITS,
                                        improved=improved, final=final)
     assert got == dict.fromkeys(NAMES, want)
+
+
+@pytest.mark.slow  # three rounds and evaluations: 7 s of CPU
+def test_a_run_scores_the_others_where_its_numbers_need_them(tmp_path):
+    config = default.get_config()
+    config.update(dict(dataset='digits', bits=BITS, epochs=3, eval_every=1,
+                       batch_size=32, patience=5, log_every=None,
+                       plots=False))
+    results = cli.train_and_evaluate(config, str(tmp_path))
+    evaluations = [r for r in runlog.read_jsonl(tmp_path / 'metrics.jsonl')
+                   if 'evaluated' in r]
+    assert [r['epoch'] for r in evaluations] == [1, 2, 3]
+    best, at_best = {}, {}
+    for record in evaluations:
+        assert record['evaluated']['symmetric'] == list(BITS)
+        improved = [b for b in BITS
+                    if record['map'][str(b)] > best.get(b, -1)]
+        final = record['epoch'] == 3
+        want = list(BITS) if final else improved
+        assert record['evaluated']['symmetric_expected'] == want
+        assert set(record['map_symmetric_expected']) == {str(b)
+                                                         for b in want}
+        for b in improved:
+            best[b] = record['map'][str(b)]
+            at_best[str(b)] = record['map_symmetric_expected'][str(b)]
+    # Tie-aware mAP: of the parameters kept as best, and of the last ones.
+    assert results['map_symmetric_expected'] == at_best
+    assert results['map_symmetric_expected_last'] == (
+        evaluations[-1]['map_symmetric_expected'])
