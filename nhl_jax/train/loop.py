@@ -7,6 +7,15 @@ the device so that steps stay asynchronous), its optional ``end`` hook,
 then maybe an evaluation (best parameters per length, patience) and a
 checkpoint, and appends one record to metrics.jsonl (process 0 only).
 
+Inside the step loop nothing is read from the device but at logging
+intervals, and then only values one interval old, whose steps have long
+finished, so the device queue never drains (issue 32): every step runs
+under ``jax.transfer_guard_device_to_host('disallow_explicit')``
+(``_no_sync``), and only ``writer.read_finished`` (the progress bar's
+loss, ``writer.StepLogger``'s sums) lets a value through. GPUs and TPUs
+enforce the guard; XLA's CPU client skips it, its arrays being host
+memory (tests/train/test_loop.py makes the CPU enforce it too).
+
 On SIGTERM (preemption) or Ctrl-C the loop checkpoints mid-round, with the
 batches done, the running sums and what the round started with, and raises
 ``Preempted``; ``resume=True`` continues bit-identically. A non-finite loss
@@ -17,6 +26,7 @@ that round is saved.
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import signal
@@ -105,6 +115,13 @@ def _preemption():
 
 
 _NO_STEP = np.iinfo(np.int32).max
+# Every step runs under this guard: a device-to-host read inside the step
+# loop (a float() of a metric, np.asarray or jax.device_get of the state)
+# would make the host wait for the step just dispatched, draining the queue.
+_no_sync = functools.partial(jax.transfer_guard_device_to_host,
+                             'disallow_explicit')
+# Steps between two readings of the progress bar's loss.
+_BAR_EVERY = 10
 # Step metrics that count failures: summed over a round, never logged.
 GUARDS = ('nonfinite', 'nonfinite_params')
 
@@ -422,23 +439,25 @@ class _Loop:
         step_fn = self.steps[plan.stage]
         # The host's count of global steps, for the preemption sync point.
         step = int(parallel.to_host(state.step))
+        shown = None  # the bar's loss, read one interval later
         for batch in _ahead(plan.batches(state, done), self.mesh,
                             self.spec.batch_size):
-            if stop.should_stop(step):
-                break
-            step += 1
-            with self.profiler.step(step):
-                state, metrics = step_fn(state, batch, self.consts)
-            self.profiler.after(step, state)
-            self.scalars.add(step, r, metrics)
-            if sums is None:
-                sums = jax.tree.map(jnp.zeros_like, metrics)
-            sums, bad_step = _accumulate(sums, bad_step, metrics, state.step)
-            done += 1
-            self.progress.update(1)
-            if self.progress.live and done % 10 == 0:  # only a terminal
-                self.progress.loss(float(              # waits for the loss
-                    parallel.to_host(metrics['loss'])))
+            with _no_sync():
+                if stop.should_stop(step):
+                    break
+                step += 1
+                with self.profiler.step(step):
+                    state, metrics = step_fn(state, batch, self.consts)
+                self.profiler.after(step, state)
+                self.scalars.add(step, r, metrics)
+                if sums is None:
+                    sums = jax.tree.map(jnp.zeros_like, metrics)
+                sums, bad_step = _accumulate(sums, bad_step, metrics,
+                                             state.step)
+                done += 1
+                self.progress.update(1)
+                if self.progress.live and done % _BAR_EVERY == 0:
+                    shown = self._show_loss(shown, metrics['loss'])
         jax.block_until_ready(state)
         bad = int(parallel.to_host(bad_step))
         return state, {
@@ -446,6 +465,16 @@ class _Loop:
             'sums': jax.tree.map(lambda x: np.asarray(x).tolist(),
                                  parallel.to_host(sums)),
             'first_bad_step': None if bad == _NO_STEP else bad}
+
+    def _show_loss(self, shown, loss):
+        """Shows the loss set aside an interval ago; sets ``loss`` aside.
+
+        Its step finished long ago, so reading it does not wait for the
+        step just dispatched (a terminal's bar only).
+        """
+        if shown is not None:
+            self.progress.loss(float(writer_lib.read_finished(shown)))
+        return loss
 
     def _where(self, r, stage):
         where = f'{self.system.round_name} {r}'
