@@ -149,7 +149,8 @@ def make_results(system, spec: RunSpec, info: DataInfo, summaries) -> dict:
 
     ``map`` / ``map_last`` are the best and last value per length of the
     system's first evaluator; each other evaluator ``name`` adds
-    ``map_<name>`` (best) and ``map_<name>_last``.
+    ``map_<name>``, its value for the parameters kept as best (the first
+    evaluator's), and ``map_<name>_last``.
     """
     def merged(key):
         return {b: v for s in summaries for b, v in s[key].items()}
