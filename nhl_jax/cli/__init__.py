@@ -19,6 +19,7 @@ a config::
     results = cli.train_and_evaluate(config, 'runs/x')
 """
 
+import functools
 import importlib
 import sys
 
@@ -55,8 +56,10 @@ def main(argv=None) -> None:
     """``nhl-jax <command> [--flags]``: runs one command.
 
     Args:
-      argv: the command line (default: ``sys.argv``).
+      argv: the command line (default: ``sys.argv``, the whole process:
+        it ends when the command does, ``command.as_process``).
     """
+    process = argv is None
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ('-h', '--help', 'help'):
         print(_USAGE)
@@ -66,7 +69,11 @@ def main(argv=None) -> None:
         sys.exit(f'error: unknown command {name!r}; choose one of '
                  f'{", ".join(COMMANDS)} (nhl-jax --help).')
     module = importlib.import_module(f'nhl_jax.cli.{COMMANDS[name]}')
-    module.cli([f'nhl-jax {name}', *argv[2:]])
+    call = functools.partial(module.cli, [f'nhl-jax {name}', *argv[2:]])
+    if process:
+        from nhl_jax.cli import command  # absl only; after --help
+        command.as_process(call)
+    call()
 
 
 def __getattr__(name):

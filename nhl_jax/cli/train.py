@@ -23,8 +23,8 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
 from nhl_jax import compiler, data, errors, models, parallel, train
+from nhl_jax.cli import command, configs, scaling
 from nhl_jax.cli import config as config_lib
-from nhl_jax.cli import configs, scaling
 from nhl_jax.cli import registry as systems
 from nhl_jax.models import heads
 from nhl_jax.nhl import objective
@@ -427,8 +427,14 @@ def _flags_parser(argv):
 
 
 def cli(argv=None) -> None:
-    """Runs the command on ``argv`` (default: ``sys.argv``)."""
-    app.run(main, argv=argv, flags_parser=_flags_parser)
+    """Runs the command on ``argv`` (default: ``sys.argv``, as the whole
+    process: ``command.as_process``)."""
+    def call():
+        app.run(main, argv=argv, flags_parser=_flags_parser)
+
+    if argv is None:
+        command.as_process(call)
+    call()
 
 
 if __name__ == '__main__':
