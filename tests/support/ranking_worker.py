@@ -20,7 +20,8 @@ OPTIONS = dict(map_at=(None, 5), precision_at=(7,), radius=(2,))
 
 
 def main(num_devices, out):
-    jax.config.update('jax_num_cpu_devices', num_devices)
+    from tests.support import use_cpu_devices
+    use_cpu_devices(num_devices)
     from nhl_jax.retrieval import metrics, ranking_jax
     from tests.retrieval.test_ranking_jax import make_data
     results, spread = {}, []

@@ -91,7 +91,8 @@ def gather_compiles(mesh, batches=(2, 12)) -> list[int]:
 
 
 def devices(num_devices, out):
-    jax.config.update('jax_num_cpu_devices', num_devices)
+    from tests.support import use_cpu_devices
+    use_cpu_devices(num_devices)
     from nhl_jax import parallel
     mesh = parallel.make_mesh()
     assert mesh.devices.size == num_devices

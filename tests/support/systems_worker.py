@@ -94,7 +94,8 @@ def _tpu_wide_types(name: str) -> dict:
 
 
 def main(num_devices: int, workdir: str, out: str, runs=None) -> None:
-    jax.config.update('jax_num_cpu_devices', num_devices)
+    from tests.support import use_cpu_devices
+    use_cpu_devices(num_devices)
     from nhl_jax import cli
     from tests.support import systems
     result = {}
