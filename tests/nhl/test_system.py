@@ -18,11 +18,16 @@ def test_head_init_is_an_nhl_option_normal_by_default():
     assert spec.config['head_init'] == 'torch'  # config.json
 
 
+class _Features(nnx.Module):
+    """A stand-in backbone: HashNet reads only its feature width."""
+
+    features = 16
+
+
 def test_hashnet_passes_head_init_to_the_nested_layer():
     def kernel(**head_init):
-        backbone = models.get_backbone('mlp', (8, 8, 1), rngs=nnx.Rngs(0),
-                                       hidden=(32,))
-        net = models.HashNet(backbone, (8, 16), rngs=nnx.Rngs(0), **head_init)
+        net = models.HashNet(_Features(), (8, 16), rngs=nnx.Rngs(0),
+                             **head_init)
         return np.asarray(net.head.linear.kernel[...])
 
     default, torch = kernel(), kernel(head_init='torch')
