@@ -6,9 +6,14 @@ batch sharded ``P('data')`` and everything else replicated ``P()``, XLA
 the batch therefore keeps its single-device meaning, with no extra code: the
 DSH memory-bank scatter writes every device's rows into every replica, the
 dominance weights come from the all-reduced head gradients (the same weights
-on every device), the distillation Gram matrices are GLOBAL [B, B] matrices
-over the whole batch (not per-device blocks), and so are the batch
-statistics. The tests check a sharded step against a single-device step.
+on every device), the distillation compares GLOBAL [B, B] Gram matrices over
+the whole batch (not per-device blocks), and the batch statistics are the
+whole batch's (unless ``sync_batch_stats=False``). The tests check a
+sharded step against a single-device step. Where the single-device
+computation would pair rows of different devices (the [B, B] Gram matrices
+of the weighting's products and of the distillation), the step traced over
+several devices (``batch_shards``) takes sums over rows instead, which the
+devices all-reduce without gathering any row.
 
 Multi-host runs use JAX's multi-controller runtime: every process runs the
 same program, calls ``initialize`` first, feeds only its slice of each
@@ -171,6 +176,26 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
         )
     return Mesh(np.array(devices[:n]), (DATA_AXIS,),
                 axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def batch_shards() -> int:
+    """Devices the batch is split over in the step being traced.
+
+    The size of the ``'data'`` axis of the abstract mesh that the trace
+    runs under (``train.compile_step`` traces a step over a mesh of
+    several devices within ``jax.sharding.use_abstract_mesh``), else 1.
+    Static: it picks, at trace time, a computation whose sums over the
+    batch's rows need no row of another device (``nhl_jax.nhl.weighting``,
+    ``nhl_jax.nhl.distill``).
+    """
+    return dict(jax.sharding.get_abstract_mesh().shape).get(DATA_AXIS, 1)
+
+
+def check_batch_shards(shards) -> None:
+    """Raises unless ``shards`` is a device count (an int >= 1)."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f'batch_shards must be an int >= 1 (the devices the '
+                         f'batch is split over), got {shards!r}.')
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nhl_jax import parallel
 from nhl_jax.hparams import Weight, check_hyperparameter, check_kwargs
 from nhl_jax.models.nested import check_bits, split_codes
 from nhl_jax.nhl import baselines, distill, label_bank
@@ -192,7 +193,7 @@ def nhl_objective(
             kw['features'] = features
         return loss.apply(state, codes, labels, index, **kw)
 
-    def per_length(h, states, labels, index, loss_params, features):
+    def per_length(h, states, labels, index, loss_params, features, shards):
         codes = split_codes(h, bits)
         params = loss_params if loss_params is not None else (None,) * m
         values, new_states = zip(*(
@@ -200,7 +201,8 @@ def nhl_objective(
             for s, c, p in zip(states, codes, params)))
         base = jnp.stack(values)  # [M]
         dis = jnp.concatenate(
-            [distill.cascade_distill(codes, topology=topology), jnp.zeros(1)]
+            [distill.cascade_distill(codes, topology=topology,
+                                     batch_shards=shards), jnp.zeros(1)]
         )  # [M]
         return base + distill_weight * dis, (tuple(new_states), base, dis)
 
@@ -212,12 +214,15 @@ def nhl_objective(
             raise ValueError(
                 'this base loss reads the backbone features: call '
                 'apply(..., features=x) with x the [B, D] hash-layer input.')
+        # Static: with the batch split over devices, the sums over its rows
+        # are taken per device and all-reduced, never gathered.
+        shards = parallel.batch_shards()
         fn = functools.partial(per_length, loss_params=loss_params,
-                               features=features)
+                               features=features, shards=shards)
         if rule.uses_products:
             objs, grads, primals, (new_states, base, dis) = _per_length_grads(
-                h, states, labels, index, loss_params, features)
-            products = _products(grads, features)
+                h, states, labels, index, loss_params, features, shards)
+            products = _products(grads, features, shards)
         else:
             objs, (new_states, base, dis) = fn(h, states, labels, index)
             products = None
@@ -232,7 +237,8 @@ def nhl_objective(
         metrics = NHLMetrics(*jax.lax.stop_gradient((base, dis, objs)), info)
         return total, (new_states, metrics)
 
-    def _per_length_grads(h, states, labels, index, loss_params, features):
+    def _per_length_grads(h, states, labels, index, loss_params, features,
+                          shards):
         """Each objective and its gradient on its own inputs, one vjp each.
 
         Objective k reads only code k (its teachers are stop-gradient), its
@@ -254,7 +260,8 @@ def nhl_objective(
             primal = (codes[k], params[k], own_features)
             value, vjp_fn, aux = jax.vjp(
                 functools.partial(length_objective, k, codes, states[k],
-                                  labels, index), *primal, has_aux=True)
+                                  labels, index, shards=shards),
+                *primal, has_aux=True)
             objs.append(value)
             grads.append(vjp_fn(jnp.ones_like(value)))
             primals.append(primal)
@@ -264,21 +271,23 @@ def nhl_objective(
                 (tuple(new_states), jnp.stack(base), jnp.stack(dis)))
 
     def length_objective(k, codes, state, labels, index, code, params,
-                         features):
+                         features, *, shards):
         """L_k(code) + lambda L_dis(k), and (new state, L_k, L_dis(k))."""
         value, new_state = one_loss(state, code, labels, index, params,
                                     features)
-        dis = (distill.length_distill(code, codes, k, topology=topology)
+        dis = (distill.length_distill(code, codes, k, topology=topology,
+                                      batch_shards=shards)
                if k < m - 1 else jnp.zeros((), value.dtype))
         return value + distill_weight * dis, (new_state, value, dis)
 
-    def _products(grads, features):
+    def _products(grads, features, shards):
         """Q [M, M, M] of the per-length head gradients (Eq. (6)-(7))."""
         out_grads = jnp.stack([
             jnp.pad(g[0], ((0, 0), (0, bits[-1] - b)))
             for g, b in zip(grads, bits)])  # [M, B, K_max]
         columns = weighting_lib.column_products_from_outputs(
-            jax.lax.stop_gradient(features), jax.lax.stop_gradient(out_grads))
+            jax.lax.stop_gradient(features), jax.lax.stop_gradient(out_grads),
+            batch_shards=shards)
         return weighting_lib.prefix_products(columns, bits)
 
     def update_weighting(state, metrics):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nhl_jax import parallel
 from nhl_jax.models.nested import check_bits
 from nhl_jax.types import Array
 
@@ -98,24 +99,32 @@ def column_products(head_grads: Array) -> Array:
     return jnp.einsum('idc,jdc->ijc', head_grads, head_grads)
 
 
-def column_products_from_outputs(features: Array, out_grads: Array) -> Array:
+def column_products_from_outputs(features: Array, out_grads: Array, *,
+                                 batch_shards: int = 1) -> Array:
     """``column_products`` of g_i = features^T out_grads[i] for a linear head.
 
-    For h = x W + b, dL_i/dW = x^T dL_i/dh. When B <= D the products go
-    through the [B, B] feature Gram matrix, which costs O(B^2 (D + M K))
-    instead of O(M B D K) for forming the kernel gradients.
+    For h = x W + b, dL_i/dW = x^T dL_i/dh. When the whole batch is on one
+    device and B <= D, the products go through the [B, B] feature Gram
+    matrix, which costs O(B^2 (D + M K)) instead of O(M B D K) for forming
+    the kernel gradients. The Gram matrix pairs rows of every device, so
+    a batch split over devices takes the kernel gradients instead: each
+    device sums its own rows into [M, D, K] and one all-reduce adds them,
+    where the Gram path would gather the features and output gradients.
 
     Args:
       features: [B, D] inputs of the hash layer.
       out_grads: [M, B, K] gradient of each length's objective w.r.t. the
         layer outputs.
+      batch_shards: devices the batch's rows are split over
+        (``parallel.batch_shards()`` inside a sharded step).
 
     Returns:
       [M, M, K], equal to ``column_products(einsum('bd,mbk->mdk', ...))``.
     """
     chex.assert_rank([features, out_grads], [2, 3])
+    parallel.check_batch_shards(batch_shards)
     batch, width = features.shape
-    if batch > width:
+    if batch_shards > 1 or batch > width:
         return column_products(jnp.einsum('bd,mbk->mdk', features, out_grads))
     gram = features @ features.T  # [B, B]
     mixed = jnp.einsum('ab,jbc->jac', gram, out_grads)  # [M, B, K]
@@ -259,7 +268,8 @@ def dominance_weights(
 
 
 def analysis_from_outputs(
-    features: Array, out_grads: Array, bits: Sequence[int], *, rule: str
+    features: Array, out_grads: Array, bits: Sequence[int], *, rule: str,
+    batch_shards: int = 1,
 ) -> DominanceInfo:
     """``dominance_analysis`` for a linear head from its inputs and outputs.
 
@@ -269,12 +279,14 @@ def analysis_from_outputs(
         hash-layer outputs.
       bits: sorted code lengths.
       rule: ``'paper'`` or ``'released'``.
+      batch_shards: see ``column_products_from_outputs``.
 
     Returns:
       The same ``DominanceInfo`` as ``dominance_analysis`` on the kernel
       gradients features^T out_grads[i].
     """
-    columns = column_products_from_outputs(features, out_grads)
+    columns = column_products_from_outputs(features, out_grads,
+                                           batch_shards=batch_shards)
     return analysis_from_products(prefix_products(columns, bits), rule=rule)
 
 

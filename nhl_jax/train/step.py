@@ -224,6 +224,9 @@ def compile_step(step: Callable, mesh=None, *,
                  sync_batch_stats: bool = True) -> Callable:
     """A step jitted once: batch ``P('data')``, the rest ``P()``, donated.
 
+    Over several devices the step is traced under the mesh's abstract
+    mesh, so that ``parallel.batch_shards()`` is their number there.
+
     Args:
       step: a pure ``(state, batch, consts) -> (state, metrics)``.
       mesh: optional ``parallel.make_mesh`` mesh (None: default device).
@@ -237,6 +240,8 @@ def compile_step(step: Callable, mesh=None, *,
         return compiler.jit(step, donate_argnums=0)
     if not sync_batch_stats and mesh.devices.size > 1:
         step = _per_device_statistics(step, mesh.devices.size)
+    if mesh.devices.size > 1:
+        step = _traced_over(step, mesh)
     repl = parallel.replicated(mesh)
     return compiler.jit(step, mesh=mesh,
                         in_shardings=(repl, parallel.batch_sharding(mesh),
@@ -252,6 +257,23 @@ def _per_device_statistics(step: Callable, groups: int) -> Callable:
             return step(*args)
 
     return local
+
+
+def _traced_over(step: Callable, mesh) -> Callable:
+    """``step`` traced under ``mesh``'s abstract mesh.
+
+    So that ``parallel.batch_shards()`` tells the objective, at trace
+    time, that its batch is split: the weighting's products and the
+    distillation then sum rows per device and all-reduce [M, D, K] and
+    [K, K] partial sums instead of gathering features, output gradients
+    and codes (issue 32). One device traces outside it, as before.
+    """
+    @functools.wraps(step)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return step(*args)
+
+    return traced
 
 
 def compile_hook(hook: Callable, mesh=None) -> Callable:

@@ -1,5 +1,7 @@
 """Similarity-preserving cascade distillation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,25 @@ def test_matches_reference():
     np.testing.assert_allclose(distill.similarity_distill(short, long),
                                ref.sp_distill(short, long), rtol=1e-5,
                                atol=1e-7)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_row_sums_of_a_sharded_batch_equal_the_gram_matrices(seed):
+    # batch_shards > 1: [K, K] sums over rows instead of [B, B] Gram
+    # matrices (issue 32); the same loss and gradient to float rounding.
+    short, _, long = _outputs(seed, batch=24)
+    long = long.at[3].set(0.0)  # a zero row: normalised by eps, no NaN
+
+    def grad(shards):
+        return jax.jit(jax.value_and_grad(functools.partial(
+            distill.similarity_distill, batch_shards=shards)))(short, long)
+
+    (value, g), (value4, g4) = grad(1), grad(4)
+    np.testing.assert_allclose(value4, value, rtol=1e-5)
+    np.testing.assert_allclose(g4, g, rtol=1e-4, atol=1e-8)
+    assert np.abs(g).sum() > 0
+    with pytest.raises(ValueError, match='batch_shards must be an int >= 1'):
+        distill.cascade_distill((short, long), batch_shards=1.0)
 
 
 def test_teacher_gets_zero_gradient_student_does_not():

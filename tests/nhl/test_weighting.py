@@ -92,15 +92,35 @@ def test_released_rule_differs_from_paper_rule():
     assert differ > 0
 
 
-@pytest.mark.parametrize('batch, width', [(6, 9), (9, 4)])
-def test_products_from_outputs_equal_products_of_kernel_grads(batch, width):
+@pytest.mark.parametrize('batch, width, shards',
+                         [(6, 9, 1), (9, 4, 1), (6, 9, 2), (9, 4, 3)])
+def test_products_from_outputs_equal_products_of_kernel_grads(batch, width,
+                                                              shards):
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((batch, width)).astype(np.float32)
     out = rng.standard_normal((3, batch, 8)).astype(np.float32)
     kernel = np.einsum('bd,mbk->mdk', feats, out)
     np.testing.assert_allclose(
-        weighting.column_products_from_outputs(feats, out),
+        jax.jit(functools.partial(weighting.column_products_from_outputs,
+                                  batch_shards=shards))(feats, out),
         weighting.column_products(kernel), rtol=1e-4, atol=1e-4)
+
+
+def test_products_of_a_sharded_batch_skip_the_gram_matrix():
+    # B <= D takes the [B, B] Gram path on one device only: it pairs rows
+    # of every device, so a split batch would gather them (issue 32).
+    feats, out = jnp.ones((4, 8)), jnp.ones((3, 4, 8))
+
+    def shapes(shards):
+        jaxpr = jax.make_jaxpr(functools.partial(
+            weighting.column_products_from_outputs, batch_shards=shards))(
+                feats, out)
+        return {v.aval.shape for e in jaxpr.eqns for v in e.outvars}
+
+    assert (4, 4) in shapes(1)
+    assert (4, 4) not in shapes(2)
+    with pytest.raises(ValueError, match='batch_shards must be an int >= 1'):
+        weighting.column_products_from_outputs(feats, out, batch_shards=0)
 
 
 def test_jit_and_bad_rule():

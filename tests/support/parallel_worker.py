@@ -4,9 +4,10 @@
     python tests/support/parallel_worker.py process <process_id> <port> <out>
 
 ``sharded``: with N fake CPU devices, runs the same steps with and without
-the mesh and writes the largest differences, and the all-reduces of the
+the mesh and writes the largest differences, the all-reduces of the
 ResNet-18 step without synchronised batch statistics
-(``resnet18_batch_stats``). ``process``: one of two gloo
+(``resnet18_batch_stats``) and the collectives of the NHL step with
+weighting 'paper' (``nhl_paper_collectives``). ``process``: one of two gloo
 processes of a multi-host run; process 0 writes the final parameters.
 """
 
@@ -90,6 +91,7 @@ def sharded(num_devices, methods, out):
     jax.config.update('jax_num_cpu_devices', num_devices)
     result = {m: _sharded(m) for m in methods.split(',')}
     result['resnet18_batch_stats'] = _resnet18_batch_stats()
+    result['nhl_paper_collectives'] = _nhl_paper_collectives()
     with open(out, 'w') as f:
         json.dump(result, f)
 
@@ -129,17 +131,12 @@ def _sharded(method):
     }
 
 
-def _resnet18_batch_stats():
-    """The NHL step of a ResNet-18 over the mesh, abstract state (no init):
-    {'local_all_reduces': in the program compiled with
-    sync_batch_stats=False, 'sync_unchanged': True's lowered program is
-    the default one}."""
+def _abstract_step(config, **compile_kwargs):
+    """``config``'s train step over the mesh, lowered from an abstract state
+    (no init) and a digits batch; with it, its compile at XLA level 0."""
     from nhl_jax import cli, data, parallel, train
     from nhl_jax.cli import registry
-    from tests.support import systems
     splits = data.load_splits('digits', seed=0)
-    config = systems.tiny_config('nhl', backbone='resnet18', batch_size=32)
-    config.backbone_kwargs = {'input_size': None}  # digits' 8x8 as they are
     spec = cli.resolve(config)
     system = registry.SYSTEMS[spec.system]
     built = {}
@@ -153,22 +150,46 @@ def _resnet18_batch_stats():
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
         next(iter(system.plan(spec, splits, 1).batches(None, 0))))
-    fn, mesh = built['setup'].steps['train'], parallel.make_mesh()
-    consts = system.consts(spec, splits)
-
-    def lowered(**sync):
-        return train.compile_step(fn, mesh, **sync).lower(state, batch,
-                                                          consts)
-
+    step = train.compile_step(built['setup'].steps['train'],
+                              parallel.make_mesh(), **compile_kwargs)
+    lowered = step.lower(state, batch, system.consts(spec, splits))
     # The HLO passes (the collective combiners) run at every level; the
     # skipped LLVM work is most of the compile time.
     fast = {'xla_backend_optimization_level': 0,
             'xla_llvm_disable_expensive_passes': True}
-    text = lowered(sync_batch_stats=False).compile(fast).as_text()
-    return {'local_all_reduces': sum(' all-reduce(' in line
-                                     for line in text.splitlines()),
-            'sync_unchanged': (lowered(sync_batch_stats=True).as_text()
-                               == lowered().as_text())}
+    return lowered, lambda: lowered.compile(fast).as_text()
+
+
+def _count(text, op):
+    return sum(f' {op}(' in line or f' {op}-start(' in line
+               for line in text.splitlines())
+
+
+def _resnet18_batch_stats():
+    """The NHL step of a ResNet-18 over the mesh:
+    {'local_all_reduces': in the program compiled with
+    sync_batch_stats=False, 'sync_unchanged': True's lowered program is
+    the default one}."""
+    from tests.support import systems
+    config = systems.tiny_config('nhl', backbone='resnet18', batch_size=32)
+    config.backbone_kwargs = {'input_size': None}  # digits' 8x8 as they are
+    local = _abstract_step(config, sync_batch_stats=False)[1]()
+    return {'local_all_reduces': _count(local, 'all-reduce'),
+            'sync_unchanged': (
+                _abstract_step(config, sync_batch_stats=True)[0].as_text()
+                == _abstract_step(config)[0].as_text())}
+
+
+def _nhl_paper_collectives():
+    """The NHL step with weighting 'paper' and distillation over the mesh
+    at B = 32 <= D = 256 (the MLP's width), where one device takes the
+    [B, B] Gram paths: its all-gathers and all-reduces."""
+    from tests.support import systems
+    config = systems.tiny_config('nhl', bits=(8, 16, 32), weighting='paper',
+                                 distill_weight=0.1, batch_size=BATCH)
+    config.backbone_kwargs = {}  # the MLP's default width, 256
+    text = _abstract_step(config)[1]()
+    return {op: _count(text, op) for op in ('all-gather', 'all-reduce')}
 
 
 def process(process_id, port, out):
