@@ -174,7 +174,7 @@ def encode_codes(model, images: Array) -> Array:
 
 
 def omega_batches(ds, omega, batch_size: int, *, workers=0,
-                  rows: slice = slice(None)):
+                  rows: slice = slice(None), start: int = 0):
     """Batches of the Omega rows of ``ds``, in Omega's order, padded.
 
     The MAH code iterates Omega in its sampled order every epoch (a
@@ -189,6 +189,7 @@ def omega_batches(ds, omega, batch_size: int, *, workers=0,
       rows: the rows of every global batch to load, e.g. this process's
         share (``parallel.process_slice``): images are decoded for these
         rows only.
+      start: batches to skip, undecoded (resuming mid-iteration).
 
     Yields:
       {image, label, index [B'] int32 position in Omega, mask [B'] float32},
@@ -206,4 +207,4 @@ def omega_batches(ds, omega, batch_size: int, *, workers=0,
 
     count = -(-size // batch_size)
     dataset = grain.MapDataset.source(range(count)).map(gather)
-    return pipeline.iterate(dataset, workers, source=subset)
+    return pipeline.iterate(dataset[start:], workers, source=subset)

@@ -184,14 +184,13 @@ class MAH(System):
 
         def batches(state, start):
             omega = np.asarray(parallel.to_host(state.extra.omega))
-            done = 0
-            for _ in range(opts.epochs):
-                for batch in mah_step.omega_batches(
-                        vsplit, omega, spec.batch_size,
-                        workers=spec.data_workers, rows=rows):
-                    if done >= start:
-                        yield batch
-                    done += 1
+            per_epoch = _steps_per_outer(spec) // opts.epochs
+            for epoch in range(opts.epochs):
+                # A resumed iteration decodes none of its finished batches.
+                yield from mah_step.omega_batches(
+                    vsplit, omega, spec.batch_size,
+                    workers=spec.data_workers, rows=rows,
+                    start=max(start - epoch * per_epoch, 0))
 
         return Round('outer', _steps_per_outer(spec), batches,
                      begin='begin', end='end')

@@ -51,16 +51,30 @@ def test_process_slices_make_the_global_batches(batch_size, processes):
             assert got.dtype == value.dtype, key
 
 
-def test_only_the_process_rows_are_decoded(monkeypatch):
-    gathered = []
+@pytest.fixture
+def gathered(monkeypatch):
+    """The rows of every ``gather_batch`` call (the decoded images)."""
+    calls = []
     gather = pipeline.gather_batch
 
     def counting(ds, index, augment_seed=None):
-        gathered.append(len(index))
+        calls.append(index.tolist())
         return gather(ds, index, augment_seed)
 
     monkeypatch.setattr(pipeline, 'gather_batch', counting)
-    omega = np.arange(S)
-    batches = list(mah_step.omega_batches(_split(), omega, 4,
+    return calls
+
+
+def test_only_the_process_rows_are_decoded(gathered):
+    batches = list(mah_step.omega_batches(_split(), np.arange(S), 4,
                                           rows=_process_rows(4, 1, 2)))
-    assert gathered == [2, 2, 2] and len(batches) == 3
+    # Positions 2-3 of each batch of 4; the last batch's are padding.
+    assert gathered == [[2, 3], [6, 7], [9, 9]] and len(batches) == 3
+
+
+def test_start_skips_batches_without_decoding_them(gathered):
+    omega = np.arange(S)
+    batches = list(mah_step.omega_batches(_split(), omega, 4, start=2))
+    # Batch 2 of 3: positions 8, 9 and two pads of the last row.
+    assert gathered == [[8, 9, 9, 9]] and len(batches) == 1
+    assert list(mah_step.omega_batches(_split(), omega, 4, start=3)) == []
