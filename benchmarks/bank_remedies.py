@@ -89,15 +89,16 @@ def _means(runs, bits, key: str) -> list[float]:
 
 def table(rows: dict, bits) -> list[str]:
     """Markdown lines: one row per (method, remedy)."""
-    lines = ['| method | remedy | ' + ' | '.join(f'{b} bits' for b in bits)
+    lines = ['| method | remedy | seeds | '
+             + ' | '.join(f'{b} bits' for b in bits)
              + ' | mean | mean (last) | one-sided '
              f'({bits[-1]}) | distinct ({bits[0]}) | train s |',
-             '|---' * (len(bits) + 7) + '|']
+             '|---' * (len(bits) + 8) + '|']
     for (method, spec), runs in rows.items():
         cells = [results_table.cell([r['map'][str(b)] for r in runs])
                  for b in bits]
         lines.append(
-            f'| {method} | {spec} | ' + ' | '.join(cells)
+            f'| {method} | {spec} | {len(runs)} | ' + ' | '.join(cells)
             + f' | {results_table.cell(_means(runs, bits, "map"))}'
             f' | {results_table.cell(_means(runs, bits, "map_last"))}'
             f' | {np.mean([r["one_sided"] for r in runs]):.0%}'
