@@ -58,10 +58,7 @@ class WorkerPool:
           ValueError: unless both are ints >= 1.
         """
         for name, value in (('processes', processes), ('buffer', buffer)):
-            if isinstance(value, bool) or not isinstance(value, int) \
-                    or value < 1:
-                raise ValueError(f'WorkerPool {name} must be an int >= 1, '
-                                 f'got {value!r}.')
+            _check_size(name, value)
         context = multiprocessing.get_context('spawn')
         self._requests = [context.Queue() for _ in range(processes)]
         self._results = [context.Queue() for _ in range(processes)]
@@ -156,6 +153,12 @@ class WorkerPool:
                 f'data worker process {w} exited with code '
                 f'{process.exitcode} (killed for memory?); use fewer '
                 'data_workers or data_workers=0.')
+
+
+def _check_size(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'WorkerPool {name} must be an int >= 1, got '
+                         f'{value!r}.')
 
 
 class _Elements:
