@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import chex
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from nhl_jax.models.layers import PARAM_DTYPE
@@ -64,7 +65,16 @@ def split_codes(h: Array, bits: Sequence[int]) -> tuple[Array, ...]:
 
 def _normal_init(in_features: int):
     del in_features
-    return nnx.initializers.normal(stddev=0.01), nnx.initializers.zeros_init()
+
+    def kernel_init(key, shape, dtype=jnp.float32):
+        # N(0, 1) draws, then the scale, as two programs: inside one jit
+        # (the state's creation) XLA would fold 0.01 into the draw's own
+        # constants and round the weights differently from an eager init.
+        unit = jax.lax.optimization_barrier(jax.random.normal(key, shape,
+                                                              dtype))
+        return unit * jnp.asarray(0.01, dtype)
+
+    return kernel_init, nnx.initializers.zeros_init()
 
 
 def _torch_init(in_features: int):

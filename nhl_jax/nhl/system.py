@@ -9,6 +9,7 @@ References:
   NHL, arXiv 2412.08922.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -171,34 +172,28 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     """
     bits = check_bits(tuple(spec.bits if bits is None else bits))
     opts = spec.options
-    model_key, loss_key, rng = jax.random.split(jax.random.key(spec.seed), 3)
-    rngs = nnx.Rngs(params=model_key)
-    dtype = jnp.dtype(spec.compute_dtype)  # of every layer; weights float32
-    backbone = models.get_backbone(spec.backbone, info.image_shape, rngs=rngs,
-                                   dtype=dtype, **dict(spec.backbone_kwargs))
-    if spec.pretrained:
-        models.load_pretrained(spec.backbone, backbone, spec.pretrained)
-    model = models.HashNet(backbone, bits, rngs=rngs, dtype=dtype,
-                           head_init=opts.head_init)
     objective = nhl_objective(
         losses.get(opts.loss, **opts.loss_kwargs), bits,
         distill_weight=opts.distill_weight, weighting=opts.weighting,
         weighting_kwargs=opts.weighting_kwargs, topology=opts.topology)
-    if objective.init_params is not None:
-        # A stream apart from the loss states' and the weighting's keys.
-        model.loss = LossParams(objective.init_params(
-            jax.random.fold_in(loss_key, len(bits) + 1),
-            num_classes=info.num_classes))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = _optimizer(spec, info)
-    extra = step_lib.distinct_buffers(NHLExtra(
-        objective.init(loss_key, num_train=info.sizes['train'],
-                       num_classes=info.num_classes),
-        # A stream apart from the loss states' split(loss_key, M) keys.
-        objective.init_weighting(jax.random.fold_in(loss_key, len(bits)))))
-    state = step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-        opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=extra)
+    build = functools.partial(_initial_state, spec, info, bits, objective, tx)
+    if spec.pretrained:  # its weights are read from disk, op by op
+        graphdef, state = build(jax.random.key(spec.seed))
+    else:
+        # One program draws the whole state: op by op, the layers' and the
+        # optimizer's initial arrays are dozens of small programs, each a
+        # compilation (or a persistent-cache load) at every start.
+        graphdefs = []
+
+        def arrays(key):
+            graphdef, state = build(key)
+            graphdefs.append(graphdef)
+            return state
+
+        state = jax.jit(arrays)(jax.random.key(spec.seed))
+        graphdef = graphdefs[0]
+    state = step_lib.distinct_buffers(state)
     train_step = step_lib.make_train_step(
         _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
         update_extra=_update_extra(objective))
@@ -207,6 +202,35 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     setup = step_lib.Setup(graphdef, tx, bits, {'train': train_step}, hooks,
                            _encode(graphdef), static=objective)
     return setup, state
+
+
+def _initial_state(spec, info, bits, objective, tx, key):
+    """``(graphdef, TrainState)``: the network and every initial array,
+    drawn from the run's seed ``key``."""
+    opts = spec.options
+    model_key, loss_key, rng = jax.random.split(key, 3)
+    rngs = nnx.Rngs(params=model_key)
+    dtype = jnp.dtype(spec.compute_dtype)  # of every layer; weights float32
+    backbone = models.get_backbone(spec.backbone, info.image_shape, rngs=rngs,
+                                   dtype=dtype, **dict(spec.backbone_kwargs))
+    if spec.pretrained:
+        models.load_pretrained(spec.backbone, backbone, spec.pretrained)
+    model = models.HashNet(backbone, bits, rngs=rngs, dtype=dtype,
+                           head_init=opts.head_init)
+    if objective.init_params is not None:
+        # A stream apart from the loss states' and the weighting's keys.
+        model.loss = LossParams(objective.init_params(
+            jax.random.fold_in(loss_key, len(bits) + 1),
+            num_classes=info.num_classes))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    extra = NHLExtra(
+        objective.init(loss_key, num_train=info.sizes['train'],
+                       num_classes=info.num_classes),
+        # A stream apart from the loss states' split(loss_key, M) keys.
+        objective.init_weighting(jax.random.fold_in(loss_key, len(bits))))
+    return graphdef, step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+        opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=extra)
 
 
 class NHL(System):

@@ -1,12 +1,15 @@
-"""The NHL system's options: ``--config.head_init``."""
+"""The NHL system: its options (``--config.head_init``), its initial state."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from nhl_jax import cli, models
+from nhl_jax import cli, losses, models
 from nhl_jax.cli import train as run
 from nhl_jax.cli.config import UsageError
+from nhl_jax.nhl import system as nhl_system
+from nhl_jax.train.system import DataInfo
 from tests.support import command_line
 from tests.support.systems import tiny_config
 
@@ -42,3 +45,24 @@ def test_unknown_head_init_is_a_one_line_usage_error():
     with pytest.raises(UsageError, match=r"Unknown head_init 'xavier'; "
                        r"choose one of \['normal', 'torch'\]"):
         cli.resolve(config)
+
+
+def test_state_drawn_in_one_program_equals_the_eager_draw():
+    # orthohash: loss parameters on the model too; the nested layer's
+    # N(0, 0.01) kernel is the draw XLA would round differently in a jit.
+    config = cli.configs.default.get_config()
+    config.update({'method': 'orthohash', 'backbone': 'mlp',
+                   'bits': (8, 16)})
+    spec = cli.resolve(config)
+    info = DataInfo((28, 28, 1), 10, {'train': 40, 'query': 8,
+                                      'database': 16})
+    setup, state = nhl_system.create_train_state(spec, info)
+    objective = nhl_system.nhl_objective(
+        losses.get(spec.options.loss), setup.bits,
+        weighting=spec.options.weighting)
+    _, eager = nhl_system._initial_state(
+        spec, info, setup.bits, objective, setup.tx,
+        jax.random.key(spec.seed))
+    assert jax.tree.structure(state) == jax.tree.structure(eager)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(eager)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
