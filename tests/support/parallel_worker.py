@@ -88,7 +88,8 @@ def _max_diff(a, b, relative=False):
 
 def sharded(num_devices, methods, out):
     """Every method of the comma-separated ``methods`` in one process."""
-    jax.config.update('jax_num_cpu_devices', num_devices)
+    from tests.support import use_cpu_devices
+    use_cpu_devices(num_devices)
     result = {m: _sharded(m) for m in methods.split(',')}
     result['resnet18_batch_stats'] = _resnet18_batch_stats()
     result['nhl_paper_collectives'] = _nhl_paper_collectives()
