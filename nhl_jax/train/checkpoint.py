@@ -251,10 +251,25 @@ def _reason(e: BaseException) -> str:
     return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
+# Config fields added since runs were first written, with the value that
+# does what those runs did: a config.json or checkpoint identity without
+# the field matches a run that has it at this value.
+ADDED_FIELDS = {
+    'head_init': 'normal',
+    'per_device_batch_size': None,
+    'lr_scaling': 'none',
+    'lr_reference_batch': None,
+}
+
+
 def identity_diff(saved, current) -> list[str]:
-    """Fields in which a checkpoint's identity differs from the run's."""
+    """Fields in which a saved config or identity differs from the run's
+    (a field of ``ADDED_FIELDS`` missing from ``saved`` reads as its value
+    there)."""
     if saved is None or current is None:
         return []
+    saved = {**{k: v for k, v in ADDED_FIELDS.items() if k in current},
+             **saved}
     return sorted(k for k in set(saved) | set(current)
                   if saved.get(k) != current.get(k))
 

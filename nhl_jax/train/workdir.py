@@ -20,7 +20,7 @@ import jax
 
 from nhl_jax import parallel, runlog
 from nhl_jax.errors import UsageError
-from nhl_jax.train.checkpoint import leaf_name
+from nhl_jax.train.checkpoint import identity_diff, leaf_name
 from nhl_jax.train.system import RunSpec
 
 
@@ -249,8 +249,7 @@ def check_same_config(workdir: str, spec: RunSpec, resume: bool) -> None:
     if resume and os.path.exists(path):
         saved = {k: v for k, v in _read_config(path).items()
                  if k not in _FREE}
-        diff = sorted(k for k in set(saved) | set(current)
-                      if saved.get(k) != current.get(k))
+        diff = identity_diff(saved, current)
         if diff:
             raise UsageError(
                 f'{workdir} holds a run with a different config (fields '

@@ -121,3 +121,13 @@ def test_a_full_disk_is_refused_before_orbax_writes(tmp_path, monkeypatch):
         checkpoint.save(mngr, 1, {'w': jnp.zeros(64)}, {}, {})
     assert e.value.errno == errno.ENOSPC
     assert os.listdir(tmp_path / 'checkpoints') == []
+
+
+def test_identity_of_an_older_run_lacks_only_fields_at_their_old_value():
+    current = {'method': 'dpn', 'head_init': 'normal', 'lr_scaling': 'none'}
+    older = {'method': 'dpn'}  # written before the two fields existed
+    assert checkpoint.identity_diff(older, current) == []
+    assert checkpoint.identity_diff(
+        older, {**current, 'head_init': 'torch'}) == ['head_init']
+    assert checkpoint.identity_diff(
+        older, {**current, 'seed': 1}) == ['seed']  # not an added field
