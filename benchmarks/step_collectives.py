@@ -40,28 +40,11 @@ _OP = re.compile(r'= (.*?) (all-gather|all-reduce)(?:-start)?\(')
 
 def compiled_text(config, **options) -> str:
     """The step of ``config`` over every device, compiled, as HLO text."""
-    from nhl_jax import cli, data, parallel, train
-    from nhl_jax.cli import registry
-    splits = data.load_splits(config.dataset, seed=0)
-    spec = cli.resolve(config)
-    system = registry.SYSTEMS[spec.system]
-    built = {}
-
-    def build():
-        built['setup'], state = system.create(
-            spec, train.DataInfo.of(splits), spec.bits)
-        return state
-
-    state = jax.eval_shape(build)
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        next(iter(system.plan(spec, splits, 1).batches(None, 0))))
-    step = train.compile_step(built['setup'].steps['train'],
-                              parallel.make_mesh(), **options)
-    lowered = step.lower(state, batch, system.consts(spec, splits))
-    fast = {'xla_backend_optimization_level': 0,
-            'xla_llvm_disable_expensive_passes': True}
-    return lowered.compile(fast).as_text()
+    from nhl_jax import data
+    from nhl_jax.cli import lowering
+    lowered = lowering.lower_train_step(
+        config, data.load_splits(config.dataset, seed=0), **options)
+    return lowered.compile(lowering.FAST_COMPILE).as_text()
 
 
 def collectives(text: str) -> dict[str, list[str]]:

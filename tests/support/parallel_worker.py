@@ -135,30 +135,12 @@ def _sharded(method):
 def _abstract_step(config, **compile_kwargs):
     """``config``'s train step over the mesh, lowered from an abstract state
     (no init) and a digits batch; with it, its compile at XLA level 0."""
-    from nhl_jax import cli, data, parallel, train
-    from nhl_jax.cli import registry
-    splits = data.load_splits('digits', seed=0)
-    spec = cli.resolve(config)
-    system = registry.SYSTEMS[spec.system]
-    built = {}
-
-    def build():
-        built['setup'], state = system.create(
-            spec, train.DataInfo.of(splits), spec.bits)
-        return state
-
-    state = jax.eval_shape(build)
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        next(iter(system.plan(spec, splits, 1).batches(None, 0))))
-    step = train.compile_step(built['setup'].steps['train'],
-                              parallel.make_mesh(), **compile_kwargs)
-    lowered = step.lower(state, batch, system.consts(spec, splits))
-    # The HLO passes (the collective combiners) run at every level; the
-    # skipped LLVM work is most of the compile time.
-    fast = {'xla_backend_optimization_level': 0,
-            'xla_llvm_disable_expensive_passes': True}
-    return lowered, lambda: lowered.compile(fast).as_text()
+    from nhl_jax import data
+    from nhl_jax.cli import lowering
+    lowered = lowering.lower_train_step(
+        config, data.load_splits('digits', seed=0), **compile_kwargs)
+    return lowered, lambda: lowered.compile(
+        lowering.FAST_COMPILE).as_text()
 
 
 def _count(text, op):
