@@ -154,7 +154,8 @@ def _outputs(workdir: str) -> list[str]:
 # (patience only when the run stops; a run stopped early goes on with a
 # larger one).
 _FREE = frozenset({'epochs', 'log_every', 'profile_steps', 'patience',
-                   'writers', 'compilation_cache', 'plots'})
+                   'writers', 'compilation_cache', 'plots',
+                   'eval_batch_size'})
 
 
 def run_identity(spec: RunSpec, bits, state) -> dict:

@@ -77,6 +77,9 @@ def test_the_identity_changes_with_config_bits_and_shapes():
     epochs = dict(spec.config, epochs=spec.config['epochs'] + 5)
     assert workdir.run_identity(dataclasses.replace(spec, config=epochs),
                                 (8,), state) == base  # a free field
+    encode = dict(spec.config, eval_batch_size=100)
+    assert workdir.run_identity(dataclasses.replace(spec, config=encode),
+                                (8,), state) == base  # changes no number
     method = dict(spec.config, method='csq')
     assert workdir.run_identity(dataclasses.replace(spec, config=method),
                                 (8,), state) != base
