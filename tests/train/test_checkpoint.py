@@ -12,6 +12,14 @@ import pytest
 from nhl_jax.errors import UsageError
 from nhl_jax.train import checkpoint
 
+# A restore that fails on a corrupted file can leave one of tensorstore's
+# read callbacks to land after orbax closed its asyncio loop ("Event loop
+# is closed", reported by Python as unraisable, at garbage collection):
+# a race inside orbax / tensorstore, after nhl_jax has handled the
+# failure; seen once in three CI runs of the byte-flipping test.
+pytestmark = pytest.mark.filterwarnings(
+    'ignore::pytest.PytestUnraisableExceptionWarning')
+
 
 def test_save_does_not_wait_for_the_disk(tmp_path):
     calls = []
