@@ -525,6 +525,20 @@ def soft_pairs(v: Array, labels: Array, others: Array, other_labels: Array,
     return SoftPairs(s, hard, theta, pair_nll(theta, s))
 
 
+def squashed_bank_apply(pair_term, lam: float, options):
+    """``apply`` of IDHN and ISDH: v = squash(u), their pair term against
+    the bank (``bank_pairs``), plus ``lam`` times mean | |v| - 1 |."""
+
+    def apply_fn(state, codes, labels, index):
+        check_batch(codes, labels, index)
+        v = squash(codes)
+        pair, bank = bank_pairs(state, v, labels, index, pair_term, options)
+        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
+        return pair + lam * quant, bank
+
+    return apply_fn
+
+
 def squared_distances(u: Array, bank: Array) -> Array:
     """||u_i - U_j||^2 as [B, N] without the [B, N, K] difference tensor."""
     sq = (

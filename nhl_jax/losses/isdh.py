@@ -49,12 +49,5 @@ def isdh(alpha: Scale = 0.5, gamma: Weight = 10.0, lam: Weight = 0.1, *,
         squared = (p.s - jax.nn.sigmoid(p.theta)) ** 2
         return jnp.mean(gamma * p.hard * p.cross + (1.0 - p.hard) * squared)
 
-    def apply_fn(state, codes, labels, index):
-        _common.check_batch(codes, labels, index)
-        v = _common.squash(codes)
-        pair, bank = _common.bank_pairs(state, v, labels, index, pair_term,
-                                        options)
-        quant = jnp.mean(jnp.abs(jnp.abs(v) - 1.0))
-        return pair + lam * quant, bank
-
-    return HashLoss(_common.bank_init_fn(options), apply_fn)
+    return HashLoss(_common.bank_init_fn(options),
+                    _common.squashed_bank_apply(pair_term, lam, options))
