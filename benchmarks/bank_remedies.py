@@ -101,9 +101,7 @@ def table(rows: dict, bits) -> list[str]:
             f'| {method} | {spec} | {len(runs)} | ' + ' | '.join(cells)
             + f' | {results_table.cell(_means(runs, bits, "map"))}'
             f' | {results_table.cell(_means(runs, bits, "map_last"))}'
-            f' | {np.mean([r["one_sided"] for r in runs]):.0%}'
-            f' | {np.mean([r["distinct"] for r in runs]):.0f}'
-            f' | {np.mean([r["train_seconds"] for r in runs]):.1f} |')
+            + results_table.collapse_cells(runs))
     return lines
 
 

@@ -143,9 +143,7 @@ def table(rows: dict, bits) -> list[str]:
         lines.append(
             f'| {method} | {recipe} | ' + ' | '.join(cells)
             + f' | {results_table.cell(_mean_map(runs, bits))}'
-            f' | {np.mean([r["one_sided"] for r in runs]):.0%}'
-            f' | {np.mean([r["distinct"] for r in runs]):.0f}'
-            f' | {np.mean([r["train_seconds"] for r in runs]):.1f} |')
+            + results_table.collapse_cells(runs))
     return lines
 
 

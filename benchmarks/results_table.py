@@ -93,6 +93,14 @@ def cell(values) -> str:
     return f'{np.mean(values):.3f} ± {np.std(values):.3f}'
 
 
+def collapse_cells(runs) -> str:
+    """The last three cells of a row over seeds: one-sided bits of the
+    longest code, distinct codes of the shortest, train seconds."""
+    return (f' | {np.mean([r["one_sided"] for r in runs]):.0%}'
+            f' | {np.mean([r["distinct"] for r in runs]):.0f}'
+            f' | {np.mean([r["train_seconds"] for r in runs]):.1f} |')
+
+
 def table(rows: dict, bits) -> list[str]:
     """Markdown lines: best mAP per length (last in brackets), train s."""
     lines = ['| method | ' + ' | '.join(f'{b} bits' for b in bits)
