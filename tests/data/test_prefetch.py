@@ -9,7 +9,7 @@ from PIL import Image
 
 from nhl_jax import data
 from nhl_jax.data import files, listfile, pipeline
-from tests.support import ROOT
+from tests.support import ROOT, assert_same_batches
 
 
 @pytest.fixture()
@@ -29,22 +29,14 @@ def jpegs(tmp_path):
     return files.from_list_split(split, resize=32, crop=28)
 
 
-def _assert_same(expected, got):
-    assert len(expected) == len(got)
-    for x, y in zip(expected, got):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
-
-
 def test_train_batches_are_identical_for_any_workers(jpegs):
     inline = list(data.train_batches(jpegs, 3, seed=1, epoch=2, workers=0))
     assert len(inline) == 4
     for workers in (1, 2, None, pipeline.Workers(0, 3)):
-        _assert_same(inline, list(data.train_batches(
+        assert_same_batches(inline, list(data.train_batches(
             jpegs, 3, seed=1, epoch=2, workers=workers)))
     # Resuming mid-epoch with threads skips exactly the first batches.
-    _assert_same(inline[1:], list(data.train_batches(
+    assert_same_batches(inline[1:], list(data.train_batches(
         jpegs, 3, seed=1, epoch=2, start=1, workers=None)))
 
 
@@ -52,7 +44,7 @@ def test_eval_batches_are_identical_for_any_workers(jpegs):
     inline = list(data.eval_batches(jpegs, 5, workers=0))
     assert [b['valid'] for b in inline] == [5, 5, 2]
     for workers in (2, None):
-        _assert_same(inline, list(data.eval_batches(jpegs, 5,
+        assert_same_batches(inline, list(data.eval_batches(jpegs, 5,
                                                     workers=workers)))
 
 
@@ -64,7 +56,7 @@ def test_auto_default_is_inline_for_arrays_threads_for_files(
         data.one_hot(np.arange(40) % 4, 4), np.arange(40))
     assert pipeline.resolve_workers(arrays, None) == pipeline.Workers(0, 0)
     assert pipeline.resolve_workers(None, None) == pipeline.Workers(0, 0)
-    _assert_same(
+    assert_same_batches(
         list(data.train_batches(arrays, 8, seed=0, epoch=0, workers=0)),
         list(data.train_batches(arrays, 8, seed=0, epoch=0)))
     for cpus, threads in ((1, 1), (3, 3), (64, pipeline.AUTO_THREADS)):

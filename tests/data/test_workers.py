@@ -6,6 +6,7 @@ from PIL import Image
 
 from nhl_jax import data
 from nhl_jax.data import files, pipeline, workers
+from tests.support import assert_same_batches
 
 
 @pytest.fixture()
@@ -23,14 +24,6 @@ def jpegs(tmp_path):
                              np.arange(10), resize=32, crop=28)
 
 
-def _assert_same(expected, got):
-    assert len(expected) == len(got)
-    for x, y in zip(expected, got):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
-
-
 def _epochs(ds, workers):
     return [list(data.train_batches(ds, 3, seed=1, epoch=e, workers=workers))
             for e in range(2)]
@@ -42,26 +35,28 @@ def test_one_pool_gives_the_batches_of_per_epoch_iterators(jpegs):
         assert isinstance(pool, workers.WorkerPool)
         assert pipeline.resolve_workers(jpegs, pool) == (1, 0)
         for expected, got in zip(inline, _epochs(jpegs, pool)):
-            _assert_same(expected, got)
+            assert_same_batches(expected, got)
         # An iterator left early cancels its work; the next is unaffected.
         early = data.eval_batches(jpegs, 4, workers=pool)
         next(early)
         early.close()
         evals = list(data.eval_batches(jpegs, 4, workers=0))
-        _assert_same(evals, list(data.eval_batches(jpegs, 4, workers=pool)))
+        assert_same_batches(
+            evals, list(data.eval_batches(jpegs, 4, workers=pool)))
         # Two open iterators, read in turns.
         pairs = zip(data.eval_batches(jpegs, 4, workers=pool),
                     data.train_batches(jpegs, 3, seed=1, epoch=0,
                                        workers=pool))
         for (x, y), e, t in zip(pairs, evals, inline[0]):
-            _assert_same([e, t], [x, y])
+            assert_same_batches([e, t], [x, y])
         # A file that cannot be decoded fails as it does inline.
         bad = jpegs._replace(paths=np.where(np.arange(10) == 5,
                                             jpegs.paths[0] + '.gone',
                                             jpegs.paths))
         with pytest.raises(files.ImageError, match=r'0\.jpg\.gone'):
             list(data.eval_batches(bad, 4, workers=pool))
-        _assert_same(evals, list(data.eval_batches(jpegs, 4, workers=pool)))
+        assert_same_batches(
+            evals, list(data.eval_batches(jpegs, 4, workers=pool)))
     with pytest.raises(ValueError, match='WorkerPool is closed'):
         data.eval_batches(jpegs, 4, workers=pool)
 

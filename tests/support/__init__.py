@@ -15,6 +15,8 @@
 
 import os
 
+import numpy as np
+
 # The checkout's root (where experiments/ and benchmarks/ are).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -36,3 +38,12 @@ def use_cpu_devices(num_devices: int) -> None:
     os.environ.setdefault('PJRT_NPROC',
                           str(max(os.cpu_count() or 1, 2 * num_devices)))
     jax.config.update('jax_num_cpu_devices', num_devices)
+
+
+def assert_same_batches(expected, got) -> None:
+    """Two sequences of batch dicts hold equal arrays under equal keys."""
+    assert len(expected) == len(got)
+    for x, y in zip(expected, got):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
