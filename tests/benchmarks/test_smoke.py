@@ -157,3 +157,11 @@ def test_conv_paths_custom_vjps_give_xla_gradients(stride):
     for conv in (conv_paths.conv_im2col_vjp, conv_paths.conv_lax_vjp):
         for got, want in zip(grads(conv), expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_import_time_prints_a_row_per_module():
+    out = _smoke('import_time.py')
+    assert 'ml_dtypes ' in out.splitlines()[0]
+    for module in ('ml_dtypes', 'jax'):
+        (row,) = _rows(out, module)
+        assert float(row[1]) > 0
