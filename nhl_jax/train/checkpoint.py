@@ -11,10 +11,16 @@ from the host copies before the write starts), of the meta itself, and the
 run's identity (config fields and parameter shapes). A restore compares all
 three; a checkpoint that fails is set aside in ``checkpoints.unverified/``
 and the newest one that verifies is restored instead, in one line.
+
+On one process with the arrays in host memory (the CPU backend), a save
+copies the arrays and hands the rest (checksums, orbax's own start of the
+write) to a thread, so that the next round need not wait for it; any other
+use of the manager waits for that thread first (``_Manager``).
 """
 
 import contextlib
 import errno
+import functools
 import gc
 import hashlib
 import json
@@ -22,6 +28,7 @@ import os
 import pathlib
 import shutil
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -43,6 +50,78 @@ class Unverified(Exception):
     """A checkpoint whose data do not match its checksums (or unreadable)."""
 
 
+class _Manager(ocp.CheckpointManager):
+    """A ``CheckpointManager`` whose saves may start on a thread.
+
+    ``start_save`` runs a save's start (``_start_save``) on a thread of its
+    own; every other use of the manager here first waits for that thread
+    (``settle``) and raises what it raised, so that the manager looks as
+    if the save had started synchronously: steps, restores and waits see
+    the checkpoint, and a failure is reported at the next use.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._starting = None  # the thread starting the latest save
+        self._failure = None  # what it raised, until reported
+        super().__init__(*args, **kwargs)
+
+    def start_save(self, start) -> None:
+        """Runs ``start()`` on a thread, after the previous one finished."""
+        self.settle()
+
+        def run():
+            try:
+                start()
+            except BaseException as e:  # noqa: BLE001 (raised by settle)
+                self._failure = e
+
+        self._starting = threading.Thread(target=run,
+                                          name='nhl_jax checkpoint save')
+        self._starting.start()
+
+    def settle(self) -> None:
+        """Waits for the thread starting a save; raises what it raised."""
+        thread = self._starting
+        # Orbax's save calls the methods below from that thread itself.
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join()
+        self._starting = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def all_steps(self, *args, **kwargs):
+        self.settle()
+        return super().all_steps(*args, **kwargs)
+
+    def latest_step(self):
+        self.settle()
+        return super().latest_step()
+
+    def reload(self):
+        self.settle()
+        return super().reload()
+
+    def restore(self, *args, **kwargs):
+        self.settle()
+        return super().restore(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        self.settle()
+        return super().delete(*args, **kwargs)
+
+    def wait_until_finished(self):
+        self.settle()
+        return super().wait_until_finished()
+
+    def close(self):
+        try:
+            self.settle()
+        finally:
+            super().close()
+
+
 def manager(workdir: str, *, keep: int = 2) -> ocp.CheckpointManager:
     """A ``CheckpointManager`` under ``workdir/checkpoints``.
 
@@ -57,7 +136,7 @@ def manager(workdir: str, *, keep: int = 2) -> ocp.CheckpointManager:
         preservation_policy=ocp.checkpoint_managers.LatestN(keep),
         create=True,
     )
-    return ocp.CheckpointManager(
+    return _Manager(
         os.path.join(os.path.abspath(workdir), 'checkpoints'),
         options=options,
         item_names=ITEMS,
@@ -139,10 +218,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, best, meta, *,
     """Starts saving one checkpoint and returns once the arrays are copied.
 
     Orbax writes asynchronously: the device arrays are copied to the host
-    before this returns (so the next step may donate them), and the files
-    are written in the background. The manager waits for a pending save
-    before it starts the next one, on ``wait``, before a restore and when
-    it is closed; a save that never completes leaves no checkpoint.
+    before its save returns (so the next step may donate them), and the
+    files are written in the background. The manager waits for a pending
+    save before it starts the next one, on ``wait``, before a restore and
+    when it is closed; a save that never completes leaves no checkpoint.
+    With the arrays in host memory (``_on_host``) and a manager from
+    ``manager``, this returns earlier still: once the arrays are copied,
+    the checksums and orbax's save run on the manager's thread.
 
     Args:
       mngr: from ``manager``.
@@ -152,9 +234,24 @@ def save(mngr: ocp.CheckpointManager, step: int, state, best, meta, *,
       meta: JSON-serialisable dict (epoch, best mAP, early-stop counter).
       identity: JSON-serialisable dict of what makes the state what it is
         (``nhl_jax.train.workdir.run_identity``); compared on restore.
+
+    Raises:
+      OSError: ENOSPC, when the disk cannot hold the checkpoint.
     """
     _check_space(mngr, (state, best))
     meta = json.loads(json.dumps(meta))  # a copy: the loop goes on with it
+    if isinstance(mngr, _Manager) and _on_host((state, best)):
+        # Copies, as the loop donates the state and replaces best's entries
+        # while the thread reads them.
+        state, best = _copied(state), _copied(best)
+        mngr.start_save(functools.partial(_start_save, mngr, step, state,
+                                          best, meta, identity))
+    else:
+        _start_save(mngr, step, state, best, meta, identity)
+
+
+def _start_save(mngr, step, state, best, meta, identity) -> None:
+    """Checksums the arrays into ``meta`` and starts orbax's save."""
     checksums = {**array_checksums(state, 'state'),
                  **array_checksums(best, 'best')}
     meta[INTEGRITY] = {'checksums': checksums, 'identity': identity,
@@ -168,6 +265,27 @@ def save(mngr: ocp.CheckpointManager, step: int, state, best, meta, *,
             meta=ocp.args.JsonSave(meta),
         ),
     )
+
+
+def _on_host(trees) -> bool:
+    """Whether a save may start on a thread: one process, and every JAX
+    array in host memory, where a copy costs no accelerator memory."""
+    return jax.process_count() == 1 and all(
+        device.platform == 'cpu' for x in jax.tree.leaves(trees)
+        if isinstance(x, jax.Array) for device in x.devices())
+
+
+def _copied(tree):
+    """``tree`` with copies of its arrays (same types, shardings)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    on_device = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+    copies = jax.block_until_ready(jax.device_put(
+        [leaves[i] for i in on_device], may_alias=False))
+    for i, copy in zip(on_device, copies):
+        leaves[i] = copy
+    leaves = [np.array(x) if isinstance(x, np.ndarray) else x
+              for x in leaves]
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _check_space(mngr, trees) -> None:
@@ -259,6 +377,7 @@ ADDED_FIELDS = {
     'per_device_batch_size': None,
     'lr_scaling': 'none',
     'lr_reference_batch': None,
+    'stack_lengths': False,
 }
 
 

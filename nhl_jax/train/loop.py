@@ -242,7 +242,8 @@ def _host_snapshots(system, setup, state):
 
 
 def fit(system, spec, splits, bits, workdir: str, *,
-        resume: bool = False, phases: Phases | None = None) -> dict:
+        resume: bool = False, phases: Phases | None = None,
+        after_round=None) -> dict:
     """Trains the lengths ``bits`` of ``spec`` in ``workdir``; a summary.
 
     Data-parallel over ``spec.devices`` devices (all of them by default, of
@@ -257,6 +258,9 @@ def fit(system, spec, splits, bits, workdir: str, *,
       resume: continue from the latest checkpoint in ``workdir``.
       phases: where the wall seconds of setup, training, evaluation and
         checkpoints are booked (``nhl_jax.train.phases``).
+      after_round: called with no argument after each round: where a
+        caller starts work for a thread that would slow the first round's
+        tracing (``nhl_jax.train.plots.WarmUp.start``).
 
     Returns:
       The final loop state with ``bits`` and ``params_sha256``.
@@ -298,6 +302,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
             while (meta['epoch'] < loop.schedule.rounds
                    and not meta['stopped_early']):
                 state, meta, best = loop.round(state, meta, best, stop)
+                if after_round is not None:
+                    after_round()
         with phases('checkpoint'):
             checkpoint.wait(mngr)
         writer.table('results', ('bits', 'map_last', 'map'), [

@@ -10,11 +10,17 @@ path. ``plot_workdir`` draws everything a run directory has::
                        'map_vs_length.png')
 
 matplotlib is an optional extra: ``pip install '.[plots]'``.
+``warmed_up`` imports it and draws a throwaway figure on a thread while the
+caller goes on (a run: while it trains), so that the first plot does not
+wait for either.
 """
 
+import contextlib
 import glob
+import io
 import json
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -44,6 +50,57 @@ def _save(fig, path: str) -> str:
     with runlog.atomic_file(path, 'wb', suffix='.png') as f:
         fig.savefig(f, format='png', dpi=100)
     return path
+
+
+def _warm_up() -> None:
+    """Imports matplotlib and renders a small figure, writing nothing.
+
+    The first figure of a process loads the Agg backend and the fonts; a
+    failure here is left for the real plots to report.
+    """
+    try:
+        fig, (ax,) = _figure(width=1.0, height=1.0)
+        _plot_series(ax, {8: ([1, 2], [0.0, 1.0])}, 'y')
+        ax.set_title('t')
+        fig.savefig(io.BytesIO(), format='png', dpi=10)
+    except Exception:  # noqa: BLE001 (reported by the plots themselves)
+        pass
+
+
+class WarmUp:
+    """``_warm_up`` on a thread, started when the caller has time to spare.
+
+    A run starts it once its first round is trained: the import holds the
+    interpreter, and would slow the tracing of the first steps.
+    """
+
+    def __init__(self):
+        self._thread = None
+
+    def start(self) -> None:
+        """Starts the thread (once; later calls do nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=_warm_up,
+                                            name='nhl_jax plots warm-up')
+            self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+@contextlib.contextmanager
+def warmed_up():
+    """A ``WarmUp`` whose thread, if started, is joined on the way out.
+
+    Nothing of it outlives the context; it only loads modules and fonts,
+    which the plots drawn after it then find loaded.
+    """
+    warm = WarmUp()
+    try:
+        yield warm
+    finally:
+        warm.join()
 
 
 def _read_json(path: str):

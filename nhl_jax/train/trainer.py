@@ -11,6 +11,7 @@ matplotlib is installed, the plots of the run (workdir/plots). Only process
 into its system and spec (``nhl_jax.cli``).
 """
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -96,18 +97,21 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
         system.check_data(spec, splits)
         check_batches(system, spec, splits)
         check_same_config(workdir, spec, resume)
-    summaries = [loop.fit(system, spec, splits, bits, run_dir, resume=resume,
-                          phases=phases)
-                 for bits, run_dir in training_runs(spec, workdir)]
     main = parallel.is_main_process()
-    plotting = main and spec.plots
-    path = os.path.join(workdir, 'results.json')
-    with phases('results'):
-        results = make_results(system, spec, DataInfo.of(splits), summaries)
-        if plotting:  # the plots read results.json; written again below
-            runlog.write_json_atomic(path, results)
-    with phases('plots'):
-        plotted = _plots(workdir) if plotting else []
+    plotting = main and spec.plots and _has_matplotlib()
+    with _plots_warmed_up(plotting) as warm:  # matplotlib: while it trains
+        summaries = [loop.fit(system, spec, splits, bits, run_dir,
+                              resume=resume, phases=phases,
+                              after_round=None if warm is None else warm.start)
+                     for bits, run_dir in training_runs(spec, workdir)]
+        path = os.path.join(workdir, 'results.json')
+        with phases('results'):
+            results = make_results(system, spec, DataInfo.of(splits),
+                                   summaries)
+            if plotting:  # the plots read results.json; written again below
+                runlog.write_json_atomic(path, results)
+        with phases('plots'):
+            plotted = _plots(workdir, warm) if plotting else []
     results['phase_seconds'] = phases.rounded()
     if main:
         runlog.write_json_atomic(path, results)
@@ -215,9 +219,21 @@ def format_results(system, spec: RunSpec, results) -> str:
     return '\n'.join(lines) + timing
 
 
-def _plots(workdir: str) -> list[str]:
-    """The run's plots in workdir/plots, when matplotlib is installed."""
-    if importlib.util.find_spec('matplotlib') is None:
-        return []
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec('matplotlib') is not None
+
+
+def _plots_warmed_up(plotting: bool):
+    """``plots.warmed_up()`` (a ``WarmUp``), or a context giving None."""
+    if not plotting:
+        return contextlib.nullcontext()
     from nhl_jax.train import plots
+    return plots.warmed_up()
+
+
+def _plots(workdir: str, warm) -> list[str]:
+    """The run's plots in workdir/plots, once ``warm`` (a ``WarmUp``) has
+    loaded matplotlib."""
+    from nhl_jax.train import plots
+    warm.join()
     return plots.plot_workdir(workdir)

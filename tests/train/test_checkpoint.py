@@ -3,6 +3,7 @@
 import errno
 import os
 import shutil
+import threading
 import types
 
 import jax.numpy as jnp
@@ -48,6 +49,42 @@ def test_state_changed_after_save_is_saved_as_it_was(tmp_path):
     np.testing.assert_array_equal(saved_state['w'], np.arange(4.0))
     np.testing.assert_array_equal(saved_best['8']['w'], np.ones(2))
     assert saved_meta == {'epoch': 1, 'best_map': {}}
+
+
+def test_a_save_started_on_its_thread_keeps_the_arrays_as_they_were(
+        tmp_path):
+    """The next step donates the state (deleting its arrays) while the
+    manager's thread still reads them; best's arrays are its snapshots."""
+    state = {'w': jnp.arange(4.0)}
+    best = {'8': {'w': np.ones(2)}}
+    with checkpoint.manager(str(tmp_path)) as mngr:
+        checkpoint.save(mngr, 1, state, best, {'epoch': 1})
+        state['w'].delete()
+        best['8']['w'][:] = 0.0
+        restored = checkpoint.restore_latest(
+            mngr, {'w': jnp.zeros(4)}, {'8': {'w': np.zeros(2)}})
+    np.testing.assert_array_equal(restored[0]['w'], np.arange(4.0))
+    np.testing.assert_array_equal(restored[1]['8']['w'], np.ones(2))
+
+
+def test_save_returns_before_its_thread_and_reports_its_failure(
+        tmp_path, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+
+    def blocked_save(self, step, args):
+        started.set()
+        release.wait(10)
+        raise RuntimeError('orbax failed')
+
+    monkeypatch.setattr(checkpoint.ocp.CheckpointManager, 'save',
+                        blocked_save)
+    with checkpoint.manager(str(tmp_path)) as mngr:
+        checkpoint.save(mngr, 1, {'w': jnp.zeros(2)}, {}, {})
+        assert started.wait(10) and not release.is_set()
+        release.set()
+        with pytest.raises(RuntimeError, match='orbax failed'):
+            checkpoint.wait(mngr)
+        assert mngr.latest_step() is None  # reported once
 
 
 def _two_checkpoints(directory):

@@ -98,3 +98,13 @@ def test_plot_workdir_merges_single_length_runs(tmp_path):
 def test_missing_results_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r'has no results\.json'):
         plots.load_results(str(tmp_path))
+
+
+def test_the_warm_up_thread_ends_with_its_context(tmp_path):
+    with plots.warmed_up() as warm:
+        warm.start()
+        warm.start()  # once
+        thread = warm._thread
+    assert not thread.is_alive()
+    path = plots.plot_training_curves(_records(), str(tmp_path / 't.png'))
+    assert _is_png(path)
