@@ -11,11 +11,15 @@ times the three stages JAX runs before the first step: tracing to a
 jaxpr (``jit(step).trace``), lowering to StableHLO (``.lower()``) and
 XLA's compile (``.compile()``). Every repeat starts from cleared caches
 (``jax.clear_caches``), and the persistent compilation cache is off, so
-each stage is done in full; medians over ``--repeats``.
+each stage is done in full; medians over ``--repeats``, after one
+untimed build of each path (JAX's own first-use costs).
 
-The NHL objective unrolls its per-length work (M base losses, M vector-
-Jacobian products for the weighting rule, M - 1 distillation terms), so
-trace and compile grow with M.
+Each M is timed on both paths of the NHL objective, alternated repeat
+by repeat: ``stacked`` (``--config.stack_lengths=true``: DPN has a
+masked form, so the base loss, its vjp and the distillation are traced
+once in a vmap over lengths) and ``unrolled`` (the default: M base
+losses, M vector-Jacobian products for the weighting rule, M - 1
+distillation terms). A single length always takes the unrolled path.
 """
 
 import argparse
@@ -38,10 +42,11 @@ _BITS = {1: (64,), 2: (8, 16), 5: (8, 16, 32, 64, 128),
          10: tuple(range(8, 88, 8))}
 
 
-def _stages(bits, dataset: str, image_shape) -> dict[str, float]:
+def _stages(bits, dataset: str, image_shape,
+            stack: bool) -> dict[str, float]:
     """Seconds of trace, lower and compile of one fresh train step."""
     config = default.get_config()
-    config.update({'dataset': dataset, 'bits': bits})
+    config.update({'dataset': dataset, 'bits': bits, 'stack_lengths': stack})
     spec = config_lib.resolve(config)
     info = train.DataInfo(tuple(image_shape), 10, {'train': 1000})
     setup, state = registry.create_train_state(spec, info)
@@ -75,17 +80,25 @@ def main():
     dataset, shape = 'mnist5k', (28, 28, 1)
     if args.smoke:
         counts, args.repeats, dataset, shape = [1, 2], 1, 'digits', (8, 8, 1)
-    print('| M | bits | trace s | lower s | compile s | total s |')
-    print('|---|---|---:|---:|---:|---:|')
+    for stack in (True, False):  # JAX's own first-use costs, untimed
+        _stages(_BITS[2], dataset, shape, stack)
+    print('| M | bits | path | trace s | lower s | compile s | total s |')
+    print('|---|---|---|---:|---:|---:|---:|')
     for m in counts:
-        runs = [_stages(_BITS[m], dataset, shape)
-                for _ in range(args.repeats)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        label = f'{m} (single)' if m == 1 else str(m)
-        bits = ','.join(map(str, _BITS[m]))
-        print(f'| {label} | {bits} | {med["trace"]:.2f} | '
-              f'{med["lower"]:.2f} | {med["compile"]:.2f} | '
-              f'{sum(med.values()):.2f} |', flush=True)
+        paths = ('unrolled',) if m == 1 else ('stacked', 'unrolled')
+        runs = {path: [] for path in paths}
+        for _ in range(args.repeats):
+            for path in paths:
+                runs[path].append(_stages(_BITS[m], dataset, shape,
+                                          path == 'stacked'))
+        for path, times in runs.items():
+            med = {k: statistics.median(r[k] for r in times)
+                   for k in times[0]}
+            label = f'{m} (single)' if m == 1 else str(m)
+            bits = ','.join(map(str, _BITS[m]))
+            print(f'| {label} | {bits} | {path} | {med["trace"]:.2f} | '
+                  f'{med["lower"]:.2f} | {med["compile"]:.2f} | '
+                  f'{sum(med.values()):.2f} |', flush=True)
 
 
 if __name__ == '__main__':

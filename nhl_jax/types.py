@@ -40,6 +40,14 @@ class HashLoss(NamedTuple):
         NHL objective calls it instead of ``init`` once per length.
       features: whether ``apply`` also takes ``features=`` [B, D], the
         backbone features the hash layer reads (PCDH's feature-level term).
+      masked: optional ``masked(state, codes, mask, labels, index) ->
+        loss``, for a loss whose ``apply`` returns its state unchanged:
+        the loss of the length whose columns ``mask`` [K_max] (1.0 on the
+        first K, else 0.0) selects, from ``codes`` [B, K_max] and a state
+        whose leaves are zero-padded along their last (bit) axis to
+        K_max; equal to ``apply`` on the first K columns to float
+        rounding. With it the NHL objective runs every length in one
+        ``vmap`` (``nhl_jax.nhl.stacked``).
 
     Example, a loss that owns a linear classifier ``W`` [K, C]::
 
@@ -59,3 +67,4 @@ class HashLoss(NamedTuple):
     epoch_update: Callable[[LossState, Any], LossState] | None = None
     init_lengths: Callable[..., tuple[LossState, ...]] | None = None
     features: bool = False
+    masked: Callable[..., Array] | None = None

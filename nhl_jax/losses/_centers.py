@@ -130,7 +130,8 @@ def nested_states(key: PRNGKey, num_classes: int, bits: Sequence[int],
 
 
 def centers_loss(method: str, centers, apply_fn: Callable,
-                 build: Callable, build_nested: Callable) -> HashLoss:
+                 build: Callable, build_nested: Callable,
+                 masked_fn: Callable | None = None) -> HashLoss:
     """A centre-based ``HashLoss`` for each ``centers=`` option.
 
     Args:
@@ -140,6 +141,7 @@ def centers_loss(method: str, centers, apply_fn: Callable,
       apply_fn: the loss's ``apply``.
       build: ``build(key, C, K) -> [C, K]``, one length's table.
       build_nested: ``build_nested(key, C, bits) -> [C, K_max]``.
+      masked_fn: the loss's ``HashLoss.masked`` form, if it has one.
 
     Returns:
       The ``HashLoss``; with ``'nested'`` it has ``init_lengths``.
@@ -162,5 +164,6 @@ def centers_loss(method: str, centers, apply_fn: Callable,
                             num_classes=num_classes, bits=(bits,))[0]
 
     if mode == 'nested':
-        return HashLoss(init_one_nested, apply_fn, init_lengths=init_lengths)
-    return HashLoss(init_fn, apply_fn)
+        return HashLoss(init_one_nested, apply_fn, init_lengths=init_lengths,
+                        masked=masked_fn)
+    return HashLoss(init_fn, apply_fn, masked=masked_fn)

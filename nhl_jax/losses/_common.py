@@ -33,6 +33,15 @@ def stateless_init(key, *, num_train, num_classes, bits) -> EmptyState:
     return EmptyState()
 
 
+def masked_mean(values: Array, mask: Array) -> Array:
+    """The mean of ``values`` [B, K] over the columns ``mask`` [K] selects.
+
+    ``jnp.mean(values[:, :b])`` for a mask of b leading ones, as the
+    ``HashLoss.masked`` form of a loss needs it.
+    """
+    return jnp.sum(values * mask[None, :]) / (values.shape[0] * jnp.sum(mask))
+
+
 def check_batch(codes: Array, labels: Array, index: Array, *,
                 name: str = 'loss') -> None:
     """Static checks shared by every ``apply`` (free under jit): ranks, one

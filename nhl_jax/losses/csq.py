@@ -46,14 +46,23 @@ def csq(lam: Weight = 1e-4, *, centers: _centers.Centers = None,
     build_nested = functools.partial(_centers.nested_hadamard_centers,
                                      retries=retries)
 
-    def apply_fn(state, codes, labels, index):
+    def terms(state, codes, labels, index):
+        """[B, K] binary cross-entropy and quantisation terms."""
         _common.check_batch(codes, labels, index)
         positive = 0.5 * (_common.label_targets(state, labels) + 1.0)
         log_p = jnp.maximum(jax.nn.log_sigmoid(2.0 * codes), -100.0)
         log_not_p = jnp.maximum(jax.nn.log_sigmoid(-2.0 * codes), -100.0)
         bce = -(positive * log_p + (1.0 - positive) * log_not_p)
-        quant = (jnp.abs(jnp.tanh(codes)) - 1.0) ** 2
+        return bce, (jnp.abs(jnp.tanh(codes)) - 1.0) ** 2
+
+    def apply_fn(state, codes, labels, index):
+        bce, quant = terms(state, codes, labels, index)
         return jnp.mean(bce) + lam * jnp.mean(quant), state
 
+    def masked_fn(state, codes, mask, labels, index):
+        bce, quant = terms(state, codes, labels, index)
+        return (_common.masked_mean(bce, mask)
+                + lam * _common.masked_mean(quant, mask))
+
     return _centers.centers_loss('csq', centers, apply_fn, build,
-                                 build_nested)
+                                 build_nested, masked_fn)

@@ -67,5 +67,11 @@ def dpn(margin: Margin = 1.0, p: Fraction = 0.5, *,
         targets = _common.label_targets(state, labels)
         return jnp.mean(jnp.maximum(margin - codes * targets, 0.0)), state
 
+    def masked_fn(state, codes, mask, labels, index):
+        _common.check_batch(codes, labels, index)
+        targets = _common.label_targets(state, labels)
+        return _common.masked_mean(
+            jnp.maximum(margin - codes * targets, 0.0), mask)
+
     return _centers.centers_loss('dpn', centers, apply_fn, build,
-                                 build_nested)
+                                 build_nested, masked_fn)

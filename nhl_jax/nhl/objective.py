@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from nhl_jax import parallel
 from nhl_jax.hparams import Weight, check_hyperparameter, check_kwargs
 from nhl_jax.models.nested import check_bits, split_codes
-from nhl_jax.nhl import baselines, distill, label_bank
+from nhl_jax.nhl import baselines, distill, label_bank, stacked
 from nhl_jax.nhl import weighting as weighting_lib
 from nhl_jax.types import Array, HashLoss
 
@@ -137,6 +137,7 @@ def nhl_objective(
     weighting: str = 'none',
     weighting_kwargs: dict | None = None,
     topology: str = 'adjacent',
+    stack_lengths: bool = False,
 ) -> NHLObjective:
     """Builds the multi-length NHL objective around one base loss.
 
@@ -149,6 +150,11 @@ def nhl_objective(
       weighting_kwargs: the rule's hyperparameters, e.g.
         ``{'weights': (4, 2, 1)}`` for ``'static'``.
       topology: distillation teachers, see ``distill.cascade_distill``.
+      stack_lengths: run every length in one vmap over masked codes when
+        the loss has a ``masked`` form (``nhl_jax.nhl.stacked``: traced
+        once, equal to float rounding, but each length's work spans all
+        K_max columns); False, or a loss without one, unrolls a copy per
+        length.
 
     Returns:
       An ``NHLObjective``.
@@ -170,6 +176,7 @@ def nhl_objective(
             f'{sorted(distill.TOPOLOGIES)}.'
         )
     m = len(bits)
+    stacked_path = stack_lengths and m > 1 and stacked.supports(loss)
 
     # One program for every length's state: drawn op by op, the centres
     # and banks of M lengths are dozens of small programs, each a
@@ -217,12 +224,17 @@ def nhl_objective(
         # Static: with the batch split over devices, the sums over its rows
         # are taken per device and all-reduced, never gathered.
         shards = parallel.batch_shards()
+        if stacked_path:
+            return _stacked_apply(states, h, labels, index, features,
+                                  weighting_state, shards)
         fn = functools.partial(per_length, loss_params=loss_params,
                                features=features, shards=shards)
         if rule.uses_products:
             objs, grads, primals, (new_states, base, dis) = _per_length_grads(
                 h, states, labels, index, loss_params, features, shards)
-            products = _products(grads, features, shards)
+            products = _products(jnp.stack([
+                jnp.pad(g[0], ((0, 0), (0, bits[-1] - b)))
+                for g, b in zip(grads, bits)]), features, shards)
         else:
             objs, (new_states, base, dis) = fn(h, states, labels, index)
             products = None
@@ -247,11 +259,7 @@ def nhl_objective(
         and the M of them give both the rule's products and the total's
         gradient (``_linearised``): no second backward through the losses.
         """
-        if features is None:
-            raise ValueError(
-                f'weighting={weighting!r} needs the hash-layer input: call '
-                'apply(..., features=x) with x the [B, D] backbone features.'
-            )
+        _check_features(features)
         codes = split_codes(h, bits)
         params = loss_params if loss_params is not None else (None,) * m
         own_features = features if loss.features else None
@@ -280,11 +288,38 @@ def nhl_objective(
                if k < m - 1 else jnp.zeros((), value.dtype))
         return value + distill_weight * dis, (new_state, value, dis)
 
-    def _products(grads, features, shards):
-        """Q [M, M, M] of the per-length head gradients (Eq. (6)-(7))."""
-        out_grads = jnp.stack([
-            jnp.pad(g[0], ((0, 0), (0, bits[-1] - b)))
-            for g, b in zip(grads, bits)])  # [M, B, K_max]
+    def _check_features(features):
+        if features is None:
+            raise ValueError(
+                f'weighting={weighting!r} needs the hash-layer input: call '
+                'apply(..., features=x) with x the [B, D] backbone features.'
+            )
+
+    def _stacked_apply(states, h, labels, index, features, weighting_state,
+                       shards):
+        """``apply`` through ``stacked.length_values``: one vmap."""
+        if rule.uses_products:
+            _check_features(features)
+        values = stacked.length_values(
+            loss, h, states, labels, index, bits=bits, topology=topology,
+            distill_weight=distill_weight, batch_shards=shards,
+            out_grads=rule.uses_products)
+        products = (_products(values.out_grads, features, shards)
+                    if rule.uses_products else None)
+        info = rule.weigh(weighting_state, products=products,
+                          losses=jax.lax.stop_gradient(values.objectives))
+        weights = jax.lax.stop_gradient(info.weights)
+        if rule.uses_products:
+            total = stacked.linearised_total(weights, values, h)
+        else:
+            total = jnp.sum(weights * values.objectives)
+        metrics = NHLMetrics(*jax.lax.stop_gradient(
+            (values.losses, values.distill, values.objectives)), info)
+        return total, (tuple(states), metrics)
+
+    def _products(out_grads, features, shards):
+        """Q [M, M, M] of the per-length head gradients (Eq. (6)-(7)),
+        from out_grads [M, B, K_max] (zero beyond each length)."""
         columns = weighting_lib.column_products_from_outputs(
             jax.lax.stop_gradient(features), jax.lax.stop_gradient(out_grads),
             batch_shards=shards)

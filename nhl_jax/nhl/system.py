@@ -41,6 +41,8 @@ class NHLOptions(NamedTuple):
     distill_weight: float
     topology: str  # a key of nhl_jax.nhl.distill.TOPOLOGIES
     head_init: str = 'normal'  # a key of nhl_jax.models.nested.HEAD_INITS
+    # Every length in one vmap where the loss allows (nhl_jax.nhl.stacked).
+    stack_lengths: bool = False
 
 
 class NHLExtra(NamedTuple):
@@ -175,7 +177,8 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     objective = nhl_objective(
         losses.get(opts.loss, **opts.loss_kwargs), bits,
         distill_weight=opts.distill_weight, weighting=opts.weighting,
-        weighting_kwargs=opts.weighting_kwargs, topology=opts.topology)
+        weighting_kwargs=opts.weighting_kwargs, topology=opts.topology,
+        stack_lengths=opts.stack_lengths)
     tx = _optimizer(spec, info)
     build = functools.partial(_initial_state, spec, info, bits, objective, tx)
     if spec.pretrained:  # its weights are read from disk, op by op
@@ -251,7 +254,8 @@ class NHL(System):
             config.method, dict(config.loss_kwargs), config.weighting,
             dict(config.get('weighting_kwargs') or {}),
             float(config.distill_weight), config.topology,
-            config.get('head_init', 'normal'))
+            config.get('head_init', 'normal'),
+            bool(config.get('stack_lengths', False)))
 
     def create(self, spec, info, bits):
         """``(Setup, TrainState)``: network, objective and steps."""

@@ -55,7 +55,12 @@ def toy_loss():
         del labels, index
         return jnp.sum(jnp.mean((codes - state[None, :]) ** 2, 0)), state
 
-    return losses.HashLoss(init, apply)
+    def masked(state, codes, mask, labels, index):
+        # The state zero-padded beyond the length: its columns are masked.
+        del labels, index
+        return jnp.sum(mask * jnp.mean((codes - state[None, :]) ** 2, 0))
+
+    return losses.HashLoss(init, apply, masked=masked)
 
 
 def per_length(loss, states, params, x, labels, index, lam):

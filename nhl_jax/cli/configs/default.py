@@ -66,6 +66,11 @@ def get_config():
     config.weighting_kwargs = ml_collections.ConfigDict()
     config.distill_weight = 0.1  # lambda of the cascade distillation
     config.topology = 'adjacent'  # distillation teachers
+    # True: every length's loss, distillation and vjp in one vmap over
+    # masked codes where the base loss has that form (nhl_jax.nhl.stacked):
+    # traced once, equal to the per-length copies to float rounding, but
+    # each length computes over all K_max columns.
+    config.stack_lengths = False
     # How the base loss is trained: 'library' (the fields below) or
     # 'reference' (its reference code's optimizer, rate, weight decay, batch
     # and decay, nhl_jax/cli/recipes.py) in every field left at its default.
