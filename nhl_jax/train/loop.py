@@ -243,8 +243,7 @@ def _host_snapshots(system, setup, state):
 
 def fit(system, spec, splits, bits, workdir: str, *,
         resume: bool = False, phases: Phases | None = None,
-        after_round=None,
-        saving: contextlib.ExitStack | None = None) -> dict:
+        after_round=None) -> dict:
     """Trains the lengths ``bits`` of ``spec`` in ``workdir``; a summary.
 
     Data-parallel over ``spec.devices`` devices (all of them by default, of
@@ -262,10 +261,6 @@ def fit(system, spec, splits, bits, workdir: str, *,
       after_round: called with no argument after each round: where a
         caller starts work for a thread that would slow the first round's
         tracing (``nhl_jax.train.plots.WarmUp.start``).
-      saving: where the checkpoint manager is closed. None: here, after
-        waiting for the last save; a caller's stack lets the last save
-        write while the caller goes on (its results and plots), until it
-        closes the stack.
 
     Returns:
       The final loop state with ``bits`` and ``params_sha256``.
@@ -285,14 +280,9 @@ def fit(system, spec, splits, bits, workdir: str, *,
                                      config=spec.config)
     profiler = profile.Profiler(spec.profile_steps, workdir)
     identity = workdir_lib.run_identity(spec, setup.bits, state)
-    with contextlib.ExitStack() as stack:
-        mngr = (stack if saving is None else saving).enter_context(
-            checkpoint.opened(workdir))
-        stop = stack.enter_context(_preemption())
-        stack.enter_context(contextlib.closing(writer))
-        stack.enter_context(contextlib.closing(profiler))
-        workers = stack.enter_context(
-            pipeline.run_workers(spec.data_workers, splits.train))
+    with (checkpoint.opened(workdir) as mngr, _preemption() as stop,
+          contextlib.closing(writer), contextlib.closing(profiler),
+          pipeline.run_workers(spec.data_workers, splits.train) as workers):
         # Worker processes, if any, serve every epoch and evaluation.
         spec = dataclasses.replace(spec, data_workers=workers)
         state, best, meta = checkpoint.restore_or_start(
@@ -314,9 +304,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
                 state, meta, best = loop.round(state, meta, best, stop)
                 if after_round is not None:
                     after_round()
-        if saving is None:
-            with phases('checkpoint'):
-                checkpoint.wait(mngr)
+        with phases('checkpoint'):
+            checkpoint.wait(mngr)
         writer.table('results', ('bits', 'map_last', 'map'), [
             (int(b), meta['last_map'].get(str(b)), meta['best_map'][str(b)])
             for b in setup.bits])

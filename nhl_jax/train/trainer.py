@@ -99,14 +99,10 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
         check_same_config(workdir, spec, resume)
     main = parallel.is_main_process()
     plotting = main and spec.plots and _has_matplotlib()
-    # matplotlib is imported while it trains; the last checkpoints are
-    # written while the results and plots are.
-    with (_plots_warmed_up(plotting) as warm,
-          contextlib.ExitStack() as saving):
+    with _plots_warmed_up(plotting) as warm:  # matplotlib: while it trains
         summaries = [loop.fit(system, spec, splits, bits, run_dir,
                               resume=resume, phases=phases,
-                              after_round=None if warm is None else warm.start,
-                              saving=saving)
+                              after_round=None if warm is None else warm.start)
                      for bits, run_dir in training_runs(spec, workdir)]
         path = os.path.join(workdir, 'results.json')
         with phases('results'):
@@ -116,8 +112,6 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
                 runlog.write_json_atomic(path, results)
         with phases('plots'):
             plotted = _plots(workdir, warm) if plotting else []
-        with phases('checkpoint'):
-            saving.close()  # waits for the last saves
     results['phase_seconds'] = phases.rounded()
     if main:
         runlog.write_json_atomic(path, results)
