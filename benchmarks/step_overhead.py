@@ -3,6 +3,7 @@
     python benchmarks/step_overhead.py [--method=dpn] [--backbone=cnn]
                                        [--rounds=7]
     python benchmarks/step_overhead.py --smoke      # CI: seconds, digits MLP
+    python benchmarks/step_overhead.py --only=paper --stacked
 
 Times the jitted ``nhl_jax.train`` step of the small MNIST CNN
 (conv32-pool-conv64-pool-fc256, batch 64, lengths 8/16/32/64/128) on a
@@ -10,7 +11,9 @@ fixed random batch for: plain nested (weighting 'none', no distillation),
 + distillation (0.1), + each weighting rule of ``objective.WEIGHTINGS``
 without distillation (the dominance rules 'paper' and 'released', the
 baselines), and full NHL (paper + distillation); one single-length step
-(64 bits) for reference. Variants are interleaved round by round so that
+(64 bits) for reference. ``--stacked`` adds each nested variant again
+with every length in one vmap (``config.stack_lengths``,
+``nhl_jax.nhl.stacked``). Variants are interleaved round by round so that
 machine noise hits them alike; a variant's overhead is the median over
 rounds of its time divided by plain nested's time in the same round, minus
 one. Target for the dominance weighting: <= 3 % (the NHL paper reports
@@ -74,8 +77,9 @@ def _batch(shape, classes, batch, seed=0):
     }
 
 
-def _stepper(args, bits, weighting, distill_weight):
+def _stepper(args, bits, weighting, distill_weight, stack=False):
     config = default.get_config()
+    config.stack_lengths = stack
     config.method, config.backbone = args.method, args.backbone
     config.weighting, config.distill_weight = weighting, distill_weight
     config.bits = bits
@@ -207,6 +211,9 @@ def main():
     parser.add_argument('--smoke', action='store_true',
                         help='CI: digits MLP, 8/16 bits, plain nested, '
                              'paper and pcgrad, 1 round of 2 steps')
+    parser.add_argument('--stacked', action='store_true',
+                        help='also each nested variant with '
+                             '--config.stack_lengths=true')
     parser.add_argument('--against-torch', action='store_true',
                         help='ratios to the same step in PyTorch (cnn)')
     args = parser.parse_args()
@@ -222,6 +229,9 @@ def main():
     args.shape = (28, 28, 1) if args.backbone == 'cnn' else (8, 8, 1)
     variants = _variants(tuple(int(b) for b in args.bits.split(',')),
                          args.only)
+    if args.stacked:
+        variants.update({f'{name}, stacked lengths': (*v, True)
+                         for name, v in variants.items() if len(v[0]) > 1})
     runs = {name: list(_stepper(args, *v)) for name, v in variants.items()}
     times = {name: [] for name in variants}
     for _ in range(args.rounds):
