@@ -137,3 +137,20 @@ def test_the_loss_is_traced_once_for_every_length(stack, calls):
     jax.make_jaxpr(lambda h: obj.apply(states, h, labels, index,
                                        features=features)[0])(h)
     assert len(traced) == calls
+
+
+def test_row_sum_distillation_of_a_split_batch_matches_under_the_vmap():
+    # batch_shards > 1 picks the [K, K] row-sum form of the distillation
+    # (no row gathered across devices); inside the vmap over lengths it
+    # must give the Gram form's values and gradients.
+    params, x, labels, index = toy.setup(1)
+    loss = losses.get('dpn')
+    states = nhl_objective(loss, BITS).init(
+        jax.random.key(0), num_train=N, num_classes=C)
+    _, h = toy.forward(params, x)
+    got, want = (stacked.length_values(
+        loss, h, states, labels, index, bits=BITS, topology='adjacent',
+        distill_weight=0.1, batch_shards=shards, out_grads=True)
+        for shards in (2, 1))
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    assert float(want.distill[0]) > 0
