@@ -85,6 +85,7 @@ class WarmUp:
             self._thread.start()
 
     def join(self) -> None:
+        """Waits for the thread, if it was started."""
         if self._thread is not None:
             self._thread.join()
 
