@@ -210,7 +210,8 @@ def main():
                              '(default: all of objective.WEIGHTINGS)')
     parser.add_argument('--smoke', action='store_true',
                         help='CI: digits MLP, 8/16 bits, plain nested, '
-                             'paper and pcgrad, 1 round of 2 steps')
+                             'paper and pcgrad (or --only), 1 round of 2 '
+                             'steps')
     parser.add_argument('--stacked', action='store_true',
                         help='also each nested variant with '
                              '--config.stack_lengths=true')
@@ -225,7 +226,8 @@ def main():
         return
     if args.smoke:
         args.backbone, args.bits, args.batch_size = 'mlp', '8,16', 32
-        args.rounds, args.steps, args.only = 1, 2, 'paper,pcgrad'
+        args.rounds, args.steps = 1, 2
+        args.only = args.only or 'paper,pcgrad'
     args.shape = (28, 28, 1) if args.backbone == 'cnn' else (8, 8, 1)
     variants = _variants(tuple(int(b) for b in args.bits.split(',')),
                          args.only)
