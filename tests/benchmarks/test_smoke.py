@@ -84,6 +84,10 @@ def test_map_speed_prints_every_section():
                  )[0][3] == 'yes'
 
 
+# The conv-path study settled the library's convolution (issue 19); its
+# two smoke runs take 20 s of CI, so they run with the slow checks. The
+# custom vjps it compares stay checked in CI (below).
+@pytest.mark.slow
 def test_conv_paths_prints_every_variant_of_every_case():
     out = _smoke('conv_paths.py')
     rows = _rows(out, 'small CNN, batch 2')
@@ -95,6 +99,7 @@ def test_conv_paths_prints_every_variant_of_every_case():
     assert base[4] == base[6] == '1.00x' and float(base[3]) > 0
 
 
+@pytest.mark.slow
 def test_conv_paths_times_every_conv_backbone_under_both_options():
     out = _smoke('conv_paths.py', '--backbones')
     for name in ('cnn', 'bnn_cnn'):  # the smoke run's two
