@@ -145,6 +145,10 @@ def _finish(procs):
     return [p.returncode for p in procs], outs
 
 
+# Two gloo processes trained, stopped and resumed: 45 s, the longest check
+# of the suite; with the slow checks (the one-process preemption paths are
+# in tests/cli/test_reliability.py).
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_and_resume_is_exact(tmp_path):
     """Preemption is decided for all processes: only process 1 is told."""
     args = ['--dataset=mnist5k', '--backbone=mlp', '--bits=8,16',

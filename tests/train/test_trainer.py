@@ -206,6 +206,10 @@ def test_pretrained_resnet_weights_are_loaded(splits, tmp_path):
         cli.resolve(config)
 
 
+# ResNet-18's step compiles for 20-30 s: with the slow checks. BatchNorm's
+# train mode is checked in tests/models/test_resnet.py, and the compiled
+# ResNet-18 step's collectives in tests/test_parallel.py.
+@pytest.mark.slow
 def test_batchnorm_backbone_trains_and_updates_statistics(splits):
     """ResNet-18: BatchNorm in the jitted step, gradients through max-pool."""
     config = _config(backbone='resnet18', weighting='paper')
