@@ -62,16 +62,17 @@ def dpn(margin: Margin = 1.0, p: Fraction = 0.5, *,
     def build_nested(key, num_classes, bits):
         return build(key, num_classes, bits[-1], prefix=bits[0])
 
-    def apply_fn(state, codes, labels, index):
+    def hinge(state, codes, labels, index):
+        """[B, K] max(0, m - u_ik t_ik)."""
         _common.check_batch(codes, labels, index)
         targets = _common.label_targets(state, labels)
-        return jnp.mean(jnp.maximum(margin - codes * targets, 0.0)), state
+        return jnp.maximum(margin - codes * targets, 0.0)
+
+    def apply_fn(state, codes, labels, index):
+        return jnp.mean(hinge(state, codes, labels, index)), state
 
     def masked_fn(state, codes, mask, labels, index):
-        _common.check_batch(codes, labels, index)
-        targets = _common.label_targets(state, labels)
-        return _common.masked_mean(
-            jnp.maximum(margin - codes * targets, 0.0), mask)
+        return _common.masked_mean(hinge(state, codes, labels, index), mask)
 
     return _centers.centers_loss('dpn', centers, apply_fn, build,
                                  build_nested, masked_fn)

@@ -115,6 +115,22 @@ class NHLObjective(NamedTuple):
     epoch_update: Callable[..., tuple[Any, ...]] | None = None
 
 
+class _Lengths(NamedTuple):
+    """What ``apply`` weighs: each length's values, stacked [M].
+
+    ``products`` (the rule's gradient products) and ``linearised``
+    (``weights -> total``, its gradient taken from each length's own vjp)
+    only for the rules that read gradients.
+    """
+
+    objectives: Array
+    losses: Array
+    distill: Array
+    states: tuple[Any, ...]
+    products: Array | None = None
+    linearised: Callable[[Array], Array] | None = None
+
+
 def _linearised(value: Array, grads, primals) -> Array:
     """``value`` whose gradient on ``primals`` is ``grads``, taken as given.
 
@@ -225,29 +241,41 @@ def nhl_objective(
         # are taken per device and all-reduced, never gathered.
         shards = parallel.batch_shards()
         if stacked_path:
-            return _stacked_apply(states, h, labels, index, features,
-                                  weighting_state, shards)
-        fn = functools.partial(per_length, loss_params=loss_params,
-                               features=features, shards=shards)
-        if rule.uses_products:
-            objs, grads, primals, (new_states, base, dis) = _per_length_grads(
-                h, states, labels, index, loss_params, features, shards)
-            products = _products(jnp.stack([
-                jnp.pad(g[0], ((0, 0), (0, bits[-1] - b)))
-                for g, b in zip(grads, bits)]), features, shards)
+            out = _stacked_lengths(states, h, labels, index, features, shards)
+        elif rule.uses_products:
+            out = _unrolled_lengths_with_grads(h, states, labels, index,
+                                               loss_params, features, shards)
         else:
-            objs, (new_states, base, dis) = fn(h, states, labels, index)
-            products = None
-        info = rule.weigh(weighting_state, products=products,
-                          losses=jax.lax.stop_gradient(objs))
+            objs, (new_states, base, dis) = per_length(
+                h, states, labels, index, loss_params=loss_params,
+                features=features, shards=shards)
+            out = _Lengths(objs, base, dis, new_states)
+        info = rule.weigh(weighting_state, products=out.products,
+                          losses=jax.lax.stop_gradient(out.objectives))
         weights = jax.lax.stop_gradient(info.weights)
-        if rule.uses_products:
-            total = sum(w * _linearised(o, g, x) for w, o, g, x in zip(
-                weights, objs, grads, primals))
+        if out.linearised is not None:
+            total = out.linearised(weights)
         else:
-            total = jnp.sum(weights * objs)
-        metrics = NHLMetrics(*jax.lax.stop_gradient((base, dis, objs)), info)
-        return total, (new_states, metrics)
+            total = jnp.sum(weights * out.objectives)
+        metrics = NHLMetrics(*jax.lax.stop_gradient(
+            (out.losses, out.distill, out.objectives)), info)
+        return total, (out.states, metrics)
+
+    def _unrolled_lengths_with_grads(h, states, labels, index, loss_params,
+                                     features, shards):
+        """``_Lengths`` of the per-length copies, with the rule's products
+        and the total linearised through each length's own vjp."""
+        objs, grads, primals, (new_states, base, dis) = _per_length_grads(
+            h, states, labels, index, loss_params, features, shards)
+        products = _products(jnp.stack([
+            jnp.pad(g[0], ((0, 0), (0, bits[-1] - b)))
+            for g, b in zip(grads, bits)]), features, shards)
+
+        def linearised(weights):
+            return sum(w * _linearised(o, g, x) for w, o, g, x in zip(
+                weights, objs, grads, primals))
+
+        return _Lengths(objs, base, dis, new_states, products, linearised)
 
     def _per_length_grads(h, states, labels, index, loss_params, features,
                           shards):
@@ -295,27 +323,21 @@ def nhl_objective(
                 'apply(..., features=x) with x the [B, D] backbone features.'
             )
 
-    def _stacked_apply(states, h, labels, index, features, weighting_state,
-                       shards):
-        """``apply`` through ``stacked.length_values``: one vmap."""
+    def _stacked_lengths(states, h, labels, index, features, shards):
+        """``_Lengths`` through ``stacked.length_values``: one vmap."""
         if rule.uses_products:
             _check_features(features)
         values = stacked.length_values(
             loss, h, states, labels, index, bits=bits, topology=topology,
             distill_weight=distill_weight, batch_shards=shards,
             out_grads=rule.uses_products)
-        products = (_products(values.out_grads, features, shards)
-                    if rule.uses_products else None)
-        info = rule.weigh(weighting_state, products=products,
-                          losses=jax.lax.stop_gradient(values.objectives))
-        weights = jax.lax.stop_gradient(info.weights)
-        if rule.uses_products:
-            total = stacked.linearised_total(weights, values, h)
-        else:
-            total = jnp.sum(weights * values.objectives)
-        metrics = NHLMetrics(*jax.lax.stop_gradient(
-            (values.losses, values.distill, values.objectives)), info)
-        return total, (tuple(states), metrics)
+        out = _Lengths(values.objectives, values.losses, values.distill,
+                       tuple(states))
+        if not rule.uses_products:
+            return out
+        return out._replace(
+            products=_products(values.out_grads, features, shards),
+            linearised=lambda w: stacked.linearised_total(w, values, h))
 
     def _products(out_grads, features, shards):
         """Q [M, M, M] of the per-length head gradients (Eq. (6)-(7)),
