@@ -50,6 +50,18 @@ class Unverified(Exception):
     """A checkpoint whose data do not match its checksums (or unreadable)."""
 
 
+def _settled(method):
+    """``method`` of ``CheckpointManager``, called once ``settle`` has
+    waited for the thread starting a save (``_Manager``)."""
+
+    @functools.wraps(method)
+    def settled(self, *args, **kwargs):
+        self.settle()
+        return method(self, *args, **kwargs)
+
+    return settled
+
+
 class _Manager(ocp.CheckpointManager):
     """A ``CheckpointManager`` whose saves may start on a thread.
 
@@ -91,29 +103,12 @@ class _Manager(ocp.CheckpointManager):
         if failure is not None:
             raise failure
 
-    def all_steps(self, *args, **kwargs):
-        self.settle()
-        return super().all_steps(*args, **kwargs)
-
-    def latest_step(self):
-        self.settle()
-        return super().latest_step()
-
-    def reload(self):
-        self.settle()
-        return super().reload()
-
-    def restore(self, *args, **kwargs):
-        self.settle()
-        return super().restore(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        self.settle()
-        return super().delete(*args, **kwargs)
-
-    def wait_until_finished(self):
-        self.settle()
-        return super().wait_until_finished()
+    all_steps = _settled(ocp.CheckpointManager.all_steps)
+    latest_step = _settled(ocp.CheckpointManager.latest_step)
+    reload = _settled(ocp.CheckpointManager.reload)
+    restore = _settled(ocp.CheckpointManager.restore)
+    delete = _settled(ocp.CheckpointManager.delete)
+    wait_until_finished = _settled(ocp.CheckpointManager.wait_until_finished)
 
     def close(self):
         try:
