@@ -16,17 +16,17 @@ the seeds, as Markdown; then the wall seconds of each mode by phase
 writes every run's results as JSON.
 Train seconds count the training loops only, not evaluation (the NHL
 papers' protocol); the first run of a mode also pays its compilation.
-The persistent compilation cache is on, as for the command line
-(``nhl_jax.compiler.default_cache_dir``; ``--no_cache`` turns it off),
-so runs after a program's first load it as a sweep of fresh processes
-would.
+The persistent compilation cache and the saved traced programs are on,
+as for the command line (``nhl_jax.cli.train.use_caches``; ``--no_cache``
+turns both off), so runs after a program's first load it as a sweep of
+fresh processes would.
 """
 
 import numpy as np
 from absl import logging
 
 import study
-from nhl_jax import compiler
+from nhl_jax.cli import train as cli_train
 from study import SMOKE, ints, mean_std, train_run
 
 
@@ -72,11 +72,11 @@ def main():
     parser = study.parser(__doc__, methods='dpn', seeds='0,1,2',
                           smoke='1 epoch on digits, 8/16 bits, one seed')
     parser.add_argument('--no_cache', action='store_true',
-                        help='compile every program (no persistent cache)')
+                        help='trace and compile every program (no caches)')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     if not args.no_cache:
-        compiler.use_persistent_cache(compiler.default_cache_dir())
+        cli_train.use_caches(None)
     args.bits = ints(args.bits)
     seeds = (0,) if args.smoke else ints(args.seeds)
     bits = SMOKE['bits'] if args.smoke else args.bits

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 import jax
+import pytest
 
 # Implicit rank promotion hides shape bugs ([B] + [B, 1] -> [B, B]).
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -36,3 +37,14 @@ for _name, _value in (('jax_compilation_cache_dir', _CACHE_DIR),
                       ('jax_persistent_cache_min_entry_size_bytes', -1)):
     jax.config.update(_name, _value)
     os.environ[_name.upper()] = str(_value)
+
+
+@pytest.fixture(autouse=True)
+def _no_saved_traces(monkeypatch):
+    """Saved traced programs off in this process unless a test turns them
+    on: a test that runs the command line in-process turns them on, and a
+    later test that patches a step would otherwise call the saved,
+    unpatched program (the key is the package's source, not a patch).
+    Subprocess runs keep them, in the session's cache folder."""
+    from nhl_jax.train import traces  # after the flags above
+    monkeypatch.setattr(traces, '_folder', [None])

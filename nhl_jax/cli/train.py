@@ -28,7 +28,7 @@ from nhl_jax.cli import config as config_lib
 from nhl_jax.cli import registry as systems
 from nhl_jax.models import heads
 from nhl_jax.nhl import objective
-from nhl_jax.train import phases
+from nhl_jax.train import phases, traces
 
 FLAGS = flags.FLAGS
 # Paths under it are shown from the package's name on (nhl_jax/cli/...).
@@ -349,13 +349,30 @@ def run(flag_values=FLAGS) -> dict:
                         flag_values['num_processes'].value,
                         flag_values['process_id'].value)
     config, workdir, resume = parse(flag_values)
-    compiler.use_persistent_cache(compiler.default_cache_dir(
-        config_lib.field(config, 'compilation_cache')))
+    use_caches(config_lib.field(config, 'compilation_cache'))
     # Missing parents of the workdir (./runs of the default runs/<name>)
     # are made after every check, as `mkdir -p` would.
     return train_and_evaluate(config, workdir, resume=resume,
                               create_parents=True,
                               started=phases.process_start())
+
+
+def use_caches(setting: str | None) -> str | None:
+    """The command line's caches: JAX's persistent compilation cache and,
+    in its folder's ``traces``, the traced programs
+    (``nhl_jax.train.traces``).
+
+    Args:
+      setting: the config's ``compilation_cache`` (a folder, 'off', or
+        None: ``nhl_jax.compiler.default_cache_dir``).
+
+    Returns:
+      The compilation cache's folder, or None when both are off.
+    """
+    folder = compiler.use_persistent_cache(
+        compiler.default_cache_dir(setting))
+    traces.use(None if folder is None else os.path.join(folder, 'traces'))
+    return folder
 
 
 def train_and_evaluate(config, workdir: str, *, resume: bool = False,

@@ -21,7 +21,7 @@ from nhl_jax import data, losses, models, parallel
 from nhl_jax.hparams import check_hyperparameter
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl.objective import nhl_objective
-from nhl_jax.train import optim
+from nhl_jax.train import optim, traces
 from nhl_jax.train import step as step_lib
 from nhl_jax.train.system import (
     DataInfo,
@@ -187,15 +187,15 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
         # One program draws the whole state: op by op, the layers' and the
         # optimizer's initial arrays are dozens of small programs, each a
         # compilation (or a persistent-cache load) at every start.
-        graphdefs = []
-
         def arrays(key):
             graphdef, state = build(key)
-            graphdefs.append(graphdef)
-            return state
+            return traces.Static(graphdef), state
 
-        state = jax.jit(arrays)(jax.random.key(spec.seed))
-        graphdef = graphdefs[0]
+        directory = traces.default_dir() if jax.process_count() == 1 else None
+        arrays = traces.cached(arrays, 'nhl:state', traces.run_context(
+            spec.config, bits, info), directory)
+        static, state = jax.jit(arrays)(jax.random.key(spec.seed))
+        graphdef = static.value
     state = step_lib.distinct_buffers(state)
     train_step = step_lib.make_train_step(
         _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
@@ -240,6 +240,9 @@ class NHL(System):
     """The NHL system (module docstring)."""
 
     name = 'nhl'
+    # The data reach its steps as arguments only (tests/train/test_traces.py
+    # checks that the seed changes no program).
+    cache_traces = True
 
     def check(self, config) -> None:
         # The objective is built after the data load: its weight's range

@@ -41,7 +41,7 @@ from jax.experimental import multihost_utils
 
 from nhl_jax import parallel, runlog
 from nhl_jax.data import pipeline
-from nhl_jax.train import checkpoint, evaluation, profile
+from nhl_jax.train import checkpoint, evaluation, profile, traces
 from nhl_jax.train import step as step_lib
 from nhl_jax.train import workdir as workdir_lib
 from nhl_jax.train import writer as writer_lib
@@ -361,8 +361,14 @@ class _Loop:
         consts = system.consts(spec, splits)
         self.consts = (None if consts is None
                        else parallel.replicate(consts, mesh))
+        context = traces.run_context(spec.config, setup.bits,
+                                     DataInfo.of(splits))
+        directory = (traces.default_dir() if system.cache_traces
+                     and mesh.devices.size == 1 and jax.process_count() == 1
+                     else None)  # a saved program is for one device
         self.steps = {name: step_lib.compile_step(
-            guarded(fn), mesh, sync_batch_stats=spec.sync_batch_stats)
+            traces.cached(guarded(fn), f'step:{name}', context, directory),
+            mesh, sync_batch_stats=spec.sync_batch_stats)
             for name, fn in setup.steps.items()}
         self.hooks = {name: step_lib.compile_hook(fn, mesh)
                       for name, fn in setup.hooks.items()}

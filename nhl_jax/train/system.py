@@ -212,6 +212,11 @@ class System:
     # reported beside it.
     evaluators: tuple[str, ...] = ('symmetric', 'symmetric_expected')
     single_length = True  # whether lengths may be trained one per run
+    # Whether its steps' programs depend only on the config (less
+    # ``nhl_jax.train.traces.UNTRACED``), the data's shapes and the steps'
+    # arguments, so that later runs may call them as saved
+    # (``nhl_jax.train.traces``).
+    cache_traces = False
     heads: tuple[str, ...] = ('nested',)  # the heads it can train
     round_name = 'epoch'  # what a round is called in progress lines
 
