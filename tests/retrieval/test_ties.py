@@ -163,3 +163,28 @@ def test_readme_worked_example():
     np.testing.assert_allclose(results['expected'], [
         (0.75 + (1.1 + 19 / 15 + 17 / 12) / 3) / 3,
         brute_force([1, 1, 2, 2, 2], [0, 1, 1, 0, 1], 3)[0]])
+
+
+def test_harmonic_numbers_are_within_two_ulps_of_the_exact_values():
+    """Exact rationals for small n, SciPy's digamma (H_n = psi(n + 1) +
+    gamma) up to a million: the series takes over at n = 64."""
+    import fractions
+    import math
+
+    from scipy import special
+
+    from nhl_jax.retrieval.ties import harmonic_numbers
+
+    h = harmonic_numbers(200)
+    exact, total = [0.0], fractions.Fraction(0)
+    for n in range(1, 201):
+        total += fractions.Fraction(1, n)
+        exact.append(float(total))
+    np.testing.assert_array_less(np.abs(h - exact),
+                                 2 * np.spacing(np.array(exact)) + 1e-300)
+    big = harmonic_numbers(10**6)
+    n = np.array([64, 65, 1000, 4000, 123457, 10**6])
+    reference = special.digamma(n + 1.0) + np.euler_gamma
+    assert np.all(np.abs(big[n] - reference) <= 2 * np.spacing(reference))
+    assert harmonic_numbers(0).tolist() == [0.0]
+    assert math.isclose(harmonic_numbers(3)[3], 11 / 6, rel_tol=1e-15)
