@@ -22,7 +22,8 @@ step). Either way ``fun``'s program reaches the outer ``jit`` through the
 same saved bytes, so a process computes the same numbers whether the entry
 was there or not. An unreadable entry is traced and written again; a
 program ``jax.export`` refuses is traced in place, uncached, as without
-this module.
+this module. The cache is off until ``use`` names its folder, as the
+command line does.
 """
 
 import contextlib
@@ -35,6 +36,7 @@ import pickle
 import sys
 import tempfile
 from collections.abc import Callable
+from importlib import metadata
 
 import jax
 from jax import export
@@ -142,8 +144,7 @@ def environment() -> str:
     for path in sorted(root.rglob('*.py')):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
-    versions = {name: getattr(sys.modules.get(name), '__version__', None)
-                for name in _PACKAGES}
+    versions = {name: _version(name) for name in _PACKAGES}
     devices = jax.devices()
     h.update(json.dumps({
         'format': _FORMAT, 'python': sys.version, 'versions': versions,
@@ -154,6 +155,13 @@ def environment() -> str:
                     len(devices), jax.process_count()],
     }, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package.replace('_', '-'))
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _key(name, context, in_tree, avals) -> str:
@@ -210,19 +218,22 @@ def _write(directory, key, exported):
     if exported is None:
         return None
     data, out_tree = exported
+    temp = None
     try:
         os.makedirs(directory, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, suffix='.tmp',
                                          delete=False) as f:
-            try:
-                pickle.dump((_FORMAT, data, out_tree), f)
-            except BaseException:
-                os.unlink(f.name)  # nothing half-written is left
-                raise
-        os.replace(f.name, _path(directory, key))
+            temp = f.name
+            pickle.dump((_FORMAT, data, out_tree), f)
+        os.replace(temp, _path(directory, key))
+        temp = None
         _evict(directory)
     except (OSError, pickle.PicklingError):
         pass
+    finally:
+        if temp is not None:  # nothing half-written is left
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
     return export.deserialize(bytearray(data)), out_tree
 
 
