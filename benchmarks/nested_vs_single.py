@@ -11,7 +11,9 @@ distillation 0.1) and (b) the five single-length baselines
 summed), on mnist5k. Prints, per method, the total train seconds of both
 modes and their ratio (single / nested, measured in the same process, one
 seed after the other), and the per-length best mAP as mean and std over
-the seeds, as Markdown; then the wall seconds of each mode by phase
+the seeds, as Markdown; then each seed's ratio, and the ratio at equal
+epochs from the runs' median seconds per epoch, which one run slowed by a
+drifting machine moves less; then the wall seconds of each mode by phase
 (results.json ``phase_seconds``, median over the seeds). ``--out`` also
 writes every run's results as JSON.
 Train seconds count the training loops only, not evaluation (the NHL
@@ -50,7 +52,25 @@ def _table(method, runs, bits, seeds):
                                         for k in range(len(bits)))
             + f' | {mean_std(maps.mean(1))} | {np.mean(secs[mode]):.1f} | '
             + (f'{ratio:.2f}x |' if mode == 'nested' else ' |'))
+    per_seed = [s / n for s, n in zip(secs['single'], secs['nested'])]
+    nested, single = (_epoch_seconds(runs[m]) for m in ('nested', 'single'))
+    lines.append(
+        '\nsingle / nested per seed: '
+        + ', '.join(f'{r:.2f}x' for r in per_seed)
+        + f' (median {np.median(per_seed):.2f}x). Median train seconds '
+        f'per epoch: nested (every length) {nested:.3f}, single (one '
+        f'length) {single:.3f}, so {len(bits) * single / nested:.2f}x at '
+        'equal epochs (a run that the machine slowed moves its seed\'s '
+        'ratio more than these)')
     return '\n'.join(lines)
+
+
+def _epoch_seconds(runs) -> float:
+    """Median over runs of train seconds per epoch (a single-length
+    call's: per length and epoch, early stops counted)."""
+    return float(np.median([r['train_seconds'] / sum(r['epochs'].values())
+                            * (len(r['epochs']) if r['mode'] == 'nested'
+                               else 1) for r in runs]))
 
 
 def _phase_table(method, runs):

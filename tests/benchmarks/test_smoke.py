@@ -37,6 +37,11 @@ def test_nested_vs_single_prints_both_modes_and_the_ratio():
     assert nested[-1].endswith('x') and float(nested[-1][:-1]) > 0
     for cell in nested[1:4] + single[1:4]:  # one seed: the mAP, no std
         assert '±' not in cell and 0 < float(cell) <= 1
+    (line,) = [x for x in out.splitlines()
+               if x.startswith('single / nested per seed: ')]
+    per_seed = float(line.split(': ')[1].split('x')[0])
+    assert per_seed == pytest.approx(float(nested[-1][:-1]), rel=0.01)
+    assert 'x at equal epochs' in line
     assert '| mode | data | setup | trace | compile | train |' in out
     for mode in ('nested (s)', 'single (s)'):
         (row,) = _rows(out, mode)

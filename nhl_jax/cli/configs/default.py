@@ -137,8 +137,9 @@ def get_config():
     # Draw workdir/plots at the end (with matplotlib): False saves a
     # second or so of a sweep's every run; `nhl-jax plot` draws them later.
     config.plots = True
-    # The command line's persistent compilation cache (a folder); None:
-    # $NHL_JAX_COMPILATION_CACHE, else ~/.cache/nhl_jax/xla; 'off': none.
+    # The command line's persistent compilation cache (a folder, with the
+    # saved traced programs in its traces/); None: $NHL_JAX_COMPILATION_CACHE,
+    # else ~/.cache/nhl_jax/xla; 'off': neither.
     config.compilation_cache = ml_collections.config_dict.placeholder(str)
     # Settings of the other systems (used only with --method=mah / odh).
     config.mah = _mah()
