@@ -173,6 +173,17 @@ def _accumulate(sums, bad_step, metrics, step):
             jnp.minimum(bad_step, jnp.where(failed, step, _NO_STEP)))
 
 
+def _start_sums(sums, metrics):
+    """Zero sums (unless resumed ones) and no failed step, placed as the
+    step's metrics: by ``device_put``, not by eager ops (each a program
+    to load), and so that ``_accumulate`` compiles once, not once for
+    its first call's placement and again for its own outputs'."""
+    place = jax.tree.leaves(metrics)[0].sharding
+    if sums is None:
+        sums = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metrics)
+    return jax.device_put((sums, np.int32(_NO_STEP)), place)
+
+
 def params_digest(params) -> str:
     """sha256 of the parameters' bytes: equal digests, identical runs."""
     h = hashlib.sha256()
@@ -447,7 +458,7 @@ class _Loop:
         done = partial['batches'] if partial else 0
         sums = ({k: jnp.asarray(v) for k, v in partial['sums'].items()}
                 if partial else None)
-        bad_step = jnp.asarray(_NO_STEP)
+        bad_step = None
         step_fn = self.steps[plan.stage]
         # The host's count of global steps, for the preemption sync point.
         step = int(parallel.to_host(state.step))
@@ -462,8 +473,8 @@ class _Loop:
                     state, metrics = step_fn(state, batch, self.consts)
                 self.profiler.after(step, state)
                 self.scalars.add(step, r, metrics)
-                if sums is None:
-                    sums = jax.tree.map(jnp.zeros_like, metrics)
+                if bad_step is None:
+                    sums, bad_step = _start_sums(sums, metrics)
                 sums, bad_step = _accumulate(sums, bad_step, metrics,
                                              state.step)
                 done += 1
