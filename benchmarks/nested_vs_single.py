@@ -8,7 +8,9 @@ For each method and seed, trains (a) ONE nested NHL run over
 8/16/32/64/128 bits with the default config (weighting 'paper',
 distillation 0.1) and (b) the five single-length baselines
 (``config.single_length=True``: one call, each length alone, train seconds
-summed), on mnist5k. Prints, per method, the total train seconds of both
+summed), on mnist5k; then (a) again, its train seconds the mean of the
+two, which cancels a drift of the machine linear in time (``--no_bracket``
+trains it once). Prints, per method, the total train seconds of both
 modes and their ratio (single / nested, measured in the same process, one
 seed after the other), and the per-length best mAP as mean and std over
 the seeds, as Markdown; then each seed's ratio, and the ratio at equal
@@ -23,6 +25,8 @@ as for the command line (``nhl_jax.cli.train.use_caches``; ``--no_cache``
 turns both off), so runs after a program's first load it as a sweep of
 fresh processes would.
 """
+
+import functools
 
 import numpy as np
 from absl import logging
@@ -88,11 +92,34 @@ def _phase_table(method, runs):
     return '\n'.join(lines)
 
 
+def _bracketed(before: dict, after: dict) -> dict:
+    """The nested run before the single ones, its train seconds the mean
+    of it and its repeat after them (``train_seconds_runs``: both).
+
+    Measured before and after, the nested run is timed at the single
+    runs' midpoint under a drift linear in time, and one slow stretch of
+    the machine weighs half as much on it.
+
+    Raises:
+      RuntimeError: if the repeat trained other parameters (a run is
+        deterministic; it would time something else).
+    """
+    if before['params_sha256'] != after['params_sha256']:
+        raise RuntimeError('the repeated nested run trained other '
+                           'parameters; the runs are not deterministic.')
+    seconds = [before['train_seconds'], after['train_seconds']]
+    return dict(before, train_seconds=float(np.mean(seconds)),
+                train_seconds_runs=seconds)
+
+
 def main():
     parser = study.parser(__doc__, methods='dpn', seeds='0,1,2',
                           smoke='1 epoch on digits, 8/16 bits, one seed')
     parser.add_argument('--no_cache', action='store_true',
                         help='trace and compile every program (no caches)')
+    parser.add_argument('--no_bracket', action='store_true',
+                        help='one nested run per seed, before the single '
+                        'ones (no second run after them)')
     args = parser.parse_args()
     logging.set_verbosity(logging.WARNING)
     if not args.no_cache:
@@ -103,11 +130,12 @@ def main():
     everything, tables = {}, []
     for method in args.methods.split(','):
         runs = {'nested': [], 'single': []}
-        for seed in seeds:  # the two modes alternate: same machine load
-            for mode in ('nested', 'single'):
-                runs[mode].append(train_run(
-                    args, method=method, seed=seed,
-                    single_length=mode == 'single'))
+        for seed in seeds:
+            run = functools.partial(train_run, args, method=method, seed=seed)
+            nested, single = run(), run(single_length=True)
+            runs['nested'].append(
+                nested if args.no_bracket else _bracketed(nested, run()))
+            runs['single'].append(single)
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds))
         tables.append(_phase_table(method, runs))

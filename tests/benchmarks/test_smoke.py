@@ -1,6 +1,7 @@
 """The study's benchmark scripts run end to end (``--smoke``) and print
 their Markdown tables."""
 
+import json
 import os
 import subprocess
 import sys
@@ -30,8 +31,12 @@ def _rows(out: str, first: str) -> list[list[str]]:
     return [r for r in rows if r[0] == first]
 
 
-def test_nested_vs_single_prints_both_modes_and_the_ratio():
-    out = _smoke('nested_vs_single.py')
+def test_nested_vs_single_prints_both_modes_and_the_ratio(tmp_path):
+    out = _smoke('nested_vs_single.py', f'--out={tmp_path / "runs.json"}')
+    (nested_run,) = json.loads((tmp_path / 'runs.json').read_text())['dpn'][
+        'nested']
+    before, after = nested_run['train_seconds_runs']  # bracketed
+    assert nested_run['train_seconds'] == pytest.approx((before + after) / 2)
     assert '| mode | 8 bits | 16 bits | mean mAP | train s |' in out
     (nested,), (single,) = _rows(out, 'nested'), _rows(out, 'single')
     assert nested[-1].endswith('x') and float(nested[-1][:-1]) > 0
