@@ -7,12 +7,12 @@
 For each method and seed, trains (a) ONE nested NHL run over
 8/16/32/64/128 bits with the default config (weighting 'paper',
 distillation 0.1) and (b) the five single-length baselines
-(``config.single_length=True``: one call, each length alone, train seconds
-summed), on mnist5k; then (a) again, its train seconds the mean of the
-two, which cancels a drift of the machine linear in time (``--no_bracket``
-trains it once). Prints, per method, the total train seconds of both
-modes and their ratio (single / nested, measured in the same process, one
-seed after the other), and the per-length best mAP as mean and std over
+(``--single_length``: one call, each length alone, train seconds summed),
+on mnist5k; then (a) again, its train seconds the mean of the two, which
+cancels a drift of the machine linear in time (``--no_bracket`` trains it
+once). Every run is the command line in a fresh process, as a sweep runs
+it. Prints, per method, the total train seconds of both modes and their
+ratio (single / nested) and the per-length best mAP as mean and std over
 the seeds, as Markdown; then each seed's ratio, and the ratio at equal
 epochs from the runs' median seconds per epoch, which one run slowed by a
 drifting machine moves less; then the wall seconds of each mode by phase
@@ -21,19 +21,25 @@ writes every run's results as JSON.
 Train seconds count the training loops only, not evaluation (the NHL
 papers' protocol); the first run of a mode also pays its compilation.
 The persistent compilation cache and the saved traced programs are on,
-as for the command line (``nhl_jax.cli.train.use_caches``; ``--no_cache``
-turns both off), so runs after a program's first load it as a sweep of
-fresh processes would.
+as for the command line (``--no_cache``: ``--config.compilation_cache=off``
+turns both off), so runs after a program's first load it.
 """
 
 import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
-from absl import logging
 
 import study
-from nhl_jax.cli import train as cli_train
-from study import SMOKE, ints, mean_std, train_run
+from nhl_jax.train import phases
+from study import SMOKE, ints, mean_std
+
+_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                    'experiments', 'run.py')
 
 
 def _table(method, runs, bits, seeds):
@@ -79,7 +85,8 @@ def _epoch_seconds(runs) -> float:
 
 def _phase_table(method, runs):
     """Markdown: median wall seconds by phase of each mode."""
-    names = list(runs['nested'][0]['phase_seconds'])
+    seen = runs['nested'][0]['phase_seconds']
+    names = [k for k in (*phases.ORDER, 'total') if k in seen]
     lines = [(f'\n**{method}**: wall seconds by phase, median over seeds '
              '(single: the five lengths together)\n'),
              '| mode | ' + ' | '.join(names) + ' |',
@@ -90,6 +97,38 @@ def _phase_table(method, runs):
         lines.append(f'| {mode} (s) | '
                      + ' | '.join(f'{v:.2f}' for v in medians) + ' |')
     return '\n'.join(lines)
+
+
+def _fresh_run(args, *, method: str, seed: int,
+               single_length: bool = False) -> dict:
+    """results.json of one run of the command line in its own process,
+    as a sweep runs it: no run inherits another's process (measured: in
+    one process, a nested run right after the single-length ones trained
+    8-13 % slower than one after a nested run, benchmarks/RESULTS.md)."""
+    fields = {'dataset': args.dataset, 'bits': ','.join(map(str, args.bits)),
+              'method': method, 'seed': seed,
+              'single_length': str(single_length).lower()}
+    if args.epochs:
+        fields['epochs'] = args.epochs
+    config = {}
+    if args.smoke:
+        fields.update(dataset=SMOKE['dataset'], epochs=SMOKE['epochs'],
+                      bits=','.join(map(str, SMOKE['bits'])))
+        config = {k: SMOKE[k] for k in ('eval_every', 'batch_size')}
+    if args.no_cache:
+        config['compilation_cache'] = 'off'
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = os.path.join(tmp, 'run')
+        done = subprocess.run(
+            [sys.executable, _RUN, f'--workdir={workdir}']
+            + [f'--{k}={v}' for k, v in fields.items()]
+            + [f'--config.{k}={v}' for k, v in config.items()],
+            capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f'{method} seed {seed} failed:\n'
+                               + done.stderr[-3000:])
+        with open(os.path.join(workdir, 'results.json')) as f:
+            return json.load(f)
 
 
 def _bracketed(before: dict, after: dict) -> dict:
@@ -121,9 +160,6 @@ def main():
                         help='one nested run per seed, before the single '
                         'ones (no second run after them)')
     args = parser.parse_args()
-    logging.set_verbosity(logging.WARNING)
-    if not args.no_cache:
-        cli_train.use_caches(None)
     args.bits = ints(args.bits)
     seeds = (0,) if args.smoke else ints(args.seeds)
     bits = SMOKE['bits'] if args.smoke else args.bits
@@ -131,7 +167,8 @@ def main():
     for method in args.methods.split(','):
         runs = {'nested': [], 'single': []}
         for seed in seeds:
-            run = functools.partial(train_run, args, method=method, seed=seed)
+            run = functools.partial(_fresh_run, args, method=method,
+                                    seed=seed)
             nested, single = run(), run(single_length=True)
             runs['nested'].append(
                 nested if args.no_bracket else _bracketed(nested, run()))

@@ -47,7 +47,8 @@ def test_nested_vs_single_prints_both_modes_and_the_ratio(tmp_path):
     per_seed = float(line.split(': ')[1].split('x')[0])
     assert per_seed == pytest.approx(float(nested[-1][:-1]), rel=0.01)
     assert 'x at equal epochs' in line
-    assert '| mode | data | setup | trace | compile | train |' in out
+    # Fresh processes: the command line's start-up is a phase too.
+    assert '| mode | startup | data | setup | trace | compile | train |' in out
     for mode in ('nested (s)', 'single (s)'):
         (row,) = _rows(out, mode)
         total = float(row[-1])
