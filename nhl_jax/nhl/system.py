@@ -191,9 +191,8 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
             graphdef, state = build(key)
             return traces.Static(graphdef), state
 
-        directory = traces.default_dir() if jax.process_count() == 1 else None
         arrays = traces.cached(arrays, 'nhl:state', traces.run_context(
-            spec.config, bits, info), directory)
+            spec.config, bits, info), traces.default_dir())
         static, state = jax.jit(arrays)(jax.random.key(spec.seed))
         graphdef = static.value
     state = step_lib.distinct_buffers(state)

@@ -375,8 +375,8 @@ class _Loop:
         context = traces.run_context(spec.config, setup.bits,
                                      DataInfo.of(splits))
         directory = (traces.default_dir() if system.cache_traces
-                     and mesh.devices.size == 1 and jax.process_count() == 1
-                     else None)  # a saved program is for one device
+                     and mesh.devices.size == 1
+                     else None)  # a saved step is for one device
         self.steps = {name: step_lib.compile_step(
             traces.cached(guarded(fn), f'step:{name}', context, directory),
             mesh, sync_batch_stats=spec.sync_batch_stats)

@@ -70,8 +70,9 @@ def use(directory: str | None) -> None:
 
 
 def default_dir() -> str | None:
-    """The folder given to ``use``, or None while the cache is off."""
-    return _folder[0]
+    """The folder given to ``use``; None while the cache is off, or when
+    the run spans several processes (a saved program is one process's)."""
+    return _folder[0] if jax.process_count() == 1 else None
 
 
 @jax.tree_util.register_static
