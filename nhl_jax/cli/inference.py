@@ -180,20 +180,27 @@ def _read(run_dir, wanted, input_shape=None):
         if latest is None:
             raise UsageError(f'{run_dir!r} holds no checkpoint; train it '
                              'first (nhl-jax train).')
-        for name, tree in wanted.items():
-            _check_shapes(mngr.directory / str(latest) / name, tree,
-                          input_shape)
         try:
             meta = checkpoint.read_meta(mngr, latest)
+            where = checkpoint.stored_best(meta, wanted.get('best', {}))
+            request = dict(wanted)
+            if 'best' in wanted:  # each entry as it was saved, once
+                request['best'] = {where[k]: v
+                                   for k, v in wanted['best'].items()}
+            for name, tree in request.items():
+                _check_shapes(mngr.directory / str(latest) / name, tree,
+                              input_shape)
             restored = checkpoint.restore_items(mngr, latest, **{
                 name: _partial_restore(tree)
-                for name, tree in wanted.items()})
+                for name, tree in request.items()})
             checkpoint.verify(meta, restored)
         except checkpoint.Unverified as e:
             raise UsageError(
                 f'checkpoint {latest} of {run_dir!r} fails verification '
                 f'({e}); nhl-jax train --resume on the run restores the '
                 'newest one that verifies, or retrain it.') from None
+    if 'best' in wanted:
+        restored['best'] = {k: restored['best'][where[k]] for k in where}
     return restored
 
 
@@ -210,8 +217,10 @@ def learned_codes(run: TrainedRun) -> dict[int, np.ndarray] | None:
         item = 'best' if run.params == 'best' else 'state'
         saved = _saved_tree(pathlib.Path(part.directory), item)
         if run.params == 'best':
-            wanted = {'best': {str(b): {'codes': _like(saved[str(b)]['codes'])}
-                               for b in part.bits}}
+            where = _stored_best(part.directory, part.bits)
+            wanted = {'best': {str(b): {
+                'codes': _like(saved[where[str(b)]]['codes'])}
+                for b in part.bits}}
             got = _read(part.directory, wanted)['best']
             codes.update({b: got[str(b)]['codes'] for b in part.bits})
         else:
@@ -220,6 +229,16 @@ def learned_codes(run: TrainedRun) -> dict[int, np.ndarray] | None:
             got = _read(part.directory, wanted)['state']['extra']['codes']
             codes.update(dict(zip(part.bits, got)))
     return {b: np.asarray(v) for b, v in codes.items()}
+
+
+def _stored_best(run_dir, bits) -> dict[str, str]:
+    """``checkpoint.stored_best`` of the latest checkpoint of ``run_dir``."""
+    with checkpoint.manager(str(run_dir)) as mngr:
+        try:
+            meta = checkpoint.read_meta(mngr, mngr.latest_step())
+        except checkpoint.Unverified:
+            meta = {}  # the read that follows names the failure
+    return checkpoint.stored_best(meta, [str(b) for b in bits])
 
 
 def _saved_tree(run_dir: pathlib.Path, item: str):

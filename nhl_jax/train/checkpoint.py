@@ -12,6 +12,12 @@ run's identity (config fields and parameter shapes). A restore compares all
 three; a checkpoint that fails is set aside in ``checkpoints.unverified/``
 and the newest one that verifies is restored instead, in one line.
 
+The lengths of a nested run that improved at one evaluation share one
+snapshot (``distinct_best``): the ``best`` item holds it once, and the
+meta's ``_best_aliases`` names the lengths saved under another's entry
+(``stored_best``); a restore hands them back as one object. Checkpoints
+written before that have no aliases and read as before.
+
 On one process with the arrays in host memory (the CPU backend), a save
 copies the arrays and hands the rest (checksums, orbax's own start of the
 write) to a thread, so that the next round need not wait for it; any other
@@ -40,6 +46,9 @@ from nhl_jax.errors import UsageError, disk_errno
 
 ITEMS = ('state', 'best', 'meta')
 INTEGRITY = '_integrity'
+# The meta's {length: length} of best entries saved once under another
+# length (``distinct_best``); absent in checkpoints written before it.
+ALIASES = '_best_aliases'
 # Where checkpoints that fail verification go (beside checkpoints/): kept
 # for inspection, out of the manager's way (a resumed run saves their
 # steps again).
@@ -233,8 +242,11 @@ def save(mngr: ocp.CheckpointManager, step: int, state, best, meta, *,
     Raises:
       OSError: ENOSPC, when the disk cannot hold the checkpoint.
     """
+    best, aliases = distinct_best(best)
     _check_space(mngr, (state, best))
     meta = json.loads(json.dumps(meta))  # a copy: the loop goes on with it
+    if aliases:
+        meta[ALIASES] = aliases
     if isinstance(mngr, _Manager) and _on_host((state, best)):
         # Copies, as the loop donates the state and replaces best's entries
         # while the thread reads them.
@@ -243,6 +255,34 @@ def save(mngr: ocp.CheckpointManager, step: int, state, best, meta, *,
                                           best, meta, identity))
     else:
         _start_save(mngr, step, state, best, meta, identity)
+
+
+def distinct_best(best) -> tuple[dict, dict]:
+    """``best`` without the entries that repeat an earlier one, and
+    ``{dropped key: kept key}``.
+
+    An entry repeats another when its leaves are the very same arrays:
+    the lengths that improved at one evaluation share one snapshot of a
+    nested model (``loop.update_best``), which a checkpoint then holds
+    once instead of once per length. Equal arrays that are not the same
+    objects stay apart, so nothing is compared but identities.
+    """
+    kept, aliases, seen = {}, {}, {}
+    for key, entry in best.items():
+        leaves, treedef = jax.tree.flatten(entry)
+        ident = (treedef, tuple(id(x) for x in leaves))
+        if leaves and ident in seen:
+            aliases[key] = seen[ident]
+        else:
+            seen[ident] = key
+            kept[key] = entry
+    return kept, aliases
+
+
+def stored_best(meta: dict, keys) -> dict[str, str]:
+    """``{key: the key its entry was saved under}`` for best's ``keys``."""
+    aliases = meta.get(ALIASES, {})
+    return {key: aliases.get(key, key) for key in keys}
 
 
 def _start_save(mngr, step, state, best, meta, identity) -> None:
@@ -397,12 +437,17 @@ def _restore_step(mngr, step, state, best, identity, where):
             f'(fields {diff}); resume it with the config it was trained '
             'with (its checkpoints are intact), or use another --workdir.')
     # The meta is read_meta's: read and checked once.
+    where_saved = stored_best(meta, best)
+    saved = {key: best[key] for key in set(where_saved.values())}
     restored = restore_items(mngr, step,
                              state=ocp.args.StandardRestore(_abstract(state)),
-                             best=ocp.args.StandardRestore(_abstract(best)))
+                             best=ocp.args.StandardRestore(_abstract(saved)))
     verify(meta, restored)
-    meta = {k: v for k, v in meta.items() if k != INTEGRITY}
-    return restored['state'], restored['best'], meta
+    # Entries saved once come back as one object, so they stay shared
+    # (and saved once) in the resumed run's checkpoints.
+    best = {key: restored['best'][where_saved[key]] for key in best}
+    meta = {k: v for k, v in meta.items() if k not in (INTEGRITY, ALIASES)}
+    return restored['state'], best, meta
 
 
 def restore_items(mngr: ocp.CheckpointManager, step: int, **items) -> dict:

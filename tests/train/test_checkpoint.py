@@ -176,3 +176,42 @@ def test_identity_of_an_older_run_lacks_only_fields_at_their_old_value():
         older, {**current, 'head_init': 'torch'}) == ['head_init']
     assert checkpoint.identity_diff(
         older, {**current, 'seed': 1}) == ['seed']  # not an added field
+
+
+def _saved_best_keys(mngr, step):
+    handler = checkpoint.ocp.PyTreeCheckpointHandler()
+    try:
+        return set(handler.metadata(mngr.directory / str(step) / 'best').tree)
+    finally:
+        handler.close()
+
+
+def test_lengths_sharing_one_snapshot_are_saved_once(tmp_path):
+    """The lengths improved at one evaluation share its snapshot: saved
+    once, restored as one object (so the resumed run saves it once too);
+    equal arrays that are not the same objects stay apart."""
+    shared = {'w': np.arange(3.0)}
+    best = {'8': shared, '16': {'w': shared['w']}, '32': {'w': np.arange(3.0)},
+            '64': shared}
+    assert checkpoint.distinct_best(best)[1] == {'16': '8', '64': '8'}
+    template = {k: {'w': np.zeros(3)} for k in best}
+    with checkpoint.manager(str(tmp_path)) as mngr:
+        checkpoint.save(mngr, 1, {'w': jnp.ones(2)}, best, {'epoch': 1})
+        checkpoint.wait(mngr)
+        assert _saved_best_keys(mngr, 1) == {'8', '32'}
+        _, restored, meta = checkpoint.restore_latest(
+            mngr, {'w': jnp.zeros(2)}, template)
+        assert meta == {'epoch': 1}
+        assert restored['16'] is restored['8'] is restored['64']
+        assert restored['32'] is not restored['8']
+        for k in best:
+            np.testing.assert_array_equal(restored[k]['w'], np.arange(3.0))
+        checkpoint.save(mngr, 2, {'w': jnp.ones(2)}, restored, meta)
+        checkpoint.wait(mngr)
+        assert _saved_best_keys(mngr, 2) == {'8', '32'}
+
+
+def test_a_checkpoint_without_aliases_names_every_length():
+    assert checkpoint.stored_best({}, ['8', '16']) == {'8': '8', '16': '16'}
+    meta = {checkpoint.ALIASES: {'16': '8'}}
+    assert checkpoint.stored_best(meta, ['8', '16']) == {'8': '8', '16': '8'}
