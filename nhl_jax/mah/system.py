@@ -87,7 +87,7 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     """
     bits = check_bits(tuple(spec.bits if bits is None else bits))
     opts = spec.options
-    seed = jax.random.key(spec.seed)
+    seed = spec.key()
     dtype = jnp.dtype(spec.compute_dtype)  # of every layer; weights float32
     backbone = models.get_backbone(
         spec.backbone, info.image_shape,

@@ -182,7 +182,7 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     tx = _optimizer(spec, info)
     build = functools.partial(_initial_state, spec, info, bits, objective, tx)
     if spec.pretrained:  # its weights are read from disk, op by op
-        graphdef, state = build(jax.random.key(spec.seed))
+        graphdef, state = build(spec.key())
     else:
         # One program draws the whole state: op by op, the layers' and the
         # optimizer's initial arrays are dozens of small programs, each a
@@ -193,7 +193,7 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
 
         arrays = traces.cached(arrays, 'nhl:state', traces.run_context(
             spec.config, bits, info), traces.default_dir())
-        static, state = jax.jit(arrays)(jax.random.key(spec.seed))
+        static, state = jax.jit(arrays)(spec.key())
         graphdef = static.value
     state = step_lib.distinct_buffers(state)
     train_step = step_lib.make_train_step(

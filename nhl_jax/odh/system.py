@@ -106,7 +106,7 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     """Builds ODH's three networks, two optimizers, steps and state."""
     bits = check_bits(tuple(spec.bits if bits is None else bits))
     opts = spec.options
-    model_key, rng = jax.random.split(jax.random.key(spec.seed))
+    model_key, rng = jax.random.split(spec.key())
     model = model_lib.build_model(
         backbone=spec.backbone, classifier_backbone=opts.classifier_backbone,
         input_shape=info.image_shape, num_classes=info.num_classes,

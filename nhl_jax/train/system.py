@@ -46,6 +46,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from nhl_jax import data, parallel
@@ -99,6 +100,20 @@ class RunSpec:
     profile_steps: tuple[int, int] | None  # (start, stop) global steps
     options: Any  # the system's own resolved options (a NamedTuple)
     config: Mapping[str, Any]  # the config as JSON (config.json)
+
+    def key(self) -> jax.Array:
+        """The run's PRNG key, from all 64 bits of ``seed``.
+
+        ``jax.random.key(seed)`` keeps only the low 32 bits of a seed
+        unless x64 is on, so seeds 5 and 2**32 + 5 drew the same network
+        and states. This is the key it gives with x64 on (high word, low
+        word), the same key for every seed below 2**32, made on the host
+        (no program to compile or load).
+        """
+        if jax.config.jax_default_prng_impl != 'threefry2x32':
+            return jax.random.key(self.seed)  # that generator's own seeding
+        words = np.array([self.seed >> 32, self.seed & 0xFFFFFFFF], np.uint32)
+        return jax.random.wrap_key_data(words)
 
 
 class DataInfo(NamedTuple):
