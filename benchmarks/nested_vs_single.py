@@ -35,6 +35,7 @@ import tempfile
 import numpy as np
 
 import study
+from nhl_jax.cli import train as cli_train
 from nhl_jax.train import phases
 from study import SMOKE, ints, mean_std
 
@@ -105,30 +106,35 @@ def _fresh_run(args, *, method: str, seed: int,
     as a sweep runs it: no run inherits another's process (measured: in
     one process, a nested run right after the single-length ones trained
     8-13 % slower than one after a nested run, benchmarks/RESULTS.md)."""
-    fields = {'dataset': args.dataset, 'bits': ','.join(map(str, args.bits)),
-              'method': method, 'seed': seed,
-              'single_length': str(single_length).lower()}
+    fields = {'dataset': args.dataset, 'bits': args.bits, 'method': method,
+              'seed': seed, 'single_length': single_length}
     if args.epochs:
         fields['epochs'] = args.epochs
-    config = {}
     if args.smoke:
-        fields.update(dataset=SMOKE['dataset'], epochs=SMOKE['epochs'],
-                      bits=','.join(map(str, SMOKE['bits'])))
-        config = {k: SMOKE[k] for k in ('eval_every', 'batch_size')}
+        fields.update(SMOKE)  # as study.train_run: over everything
     if args.no_cache:
-        config['compilation_cache'] = 'off'
+        fields['compilation_cache'] = 'off'
+    # A field with a flag of its own is passed as it, any other as
+    # --config.<field>.
+    argv = [f'--{k}={_flag_value(v)}' if k in cli_train._OVERRIDES
+            else f'--config.{k}={_flag_value(v)}' for k, v in fields.items()]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = os.path.join(tmp, 'run')
         done = subprocess.run(
-            [sys.executable, _RUN, f'--workdir={workdir}']
-            + [f'--{k}={v}' for k, v in fields.items()]
-            + [f'--config.{k}={v}' for k, v in config.items()],
+            [sys.executable, _RUN, f'--workdir={workdir}', *argv],
             capture_output=True, text=True, check=False)
         if done.returncode:
             raise RuntimeError(f'{method} seed {seed} failed:\n'
                                + done.stderr[-3000:])
         with open(os.path.join(workdir, 'results.json')) as f:
             return json.load(f)
+
+
+def _flag_value(value) -> str:
+    """``value`` as the command line reads it (tuples comma-separated)."""
+    if isinstance(value, (tuple, list)):
+        return ','.join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _bracketed(before: dict, after: dict) -> dict:
