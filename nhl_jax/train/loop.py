@@ -181,6 +181,9 @@ def _start_sums(sums, metrics):
     place = jax.tree.leaves(metrics)[0].sharding
     if sums is None:
         sums = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metrics)
+    else:  # a checkpoint's sums (JSON lists), as the metrics' dtypes
+        sums = jax.tree.map(lambda m, s: np.asarray(s, m.dtype), metrics,
+                            sums)
     return jax.device_put((sums, np.int32(_NO_STEP)), place)
 
 
@@ -285,7 +288,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
     mesh = parallel.make_mesh(spec.devices)
     parallel.check_batch_size(spec.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
-    setup, state = system.create(spec, DataInfo.of(splits), bits)
+    info = DataInfo.of(splits)
+    setup, state = system.create(spec, info, bits)
     best = _host_snapshots(system, setup, state)
     writer = writer_lib.MetricWriter(workdir, writers=spec.writers,
                                      config=spec.config)
@@ -304,7 +308,7 @@ def fit(system, spec, splits, bits, workdir: str, *,
         writer.truncate(max_epoch=meta['epoch'],
                         max_step=int(parallel.to_host(state.step)))
         progress = _progress(system, spec, splits, meta)
-        loop = _Loop(system, spec, setup, splits, mesh, mngr,
+        loop = _Loop(system, spec, setup, splits, info, mesh, mngr,
                      (writer, profiler, phases, progress), identity)
         loop.scalars.restore(meta.get('step_log'))
         meta = _continued(meta, spec, loop.schedule.rounds, workdir)
@@ -360,8 +364,8 @@ def _continued(meta, spec, rounds: int, workdir: str) -> dict:
 class _Loop:
     """One round of ``fit``: train, check, maybe evaluate, checkpoint, log."""
 
-    def __init__(self, system, spec, setup, splits, mesh, mngr, outputs,
-                 identity=None):
+    def __init__(self, system, spec, setup, splits, info, mesh, mngr,
+                 outputs, identity=None):
         self.identity = identity
         self.system, self.spec, self.setup = system, spec, setup
         self.splits, self.mesh, self.mngr = splits, mesh, mngr
@@ -372,8 +376,7 @@ class _Loop:
         consts = system.consts(spec, splits)
         self.consts = (None if consts is None
                        else parallel.replicate(consts, mesh))
-        context = traces.run_context(spec.config, setup.bits,
-                                     DataInfo.of(splits))
+        context = traces.run_context(spec.config, setup.bits, info)
         directory = (traces.default_dir() if system.cache_traces
                      and mesh.devices.size == 1
                      else None)  # a saved step is for one device
@@ -456,8 +459,7 @@ class _Loop:
     def _batches(self, state, plan, r, partial, stop):
         """Runs (the rest of) the round's batches, stopping on SIGTERM."""
         done = partial['batches'] if partial else 0
-        sums = ({k: jnp.asarray(v) for k, v in partial['sums'].items()}
-                if partial else None)
+        sums = partial['sums'] if partial else None
         bad_step = None
         step_fn = self.steps[plan.stage]
         # The host's count of global steps, for the preemption sync point.
