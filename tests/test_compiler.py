@@ -101,3 +101,16 @@ def test_the_cache_is_set_unless_the_user_set_one(tmp_path):
     finally:
         for name, value in saved.items():
             jax.config.update(name, value)
+
+
+def test_compile_all_gives_each_program_in_order():
+    fns = [lambda x: x + 1, lambda x: x * 3, lambda x: -x]
+    x = jnp.arange(4.0)
+    lowered = [jax.jit(f).lower(x) for f in fns]
+    compiled = compiler.compile_all(lowered)
+    assert len(compiled) == 3
+    for f, program in zip(fns, compiled):
+        np.testing.assert_array_equal(program(x), f(x))
+    assert compiler.compile_all([]) == []
+    np.testing.assert_array_equal(compiler.compile_all(lowered[:1])[0](x),
+                                  x + 1)

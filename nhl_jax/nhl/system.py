@@ -9,7 +9,6 @@ References:
   NHL, arXiv 2412.08922.
 """
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nhl_jax import data, losses, models, parallel
+from nhl_jax import compiler, data, losses, models, parallel
 from nhl_jax.hparams import check_hyperparameter
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl.objective import nhl_objective
@@ -180,21 +179,11 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
         weighting_kwargs=opts.weighting_kwargs, topology=opts.topology,
         stack_lengths=opts.stack_lengths)
     tx = _optimizer(spec, info)
-    build = functools.partial(_initial_state, spec, info, bits, objective, tx)
     if spec.pretrained:  # its weights are read from disk, op by op
-        graphdef, state = build(spec.key())
+        graphdef, state = _initial_state(spec, info, bits, objective, tx,
+                                         spec.key())
     else:
-        # One program draws the whole state: op by op, the layers' and the
-        # optimizer's initial arrays are dozens of small programs, each a
-        # compilation (or a persistent-cache load) at every start.
-        def arrays(key):
-            graphdef, state = build(key)
-            return traces.Static(graphdef), state
-
-        arrays = traces.cached(arrays, 'nhl:state', traces.run_context(
-            spec.config, bits, info), traces.default_dir())
-        static, state = jax.jit(arrays)(spec.key())
-        graphdef = static.value
+        graphdef, state = _drawn_state(spec, info, bits, objective, tx)
     state = step_lib.distinct_buffers(state)
     train_step = step_lib.make_train_step(
         _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
@@ -206,11 +195,52 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     return setup, state
 
 
+def _drawn_state(spec, info, bits, objective, tx):
+    """``(graphdef, TrainState)`` drawn by two programs compiled at once.
+
+    One program draws the network and optimizer arrays, the other the
+    loss states and the weighting's: op by op they would be dozens of
+    small programs, each a compilation (or a persistent-cache load) at
+    every start, and as two they load side by side
+    (``compiler.compile_all``). The arrays are those of ``_initial_state``.
+    """
+    context = traces.run_context(spec.config, bits, info)
+
+    def network(key):
+        graphdef, state = _network_state(spec, info, bits, objective, tx,
+                                         key)
+        return traces.Static(graphdef), state
+
+    def extra(key):
+        return _extra_state(info, bits, objective, key)
+
+    key = spec.key()
+    programs = compiler.compile_all([
+        jax.jit(traces.cached(fn, f'nhl:{name}', context,
+                              traces.default_dir())).lower(key)
+        for name, fn in (('extra', extra), ('network', network))])
+    loss_states, (static, state) = (program(key) for program in programs)
+    return static.value, state._replace(extra=loss_states)
+
+
 def _initial_state(spec, info, bits, objective, tx, key):
     """``(graphdef, TrainState)``: the network and every initial array,
     drawn from the run's seed ``key``."""
+    graphdef, state = _network_state(spec, info, bits, objective, tx, key)
+    return graphdef, state._replace(extra=_extra_state(info, bits,
+                                                       objective, key))
+
+
+def _keys(key):
+    """The run key's streams: (model, loss, step rng)."""
+    return jax.random.split(key, 3)
+
+
+def _network_state(spec, info, bits, objective, tx, key):
+    """``(graphdef, TrainState)`` without its ``extra`` (None): the
+    network's, the loss parameters' and the optimizer's arrays."""
     opts = spec.options
-    model_key, loss_key, rng = jax.random.split(key, 3)
+    model_key, loss_key, rng = _keys(key)
     rngs = nnx.Rngs(params=model_key)
     dtype = jnp.dtype(spec.compute_dtype)  # of every layer; weights float32
     backbone = models.get_backbone(spec.backbone, info.image_shape, rngs=rngs,
@@ -225,14 +255,19 @@ def _initial_state(spec, info, bits, objective, tx, key):
             jax.random.fold_in(loss_key, len(bits) + 1),
             num_classes=info.num_classes))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    extra = NHLExtra(
+    return graphdef, step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+        opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=None)
+
+
+def _extra_state(info, bits, objective, key) -> NHLExtra:
+    """The loss states and the weighting rule's state."""
+    _, loss_key, _ = _keys(key)
+    return NHLExtra(
         objective.init(loss_key, num_train=info.sizes['train'],
                        num_classes=info.num_classes),
         # A stream apart from the loss states' split(loss_key, M) keys.
         objective.init_weighting(jax.random.fold_in(loss_key, len(bits))))
-    return graphdef, step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-        opt_state=tx.init(params), rng=jax.random.key_data(rng), extra=extra)
 
 
 class NHL(System):

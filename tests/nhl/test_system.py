@@ -9,6 +9,7 @@ from nhl_jax import cli, losses, models
 from nhl_jax.cli import train as run
 from nhl_jax.cli.config import UsageError
 from nhl_jax.nhl import system as nhl_system
+from nhl_jax.train import traces
 from nhl_jax.train.system import DataInfo
 from tests.support import command_line
 from tests.support.systems import tiny_config
@@ -47,9 +48,15 @@ def test_unknown_head_init_is_a_one_line_usage_error():
         cli.resolve(config)
 
 
-def test_state_drawn_in_one_program_equals_the_eager_draw():
+@pytest.mark.parametrize('saved', [False, True])
+def test_state_drawn_by_its_programs_equals_the_eager_draw(
+        saved, tmp_path, monkeypatch):
     # orthohash: loss parameters on the model too; the nested layer's
     # N(0, 0.01) kernel is the draw XLA would round differently in a jit.
+    # saved: the two programs as jax.export saved them (the second create
+    # reads them back).
+    if saved:
+        monkeypatch.setattr(traces, '_folder', [str(tmp_path)])
     config = cli.configs.default.get_config()
     config.update({'method': 'orthohash', 'backbone': 'mlp',
                    'bits': (8, 16)})
@@ -57,6 +64,9 @@ def test_state_drawn_in_one_program_equals_the_eager_draw():
     info = DataInfo((28, 28, 1), 10, {'train': 40, 'query': 8,
                                       'database': 16})
     setup, state = nhl_system.create_train_state(spec, info)
+    if saved:
+        assert len(list(tmp_path.glob('*.trace'))) == 2
+        setup, state = nhl_system.create_train_state(spec, info)
     objective = nhl_system.nhl_objective(
         losses.get(spec.options.loss), setup.bits,
         weighting=spec.options.weighting)

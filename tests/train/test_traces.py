@@ -147,7 +147,8 @@ def test_a_run_with_saved_programs_trains_the_same(tmp_path, monkeypatch):
     config = tiny_config('nhl', epochs=1, plots=False)
     first = cli_train.train_and_evaluate(config, str(tmp_path / 'a'))
     names = _entries(tmp_path / 'c')
-    assert len(names) == 2  # the initial state and the train step
+    # The initial state's two programs and the train step.
+    assert len(names) == 3
     jax.clear_caches()
     config.seed = 1  # another seed: the same programs
     second = cli_train.train_and_evaluate(config, str(tmp_path / 'b'))
