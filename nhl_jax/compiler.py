@@ -96,9 +96,11 @@ def compile_all(lowered: Sequence[jax.stages.Lowered]
     Returns:
       Their ``Compiled`` programs, in order.
     """
-    if len(lowered) < 2:
+    # One thread per core: more would only share them.
+    workers = min(len(lowered), os.cpu_count() or 1) - 1
+    if workers < 1:
         return [program.compile() for program in lowered]
-    with concurrent.futures.ThreadPoolExecutor(len(lowered) - 1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         rest = [pool.submit(program.compile) for program in lowered[1:]]
         first = lowered[0].compile()
         return [first] + [future.result() for future in rest]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nhl_jax import compiler, data, losses, models, parallel
+from nhl_jax import data, losses, models, parallel
 from nhl_jax.hparams import check_hyperparameter
 from nhl_jax.models.nested import check_bits
 from nhl_jax.nhl.objective import nhl_objective
@@ -24,6 +24,7 @@ from nhl_jax.train import optim, traces
 from nhl_jax.train import step as step_lib
 from nhl_jax.train.system import (
     DataInfo,
+    Drawn,
     RunSpec,
     System,
     per_length,
@@ -169,7 +170,21 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
       bits: lengths of this training run (default: ``spec.bits``).
 
     Returns:
-      ``(setup, state)``.
+      ``(setup, state)``; under a trace (``jax.eval_shape``) the state's
+      programs are staged, not compiled.
+    """
+    setup, drawn = draw_train_state(spec, info, bits)
+    return setup, drawn.run()
+
+
+def draw_train_state(spec: RunSpec, info: DataInfo, bits=None):
+    """``create_train_state`` with the state left as the programs that draw
+    it: ``(setup, Drawn)`` (``nhl_jax.train.system.Drawn``).
+
+    Two programs draw it: the network's and the optimizer's arrays, and
+    the loss and weighting states. Op by op they would be dozens of small
+    programs, each a compilation (or a persistent-cache load) at every
+    start; as two, they compile side by side (``compiler.compile_all``).
     """
     bits = check_bits(tuple(spec.bits if bits is None else bits))
     opts = spec.options
@@ -182,9 +197,9 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
     if spec.pretrained:  # its weights are read from disk, op by op
         graphdef, state = _initial_state(spec, info, bits, objective, tx,
                                          spec.key())
+        drawn = Drawn.ready(step_lib.distinct_buffers(state))
     else:
-        graphdef, state = _drawn_state(spec, info, bits, objective, tx)
-    state = step_lib.distinct_buffers(state)
+        graphdef, drawn = _drawn_state(spec, info, bits, objective, tx)
     train_step = step_lib.make_train_step(
         _loss_fn(objective, spec.freeze_backbone), graphdef=graphdef, tx=tx,
         update_extra=_update_extra(objective))
@@ -192,18 +207,12 @@ def create_train_state(spec: RunSpec, info: DataInfo, bits=None):
              else {'epoch': _epoch_hook(objective, graphdef)})
     setup = step_lib.Setup(graphdef, tx, bits, {'train': train_step}, hooks,
                            _encode(graphdef), static=objective)
-    return setup, state
+    return setup, drawn
 
 
 def _drawn_state(spec, info, bits, objective, tx):
-    """``(graphdef, TrainState)`` drawn by two programs compiled at once.
-
-    One program draws the network and optimizer arrays, the other the
-    loss states and the weighting's: op by op they would be dozens of
-    small programs, each a compilation (or a persistent-cache load) at
-    every start, and as two they load side by side
-    (``compiler.compile_all``). The arrays are those of ``_initial_state``.
-    """
+    """``(graphdef, Drawn)``: the two programs of the state, their arrays
+    those of ``_initial_state``."""
     context = traces.run_context(spec.config, bits, info)
 
     def network(key):
@@ -214,13 +223,19 @@ def _drawn_state(spec, info, bits, objective, tx):
     def extra(key):
         return _extra_state(info, bits, objective, key)
 
-    key = spec.key()
-    programs = compiler.compile_all([
+    programs = tuple(
         jax.jit(traces.cached(fn, f'nhl:{name}', context,
-                              traces.default_dir())).lower(key)
-        for name, fn in (('extra', extra), ('network', network))])
-    loss_states, (static, state) = (program(key) for program in programs)
-    return static.value, state._replace(extra=loss_states)
+                              traces.default_dir()))
+        for name, fn in (('extra', extra), ('network', network)))
+    key = spec.key()
+    # Traced only; the programs' calls reuse the trace.
+    static, _ = jax.eval_shape(programs[1], key)
+
+    def finish(outputs):
+        loss_states, (_, state) = outputs
+        return step_lib.distinct_buffers(state._replace(extra=loss_states))
+
+    return static.value, Drawn(programs, key, finish)
 
 
 def _initial_state(spec, info, bits, objective, tx, key):
@@ -297,6 +312,10 @@ class NHL(System):
     def create(self, spec, info, bits):
         """``(Setup, TrainState)``: network, objective and steps."""
         return create_train_state(spec, info, bits)
+
+    def draw(self, spec, info, bits):
+        """``(Setup, Drawn)``: the state's two programs not yet run."""
+        return draw_train_state(spec, info, bits)
 
     def plan(self, spec, splits, r):
         """Epoch ``r``, with the loss's epoch update as its end hook."""

@@ -25,7 +25,7 @@ from nhl_jax.train.loop import update_best
 from nhl_jax.train.step import Setup, TrainState, compile_encode, compile_hook
 from nhl_jax.train.step import compile_step, make_optimizer, make_train_step
 from nhl_jax.train.step import part_labels
-from nhl_jax.train.system import DataInfo, Round, RoundResult, RunSpec
+from nhl_jax.train.system import DataInfo, Drawn, Round, RoundResult, RunSpec
 from nhl_jax.train.system import Schedule, System
 from nhl_jax.train.trainer import check_batches, format_results, make_results
 from nhl_jax.train.trainer import run_training, training_runs
@@ -34,6 +34,7 @@ from nhl_jax.train.workdir import check_workdir_policy
 
 __all__ = [
     'DataInfo',
+    'Drawn',
     'Preempted',
     'Round',
     'RoundResult',

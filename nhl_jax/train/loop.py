@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from nhl_jax import parallel, runlog
+from nhl_jax import compiler, data, parallel, runlog
 from nhl_jax.data import pipeline
 from nhl_jax.train import checkpoint, evaluation, profile, traces
 from nhl_jax.train import step as step_lib
@@ -289,7 +289,9 @@ def fit(system, spec, splits, bits, workdir: str, *,
     parallel.check_batch_size(spec.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
     info = DataInfo.of(splits)
-    setup, state = system.create(spec, info, bits)
+    setup, drawn = system.draw(spec, info, bits)
+    programs = _Programs(system, spec, setup, splits, info, mesh)
+    state = programs.start(drawn)
     best = _host_snapshots(system, setup, state)
     writer = writer_lib.MetricWriter(workdir, writers=spec.writers,
                                      config=spec.config)
@@ -308,7 +310,7 @@ def fit(system, spec, splits, bits, workdir: str, *,
         writer.truncate(max_epoch=meta['epoch'],
                         max_step=int(parallel.to_host(state.step)))
         progress = _progress(system, spec, splits, meta)
-        loop = _Loop(system, spec, setup, splits, info, mesh, mngr,
+        loop = _Loop(system, spec, setup, splits, programs, mngr,
                      (writer, profiler, phases, progress), identity)
         loop.scalars.restore(meta.get('step_log'))
         meta = _continued(meta, spec, loop.schedule.rounds, workdir)
@@ -361,18 +363,21 @@ def _continued(meta, spec, rounds: int, workdir: str) -> dict:
     return meta
 
 
-class _Loop:
-    """One round of ``fit``: train, check, maybe evaluate, checkpoint, log."""
+class _Programs:
+    """A run's jitted steps, hooks and encoder, and its replicated consts.
 
-    def __init__(self, system, spec, setup, splits, info, mesh, mngr,
-                 outputs, identity=None):
-        self.identity = identity
-        self.system, self.spec, self.setup = system, spec, setup
-        self.splits, self.mesh, self.mngr = splits, mesh, mngr
-        self.writer, self.profiler, self.phases, self.progress = outputs
-        self.scalars = writer_lib.StepLogger(self.writer, setup.bits,
-                                             spec.log_every)
-        self.schedule = system.schedule(spec)
+    ``start`` draws the initial state with the first round's step compiled
+    (or loaded from the persistent cache) beside the state's programs:
+    when a system leaves its state's programs to the trainer
+    (``System.draw``) and the training split is in memory (its first
+    batch's shapes are known without decoding anything), the step is
+    lowered from the state's abstract output and compiled with them
+    (``compiler.compile_all``); its first call then finds it compiled.
+    """
+
+    def __init__(self, system, spec, setup, splits, info, mesh):
+        self.system, self.spec, self.splits, self.mesh = (system, spec,
+                                                          splits, mesh)
         consts = system.consts(spec, splits)
         self.consts = (None if consts is None
                        else parallel.replicate(consts, mesh))
@@ -387,6 +392,54 @@ class _Loop:
         self.hooks = {name: step_lib.compile_hook(fn, mesh)
                       for name, fn in setup.hooks.items()}
         self.encode = step_lib.compile_encode(setup)
+
+    def start(self, drawn):
+        """The initial TrainState of ``drawn`` (a ``Drawn``)."""
+        if not drawn.programs:
+            return drawn.finish([])
+        lowered = [program.lower(drawn.key) for program in drawn.programs]
+        ahead = self._first_step(drawn.finish([p.out_info for p in lowered]))
+        compiled = compiler.compile_all(lowered + ahead)
+        return drawn.finish([program(drawn.key)
+                             for program in compiled[:len(lowered)]])
+
+    def _first_step(self, state) -> list:
+        """[the first round's step lowered for ``state`` (abstract)], or []
+        where its first batch would have to be decoded to know its shapes
+        (or the step is not a jitted function: a test's wrapper).
+        """
+        plan = self.system.plan(self.spec, self.splits, 1)
+        lower = getattr(self.steps[plan.stage], 'lower', None)
+        if lower is None or not isinstance(self.splits.train,
+                                           data.ArrayDataset):
+            return []
+        rows = parallel.batch_sharding(self.mesh)
+        batch = {k: jax.ShapeDtypeStruct(
+            (self.spec.batch_size, *v.shape[1:]),
+            jax.dtypes.canonicalize_dtype(v.dtype), sharding=rows)
+            for k, v in next(iter(plan.batches(None, 0))).items()}
+        # As ``parallel.replicate`` puts it: an array's type holds its mesh.
+        whole = parallel.replicated(self.mesh)
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, weak_type=x.weak_type, sharding=whole), state)
+        return [lower(state, batch, self.consts)]
+
+
+class _Loop:
+    """One round of ``fit``: train, check, maybe evaluate, checkpoint, log."""
+
+    def __init__(self, system, spec, setup, splits, programs, mngr,
+                 outputs, identity=None):
+        self.identity = identity
+        self.system, self.spec, self.setup = system, spec, setup
+        self.splits, self.mesh, self.mngr = splits, programs.mesh, mngr
+        self.writer, self.profiler, self.phases, self.progress = outputs
+        self.scalars = writer_lib.StepLogger(self.writer, setup.bits,
+                                             spec.log_every)
+        self.schedule = system.schedule(spec)
+        self.consts = programs.consts
+        self.steps, self.hooks = programs.steps, programs.hooks
+        self.encode = programs.encode
 
     def _hook(self, name, state, metrics):
         if name is None:

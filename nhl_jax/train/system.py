@@ -8,6 +8,8 @@ the final table and the plots. A system supplies its own parts:
 
 - ``check`` / ``options``: validate and resolve its own config fields;
 - ``create``: its model, optimizer, state and pure steps (``Setup``);
+  ``draw``: the same, with the state's programs left for the trainer to
+  compile beside the train step's;
 - ``plan``: what round ``r`` trains (stage, batches, hooks): NHL an epoch,
   ODH an epoch of its warm-up / exploration / aggregation stage, MAH one
   outer iteration (draw Omega, train on it, update V);
@@ -43,7 +45,7 @@ trainer never names one.
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -178,6 +180,36 @@ class Round(NamedTuple):
     end: str | None = None
 
 
+class Drawn(NamedTuple):
+    """An initial state as the programs that draw it, not yet run.
+
+    ``System.draw`` returns it so that the trainer can compile these
+    programs together with the train step's (``compiler.compile_all``):
+    at a start, nothing else can overlap their compilation or their load
+    from the persistent cache.
+
+    Attributes:
+      programs: jitted functions of ``key``, each drawing part of the state.
+      key: their argument (the run's key).
+      finish: ``finish(outputs)``: the TrainState from the programs'
+        outputs, in order; given their ``jax.ShapeDtypeStruct`` outputs
+        (``Lowered.out_info``) it gives the state's.
+    """
+
+    programs: tuple[Callable, ...]
+    key: Any
+    finish: Callable[[Sequence[Any]], Any]
+
+    @classmethod
+    def ready(cls, state) -> 'Drawn':
+        """A state already drawn: no programs."""
+        return cls((), None, lambda outputs: state)
+
+    def run(self):
+        """The TrainState: each program called (staged under a trace)."""
+        return self.finish([program(self.key) for program in self.programs])
+
+
 class RoundResult(NamedTuple):
     """What a finished round hands to ``System.record``.
 
@@ -254,6 +286,12 @@ class System:
     def create(self, spec: RunSpec, info: DataInfo, bits):
         """``(Setup, TrainState)`` of a run of lengths ``bits``."""
         raise NotImplementedError
+
+    def draw(self, spec: RunSpec, info: DataInfo, bits):
+        """``(Setup, Drawn)``: ``create`` with its state still to be drawn
+        (by default already drawn, by ``create``)."""
+        setup, state = self.create(spec, info, bits)
+        return setup, Drawn.ready(state)
 
     def layout(self, bits) -> evaluation.CodeLayout:
         """Where each length's code is in the encoder output."""
