@@ -5,12 +5,14 @@ A system (NHL, MAH, ODH) implements the ``System`` protocol
 any of them the same way, for a resolved ``RunSpec``. The pieces:
 
 - ``nhl_jax.train.system``: the plug-in contract (``System``, ``RunSpec``,
-  ``Round``, ``Schedule``, ``DataInfo``);
+  ``Round``, ``Schedule``, ``DataInfo``, ``Drawn``);
 - ``nhl_jax.train.trainer``: data, runs, results.json, final table, plots;
 - ``nhl_jax.train.workdir``: the run directory's policy (no overwrite,
   resume only the same config);
 - ``nhl_jax.train.loop``: the round loop (``fit``), SIGTERM checkpoints,
   non-finite guard, evaluation schedule, best parameters and patience;
+- ``nhl_jax.train.programs``: a run's jitted steps and hooks, the first
+  step compiled beside the initial state's programs;
 - ``nhl_jax.train.step``: the train state, the optimizer factory, the step
   skeleton and its one compile path;
 - ``nhl_jax.train.evaluation``: encoding splits and scoring them by name;

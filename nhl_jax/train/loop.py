@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from nhl_jax import compiler, data, parallel, runlog
+from nhl_jax import parallel, runlog
 from nhl_jax.data import pipeline
-from nhl_jax.train import checkpoint, evaluation, profile, traces
-from nhl_jax.train import step as step_lib
+from nhl_jax.train import checkpoint, evaluation, profile
+from nhl_jax.train import programs as programs_lib
 from nhl_jax.train import workdir as workdir_lib
 from nhl_jax.train import writer as writer_lib
 from nhl_jax.train.phases import Phases
@@ -124,22 +124,6 @@ _no_sync = functools.partial(jax.transfer_guard_device_to_host,
 _BAR_EVERY = 10
 # Step metrics that count failures: summed over a round, never logged.
 GUARDS = ('nonfinite', 'nonfinite_params')
-
-
-def guarded(step):
-    """``step`` that also counts non-finite parameters after its update.
-
-    The loss alone can miss NaN weights or features: a max or a where that
-    maps NaN to 0 (a ReLU, a hinge) leaves the loss finite while the
-    weights are not. The check is one reduction fused into the step.
-    """
-    def step_fn(state, batch, consts):
-        state, metrics = step(state, batch, consts)
-        flags = [~jnp.isfinite(x).all() for x in jax.tree.leaves(state.params)
-                 if jnp.issubdtype(x.dtype, jnp.inexact)]
-        bad = jnp.any(jnp.stack(flags)) if flags else jnp.asarray(False)
-        return state, {**metrics, 'nonfinite_params': bad.astype(jnp.int32)}
-    return step_fn
 
 
 def _ahead(batches, mesh, batch_size: int, depth: int = 2):
@@ -290,7 +274,8 @@ def fit(system, spec, splits, bits, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     info = DataInfo.of(splits)
     setup, drawn = system.draw(spec, info, bits)
-    programs = _Programs(system, spec, setup, splits, info, mesh)
+    programs = programs_lib.Programs(system, spec, setup, splits, info,
+                                     mesh)
     state = programs.start(drawn)
     best = _host_snapshots(system, setup, state)
     writer = writer_lib.MetricWriter(workdir, writers=spec.writers,
@@ -361,68 +346,6 @@ def _continued(meta, spec, rounds: int, workdir: str) -> dict:
         _note(f'{workdir} has trained all {rounds} rounds; nothing to '
               'train: pass a larger --config.epochs with --resume to go on.')
     return meta
-
-
-class _Programs:
-    """A run's jitted steps, hooks and encoder, and its replicated consts.
-
-    ``start`` draws the initial state with the first round's step compiled
-    (or loaded from the persistent cache) beside the state's programs:
-    when a system leaves its state's programs to the trainer
-    (``System.draw``) and the training split is in memory (its first
-    batch's shapes are known without decoding anything), the step is
-    lowered from the state's abstract output and compiled with them
-    (``compiler.compile_all``); its first call then finds it compiled.
-    """
-
-    def __init__(self, system, spec, setup, splits, info, mesh):
-        self.system, self.spec, self.splits, self.mesh = (system, spec,
-                                                          splits, mesh)
-        consts = system.consts(spec, splits)
-        self.consts = (None if consts is None
-                       else parallel.replicate(consts, mesh))
-        context = traces.run_context(spec.config, setup.bits, info)
-        directory = (traces.default_dir() if system.cache_traces
-                     and mesh.devices.size == 1
-                     else None)  # a saved step is for one device
-        self.steps = {name: step_lib.compile_step(
-            traces.cached(guarded(fn), f'step:{name}', context, directory),
-            mesh, sync_batch_stats=spec.sync_batch_stats)
-            for name, fn in setup.steps.items()}
-        self.hooks = {name: step_lib.compile_hook(fn, mesh)
-                      for name, fn in setup.hooks.items()}
-        self.encode = step_lib.compile_encode(setup)
-
-    def start(self, drawn):
-        """The initial TrainState of ``drawn`` (a ``Drawn``)."""
-        if not drawn.programs:
-            return drawn.finish([])
-        lowered = [program.lower(drawn.key) for program in drawn.programs]
-        ahead = self._first_step(drawn.finish([p.out_info for p in lowered]))
-        compiled = compiler.compile_all(lowered + ahead)
-        return drawn.finish([program(drawn.key)
-                             for program in compiled[:len(lowered)]])
-
-    def _first_step(self, state) -> list:
-        """[the first round's step lowered for ``state`` (abstract)], or []
-        where its first batch would have to be decoded to know its shapes
-        (or the step is not a jitted function: a test's wrapper).
-        """
-        plan = self.system.plan(self.spec, self.splits, 1)
-        lower = getattr(self.steps[plan.stage], 'lower', None)
-        if lower is None or not isinstance(self.splits.train,
-                                           data.ArrayDataset):
-            return []
-        rows = parallel.batch_sharding(self.mesh)
-        batch = {k: jax.ShapeDtypeStruct(
-            (self.spec.batch_size, *v.shape[1:]),
-            jax.dtypes.canonicalize_dtype(v.dtype), sharding=rows)
-            for k, v in next(iter(plan.batches(None, 0))).items()}
-        # As ``parallel.replicate`` puts it: an array's type holds its mesh.
-        whole = parallel.replicated(self.mesh)
-        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-            x.shape, x.dtype, weak_type=x.weak_type, sharding=whole), state)
-        return [lower(state, batch, self.consts)]
 
 
 class _Loop:
