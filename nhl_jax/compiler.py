@@ -83,12 +83,14 @@ def jit(fun: Callable, *, mesh=None, **kwargs) -> Callable:
 
 def compile_all(lowered: Sequence[jax.stages.Lowered]
                 ) -> list[jax.stages.Compiled]:
-    """Compiles several lowered programs at once, one thread each.
+    """Compiles several lowered programs side by side.
 
     XLA releases the interpreter while it compiles a program or reads it
-    back from the persistent cache, so independent programs compile side
-    by side on as many cores; a run's first programs, which nothing else
-    can overlap, finish in the time of the longest.
+    back from the persistent cache, so independent programs can compile
+    at once: the first on the calling thread, the others on one thread
+    per further core, in order. For a run's first programs, which nothing
+    else can overlap (measured in benchmarks/RESULTS.md: concurrent loads
+    slow each other, so the gain is less than their sum).
 
     Args:
       lowered: ``jax.jit(f).lower(...)`` of each program.

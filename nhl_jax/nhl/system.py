@@ -184,7 +184,8 @@ def draw_train_state(spec: RunSpec, info: DataInfo, bits=None):
     Two programs draw it: the network's and the optimizer's arrays, and
     the loss and weighting states. Op by op they would be dozens of small
     programs, each a compilation (or a persistent-cache load) at every
-    start; as two, they compile side by side (``compiler.compile_all``).
+    start; as two, the trainer compiles them side by side with its first
+    train step (``System.draw``, ``compiler.compile_all``).
     """
     bits = check_bits(tuple(spec.bits if bits is None else bits))
     opts = spec.options
