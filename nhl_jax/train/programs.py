@@ -9,6 +9,8 @@ first round's train step (``nhl_jax.compiler.compile_all``), since
 nothing else can overlap the first compilations of a run.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -78,7 +80,10 @@ class Programs:
         where its first batch would have to be decoded to know its shapes
         (or the step is not a jitted function: a test's wrapper).
         """
-        plan = self.system.plan(self.spec, self.splits, 1)
+        # Its batches built inline: worker processes for one batch's
+        # shapes would cost more than the overlap saves.
+        inline = dataclasses.replace(self.spec, data_workers=0)
+        plan = self.system.plan(inline, self.splits, 1)
         lower = getattr(self.steps[plan.stage], 'lower', None)
         if lower is None or not isinstance(self.splits.train,
                                            data.ArrayDataset):

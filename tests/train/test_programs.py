@@ -63,3 +63,21 @@ def test_a_state_drawn_in_a_trace_compiles_nothing():
     assert compiled == []
     assert all(isinstance(x, jax.ShapeDtypeStruct)
                for x in jax.tree.leaves(shapes))
+
+
+def test_the_first_batch_is_read_inline_whatever_the_workers(monkeypatch):
+    # Its shapes only: worker processes would be started for one batch.
+    workers = []
+    real = data.train_batches
+
+    def spy(*args, **kwargs):
+        workers.append(kwargs.get('workers'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, 'train_batches', spy)
+    spec, system, splits, setup, drawn, info, mesh = _drawn_run(
+        tiny_config('nhl', data_workers=2))
+    assert spec.data_workers == 2
+    programs_lib.Programs(system, spec, setup, splits, info,
+                          mesh).start(drawn)
+    assert workers == [0]
