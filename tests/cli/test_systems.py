@@ -58,9 +58,12 @@ def test_one_results_schema_and_plots(runs, name):
     assert phases['total'] == pytest.approx(
         sum(v for k, v in phases.items() if k != 'total'), abs=1e-2)
     assert all(v >= 0 for v in phases.values())
-    # The training loops (train_seconds) hold the train phase and the
-    # first steps' tracing and compilation.
-    assert phases['train'] <= saved['train_seconds'] + 1e-3
+    # The train phase is the training loops (train_seconds) less the
+    # tracing and compilation inside them (NHL compiles its first step
+    # before them), plus each round's record, progress line and
+    # metrics.jsonl line: far less than its evaluation, which a
+    # misbooking would add.
+    assert phases['train'] - saved['train_seconds'] < phases['evaluate']
     for extra in saved['evaluators'][1:]:  # MAH: symmetric beside asymmetric
         assert set(saved[f'map_{extra}']) == set(saved[f'map_{extra}_last'])
     assert saved['evaluators'][0] == ('asymmetric' if name == 'mah'
