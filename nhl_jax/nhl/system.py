@@ -224,19 +224,19 @@ def _drawn_state(spec, info, bits, objective, tx):
     def extra(key):
         return _extra_state(info, bits, objective, key)
 
-    programs = tuple(
+    extra, network = (
         jax.jit(traces.cached(fn, f'nhl:{name}', context,
                               traces.default_dir()))
         for name, fn in (('extra', extra), ('network', network)))
     key = spec.key()
     # Traced only; the programs' calls reuse the trace.
-    static, _ = jax.eval_shape(programs[1], key)
+    static, _ = jax.eval_shape(network, key)
 
     def finish(outputs):
         loss_states, (_, state) = outputs
         return step_lib.distinct_buffers(state._replace(extra=loss_states))
 
-    return static.value, Drawn(programs, key, finish)
+    return static.value, Drawn((extra, network), key, finish)
 
 
 def _initial_state(spec, info, bits, objective, tx, key):

@@ -80,13 +80,14 @@ class Programs:
         where its first batch would have to be decoded to know its shapes
         (or the step is not a jitted function: a test's wrapper).
         """
+        if not isinstance(self.splits.train, data.ArrayDataset):
+            return []
         # Its batches built inline: worker processes for one batch's
         # shapes would cost more than the overlap saves.
         inline = dataclasses.replace(self.spec, data_workers=0)
         plan = self.system.plan(inline, self.splits, 1)
         lower = getattr(self.steps[plan.stage], 'lower', None)
-        if lower is None or not isinstance(self.splits.train,
-                                           data.ArrayDataset):
+        if lower is None:
             return []
         rows = parallel.batch_sharding(self.mesh)
         batch = {k: jax.ShapeDtypeStruct(

@@ -129,4 +129,3 @@ def test_a_sync_added_to_the_step_loop_fails(tmp_path, cpu_transfer_guard,
                         lambda self, step, state: float(state.total))
     with pytest.raises(RuntimeError, match='Disallowed device-to-host'):
         _toy_loop(tmp_path, steps=2)
-
