@@ -20,6 +20,15 @@ drifting machine moves less; then the wall seconds of each mode by phase
 writes every run's results as JSON.
 Train seconds count the training loops only, not evaluation (the NHL
 papers' protocol); the first run of a mode also pays its compilation.
+Then, per seed, the same comparison with the runs' rounds interleaved:
+the nested run and the five single-length runs train in one process,
+one round each in turn (``turns.py``; ``--rounds`` rounds each, evaluated
+at the last), and each round gives a ratio, the five single-length
+rounds' seconds summed over the nested round's, a few seconds apart
+instead of minutes; prints their median per seed and over all rounds
+(``--rounds=0``: skipped). Round 1 (it also loads programs) and the last
+(its checkpoint is written while the next run's round trains) are left
+out.
 The persistent compilation cache and the saved traced programs are on,
 as for the command line (``--no_cache``: ``--config.compilation_cache=off``
 turns both off), so runs after a program's first load it.
@@ -35,7 +44,10 @@ import tempfile
 import numpy as np
 
 import study
+import turns
+from nhl_jax import compiler
 from nhl_jax.cli import train as cli_train
+from nhl_jax.cli.configs import default
 from nhl_jax.train import phases
 from study import SMOKE, ints, mean_std
 
@@ -98,6 +110,44 @@ def _phase_table(method, runs):
         lines.append(f'| {mode} (s) | '
                      + ' | '.join(f'{v:.2f}' for v in medians) + ' |')
     return '\n'.join(lines)
+
+
+def _interleaved(args, method: str, seeds, bits) -> str:
+    """Markdown: single / nested per round, the runs' rounds interleaved
+    in one process (``turns.rounds``), median per seed and overall."""
+    medians, every = [], []
+    for seed in seeds:
+        runs = {'nested': (_config(args, method, seed), bits)}
+        runs.update({f'single {b}': (_config(args, method, seed, True), (b,))
+                     for b in bits})
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds = turns.rounds(runs, tmp)
+        # Round 1 also loads programs; the last one's checkpoint is
+        # written while the next run's last round trains.
+        nested = np.array(seconds.pop('nested'))[1:-1]
+        ratios = (np.sum([s[1:-1] for s in seconds.values()], axis=0)
+                  / nested)
+        medians.append(float(np.median(ratios)))
+        every.extend(ratios)
+    return ('\nsingle / nested with the rounds interleaved in one process '
+            f'({args.rounds} rounds each; the first and the last left out), '
+            'median over '
+            'rounds per seed: ' + ', '.join(f'{r:.2f}x' for r in medians)
+            + f'; over all {len(every)} rounds: {np.median(every):.2f}x '
+            f'(quartiles {np.quantile(every, 0.25):.2f}x-'
+            f'{np.quantile(every, 0.75):.2f}x)')
+
+
+def _config(args, method: str, seed: int, single_length: bool = False):
+    """The default config with the fields of one interleaved run."""
+    config = default.get_config()
+    config.update(dataset=args.dataset, bits=args.bits, method=method,
+                  seed=seed, single_length=single_length)
+    if args.smoke:
+        config.update(SMOKE)
+    # Evaluated once, at the last round: the rounds compared are training.
+    config.update(epochs=args.rounds, eval_every=args.rounds)
+    return config
 
 
 def _fresh_run(args, *, method: str, seed: int,
@@ -165,7 +215,17 @@ def main():
     parser.add_argument('--no_bracket', action='store_true',
                         help='one nested run per seed, before the single '
                         'ones (no second run after them)')
+    parser.add_argument('--rounds', type=int, default=None,
+                        help='rounds of each interleaved run (default 12, '
+                        'at least 3; 3 with --smoke; 0: none)')
     args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 3 if args.smoke else 12
+    if args.rounds and args.rounds < 3:
+        parser.error(f'--rounds={args.rounds}: the first and the last '
+                     'round are left out; give at least 3 (or 0: none).')
+    if not args.no_cache:  # as the command line: programs load, not compile
+        compiler.use_persistent_cache(compiler.default_cache_dir())
     args.bits = ints(args.bits)
     seeds = (0,) if args.smoke else ints(args.seeds)
     bits = SMOKE['bits'] if args.smoke else args.bits
@@ -182,6 +242,8 @@ def main():
         everything[method] = runs
         tables.append(_table(method, runs, bits, seeds))
         tables.append(_phase_table(method, runs))
+        if args.rounds:
+            tables.append(_interleaved(args, method, seeds, bits))
     study.report(tables, everything, args.out)
 
 
