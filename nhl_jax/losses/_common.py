@@ -197,8 +197,13 @@ def balanced_signs(key: PRNGKey, rows: int, bits: int, num_neg: int) -> Array:
     Returns:
       [R, K] float32 in {-1, +1}.
     """
-    # The rank of i.i.d. uniforms is a uniform random permutation per row.
-    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (rows, bits))))
+    # The rank of i.i.d. uniforms is a uniform random permutation per row:
+    # the inverse of their (stable) argsort, which a scatter gives exactly
+    # as a second argsort would, with one sort fewer to compile and run.
+    order = jnp.argsort(jax.random.uniform(key, (rows, bits)), axis=-1)
+    ranks = jnp.put_along_axis(
+        order, order, jnp.broadcast_to(jnp.arange(bits, dtype=order.dtype),
+                                       order.shape), axis=-1, inplace=False)
     return jnp.where(ranks < num_neg, -1.0, 1.0).astype(jnp.float32)
 
 

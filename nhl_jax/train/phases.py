@@ -6,7 +6,10 @@ as they happen. JAX reports every tracing, lowering and XLA compilation
 (or persistent-cache load) as a time span (``jax.monitoring``); the union
 of those spans inside a phase is moved from that phase to ``trace`` and
 ``compile``, so the phases add up to the wall clock without counting
-anything twice.
+anything twice. The XLA compilations inside the phases are counted too,
+apart from the programs read back from the persistent compilation cache
+(``Phases.programs``): a run whose programs were all built before
+compiles none.
 """
 
 import contextlib
@@ -24,7 +27,11 @@ _EVENTS = {
     '/jax/core/compile/backend_compile_duration': 'compile',
 }
 _spans: dict[str, list[tuple[float, float]]] = {'trace': [], 'compile': []}
-_listening: list[bool] = []  # one entry once the listener is registered
+# A 'compile' span that JAX found in the persistent cache also reports this
+# event, at its end.
+_CACHE_HIT = '/jax/compilation_cache/cache_hits'
+_hits: list[float] = []  # time.time() of each
+_listening: list[bool] = []  # one entry once the listeners are registered
 
 
 def _on_span(event: str, start: float, end: float, **kwargs) -> None:
@@ -33,9 +40,16 @@ def _on_span(event: str, start: float, end: float, **kwargs) -> None:
         _spans[_EVENTS[event]].append((start, end))
 
 
+def _on_event(event: str, **kwargs) -> None:
+    del kwargs
+    if event == _CACHE_HIT:
+        _hits.append(time.time())
+
+
 def _listen() -> None:
     if not _listening:
         jax.monitoring.register_event_time_span_listener(_on_span)
+        jax.monitoring.register_event_listener(_on_event)
         _listening.append(True)
 
 
@@ -79,6 +93,7 @@ class Phases:
     def __init__(self):
         _listen()
         self.seconds: dict[str, float] = {}
+        self._windows: list[tuple[float, float]] = []
 
     def add(self, name: str, start: float, end: float) -> None:
         """Books ``[start, end]`` to ``name``, less its tracing and
@@ -87,6 +102,16 @@ class Phases:
         split[name] = end - start - sum(split.values())
         for key, value in split.items():
             self.seconds[key] = self.seconds.get(key, 0.0) + value
+        self._windows.append((start, end))
+
+    def programs(self) -> dict[str, int]:
+        """XLA programs that ended in the booked phases: ``compiled`` by
+        XLA, or ``loaded`` from the persistent compilation cache."""
+        def inside(t):
+            return any(a <= t <= b for a, b in self._windows)
+        built = sum(inside(end) for _, end in _spans['compile'])
+        loaded = sum(inside(t) for t in _hits)
+        return {'compiled': built - loaded, 'loaded': loaded}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -105,8 +130,14 @@ class Phases:
         return out
 
 
-def format_phases(seconds: dict) -> str:
-    """One line: 'wall seconds: startup 2.1, data 0.4, ... (total 31.0)'."""
+def format_phases(seconds: dict, programs: dict | None = None) -> str:
+    """One line: 'wall seconds: startup 2.1, data 0.4, ... (total 31.0)',
+    and where ``programs`` (``Phases.programs``) is given, '; XLA
+    programs: 0 compiled, 9 loaded from the compilation cache'."""
     parts = ', '.join(f'{k} {v:.1f}' for k, v in seconds.items()
                       if k != 'total')
-    return f'wall seconds: {parts} (total {seconds["total"]:.1f})'
+    line = f'wall seconds: {parts} (total {seconds["total"]:.1f})'
+    if programs is not None:
+        line += (f'; XLA programs: {programs["compiled"]} compiled, '
+                 f'{programs["loaded"]} loaded from the compilation cache')
+    return line

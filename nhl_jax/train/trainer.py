@@ -113,6 +113,7 @@ def _run(system, spec: RunSpec, workdir: str, resume: bool,
         with phases('plots'):
             plotted = _plots(workdir, warm) if plotting else []
     results['phase_seconds'] = phases.rounded()
+    results['programs'] = phases.programs()
     if main:
         runlog.write_json_atomic(path, results)
         print(format_results(system, spec, results))
@@ -207,7 +208,8 @@ def format_results(system, spec: RunSpec, results) -> str:
         columns += [(f'{label} (last)', f'map_{name}_last'),
                     (f'{label} (best)', f'map_{name}')]
     width = max(len(title) for title, _ in columns)
-    timing = (f'\n{format_phases(results["phase_seconds"])}'
+    timing = ('\n' + format_phases(results['phase_seconds'],
+                                    results.get('programs'))
               if 'phase_seconds' in results else '')
     kind = '' if primary == 'symmetric' else f' ({primary})'
     lines = [(f'{system.title(spec)}, mAP@{k}{kind}, train '

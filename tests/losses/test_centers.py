@@ -62,6 +62,31 @@ def test_csq_fill_keeps_first_draw_that_meets_the_distance_rule():
             return
 
 
+@pytest.mark.parametrize('rows,bits,num_neg', [(10, 8, 4), (3, 128, 64),
+                                                (7, 24, 6), (1, 1, 0)])
+def test_balanced_signs_are_the_ranks_of_the_uniforms(rows, bits, num_neg):
+    key = jax.random.key(rows * bits)
+    u = np.asarray(jax.random.uniform(key, (rows, bits)))
+    ranks = np.argsort(np.argsort(u, kind='stable'), kind='stable')
+    want = np.where(ranks < num_neg, -1.0, 1.0)
+    got = _common.balanced_signs(key, rows, bits, num_neg)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, want)
+    keys = jax.random.split(key, 4)  # as the centres draw them: vmapped
+    np.testing.assert_array_equal(
+        jax.jit(jax.vmap(lambda k: _common.balanced_signs(
+            k, rows, bits, num_neg)))(keys)[2],
+        _common.balanced_signs(keys[2], rows, bits, num_neg))
+
+
+def test_balanced_signs_break_ties_as_a_stable_sort(monkeypatch):
+    # Equal uniforms (rare in float32): the earlier column ranks first.
+    monkeypatch.setattr(jax.random, 'uniform',
+                        lambda key, shape: jnp.full(shape, 0.5))
+    got = _common.balanced_signs(jax.random.key(0), 2, 6, 2)
+    np.testing.assert_array_equal(got, [[-1, -1, 1, 1, 1, 1]] * 2)
+
+
 def test_non_power_of_two_bits_get_random_signs():
     centers = _common.hadamard_centers(jax.random.key(0), 10, 12)
     assert centers.shape == (10, 12)

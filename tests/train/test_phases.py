@@ -4,6 +4,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from nhl_jax.train import phases as phases_lib
@@ -37,6 +38,31 @@ def test_a_compilation_inside_a_phase_is_booked_apart():
     assert seconds['total'] == pytest.approx(
         sum(v for k, v in seconds.items() if k != 'total'), abs=2e-3)
     assert seconds['total'] <= wall + 1e-3
+
+
+def test_programs_count_compilations_apart_from_cache_loads():
+    # The session's persistent cache (conftest) keeps every program.
+    phases = phases_lib.Phases()
+    salt = time.time()
+
+    def fresh():  # a new program: its constant is this test's own
+        return jax.jit(lambda x: jnp.cos(x) * 2.0 + salt)(
+            np.ones(3, np.float32))
+
+    jax.block_until_ready(fresh())  # outside the phases: not counted
+    jax.clear_caches()
+    with phases('train'):
+        jax.block_until_ready(fresh())  # read back from the cache
+    assert phases.programs() == {'compiled': 0, 'loaded': 1}
+    other = phases_lib.Phases()
+    with other('setup'):
+        jax.block_until_ready(
+            jax.jit(lambda x: x * salt - 1.0)(np.ones(2, np.float32)))
+    assert other.programs() == {'compiled': 1, 'loaded': 0}
+    line = phases_lib.format_phases({'train': 1.0, 'total': 1.0},
+                                    other.programs())
+    assert line.endswith('; XLA programs: 1 compiled, 0 loaded from the '
+                         'compilation cache')
 
 
 def test_the_process_start_is_in_the_past():

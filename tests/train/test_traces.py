@@ -160,6 +160,10 @@ def test_a_run_with_saved_programs_trains_the_same(tmp_path, monkeypatch):
     assert second['params_sha256'] != first['params_sha256']
     saved = json.loads((tmp_path / 'd' / 'results.json').read_text())
     assert saved['phase_seconds']['trace'] > 0
+    # Another seed or the same run again: every program from the caches.
+    for again in (second, saved):
+        assert again['programs']['compiled'] == 0
+        assert again['programs']['loaded'] >= 3  # the state's and the step
     traces.use(None)
     uncached = cli_train.train_and_evaluate(config, str(tmp_path / 'e'))
     assert uncached['params_sha256'] == first['params_sha256']
