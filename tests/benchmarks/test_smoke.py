@@ -90,6 +90,17 @@ def test_accelerator_prints_both_dtypes_and_the_device():
         assert float(row[4]) > 0 and row[6].endswith('%')
 
 
+def test_eval_overlap_prints_both_variants_and_their_ratio():
+    out = _smoke('eval_overlap.py')
+    assert out.startswith('digits, 2 lengths, 2 rounds')
+    for name in ('epoch', 'evaluation', 'epoch, then evaluation',
+                 'evaluation beside the epoch'):
+        (row,) = _rows(out, name)
+        assert float(row[1]) > 0
+    (line,) = [x for x in out.splitlines() if x.startswith('beside / after')]
+    assert float(line.split('median ')[1].split()[0]) > 0
+
+
 def test_map_speed_prints_every_section():
     out = _smoke('map_speed.py')
     assert "mAP@all, ties='expected':" in out
