@@ -1,6 +1,6 @@
 """Can an evaluation hide behind the next epoch's training?
 
-    python benchmarks/eval_overlap.py [--rounds=8]
+    python benchmarks/eval_overlap.py [--rounds=8] [--encode_only]
     python benchmarks/eval_overlap.py --smoke      # CI: seconds, digits
 
 A run evaluates every few epochs (the default run: 8 of its 40 epochs),
@@ -17,6 +17,8 @@ while the epoch trains. Prints the median seconds of each, the epoch and
 the evaluation alone, and the median per-round ratio (b) / (a): 1.00
 means nothing overlaps (a machine whose cores the step already fills),
 while the evaluation's share of (a) is the most that could.
+``--encode_only`` evaluates by the forward passes alone (the codes of
+both splits, ``evaluation.encode_codes``), without the ranking.
 """
 
 import argparse
@@ -41,7 +43,8 @@ SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'batch_size': 32}
 class _Run:
     """The default run's state, one epoch and one evaluation at a time."""
 
-    def __init__(self, config):
+    def __init__(self, config, encode_only: bool = False):
+        self.encode_only = encode_only
         spec = cli.resolve(config)
         self.system, self.spec = registry.SYSTEMS[spec.system], spec
         self.splits = data.load_splits(spec.dataset, seed=spec.seed)
@@ -70,6 +73,12 @@ class _Run:
 
     def evaluate(self, snapshot) -> None:
         params, rest = snapshot
+        if self.encode_only:
+            for split in (self.splits.query, self.splits.database):
+                evaluation.encode_codes(
+                    self.programs.encode, params, rest, split,
+                    self.spec.eval_batch_size, mesh=self.mesh)
+            return
         evaluation.evaluate_lengths(
             self.programs.encode, params, rest, self.splits,
             self.system.layout(self.setup.bits),
@@ -102,6 +111,9 @@ def _beside(run: _Run) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--rounds', type=int, default=8)
+    parser.add_argument('--encode_only', action='store_true',
+                        help='the evaluation\'s forward passes alone '
+                        '(no ranking)')
     parser.add_argument('--smoke', action='store_true',
                         help='CI: 2 rounds on digits, 8/16 bits')
     args = parser.parse_args()
@@ -112,7 +124,7 @@ def main():
     if args.smoke:
         config.update(SMOKE)
         args.rounds = 2
-    run = _Run(config)
+    run = _Run(config, encode_only=args.encode_only)
     _after(run)  # the first epoch and evaluation load their programs
     _beside(run)
     after, beside = [], []
@@ -122,8 +134,10 @@ def main():
             (after if variant is _after else beside).append(variant(run))
     after = np.array(after)
     ratios = np.array(beside) / after[:, 0]
+    what = ('the forward passes alone' if args.encode_only
+            else 'the full evaluation')
     print(f'{run.spec.dataset}, {len(run.spec.bits)} lengths, '
-          f'{args.rounds} rounds, {jax.device_count()} '
+          f'{args.rounds} rounds, {what}, {jax.device_count()} '
           f'{jax.default_backend()} device(s), {os.cpu_count()} cores\n')
     print('| variant | median s |\n|---|---|')
     for name, values in (('epoch', after[:, 1]), ('evaluation', after[:, 2]),

@@ -92,7 +92,7 @@ def test_accelerator_prints_both_dtypes_and_the_device():
 
 def test_eval_overlap_prints_both_variants_and_their_ratio():
     out = _smoke('eval_overlap.py')
-    assert out.startswith('digits, 2 lengths, 2 rounds')
+    assert out.startswith('digits, 2 lengths, 2 rounds, the full evaluation')
     for name in ('epoch', 'evaluation', 'epoch, then evaluation',
                  'evaluation beside the epoch'):
         (row,) = _rows(out, name)
