@@ -47,7 +47,9 @@ class _Run:
         self.encode_only = encode_only
         spec = cli.resolve(config)
         self.system, self.spec = registry.SYSTEMS[spec.system], spec
-        self.splits = data.load_splits(spec.dataset, seed=spec.seed)
+        self.splits = data.load_splits(
+            spec.dataset, seed=spec.seed, data_dir=spec.data_dir,
+            options=data.DataOptions.of(spec.config))
         info = DataInfo.of(self.splits)
         self.mesh = parallel.make_mesh(None)
         self.setup, drawn = self.system.draw(spec, info, spec.bits)

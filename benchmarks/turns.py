@@ -42,11 +42,13 @@ class _Baton:
     def give_back(self) -> None:
         self._back.set()
 
-    def turn(self, name: str) -> None:
-        """Main thread: lets ``name`` work until it gives the baton back."""
+    def turn(self, name: str, thread: threading.Thread) -> None:
+        """Main thread: lets ``name`` (run by ``thread``) work until it
+        gives the baton back or its thread has ended."""
         self._back.clear()
         self._go[name].set()
-        self._back.wait()
+        while not self._back.wait(timeout=1.0) and thread.is_alive():
+            pass
 
 
 def rounds(runs: dict, workdir: str) -> dict[str, list[float]]:
@@ -59,7 +61,8 @@ def rounds(runs: dict, workdir: str) -> dict[str, list[float]]:
       workdir: an existing folder; each run writes into a subfolder.
 
     Returns:
-      {name: [train seconds of round 1, round 2, ...]}.
+      {name: [train seconds of round 1, round 2, ...]}: shorter for a run
+      that stopped early (patience).
     """
     specs = {name: cli.resolve(config) for name, (config, _) in runs.items()}
     rounds_of = {registry.SYSTEMS[s.system].schedule(s).rounds
@@ -67,7 +70,7 @@ def rounds(runs: dict, workdir: str) -> dict[str, list[float]]:
     if len(rounds_of) != 1:
         raise ValueError(f'runs with different numbers of rounds '
                          f'{sorted(rounds_of)}; give them the same epochs.')
-    baton, failed = _Baton(runs), {}
+    baton, failed, finished = _Baton(runs), {}, set()
 
     def train(name):
         spec, (_, bits) = specs[name], runs[name]
@@ -83,22 +86,23 @@ def rounds(runs: dict, workdir: str) -> dict[str, list[float]]:
         except Exception as e:  # noqa: BLE001 - re-raised by the main thread
             failed[name] = e
         finally:
+            finished.add(name)  # an early stop ends a run's turns too
             baton.give_back()
 
-    threads = [threading.Thread(target=train, args=(name,), daemon=True)
-               for name in runs]
+    threads = {name: threading.Thread(target=train, args=(name,),
+                                      daemon=True) for name in runs}
     names = list(runs)
     # A run's first turn also loads its data and programs; its last one
     # finishes the loop after the last round.
     with (contextlib.redirect_stdout(io.StringIO()),
           contextlib.redirect_stderr(io.StringIO())):
-        for t in threads:
+        for t in threads.values():
             t.start()
         for cycle in range(rounds_of.pop() + 1):
             for name in names if cycle % 2 == 0 else names[::-1]:
-                if name not in failed:
-                    baton.turn(name)
-        for t in threads:
+                if name not in finished:
+                    baton.turn(name, threads[name])
+        for t in threads.values():
             t.join()
     for name, error in failed.items():
         raise RuntimeError(f'run {name!r} failed: {error!r}') from error

@@ -25,9 +25,9 @@ def _config(epochs=3, **fields):
 class _FakeFit:
     """``loop.fit`` that logs which run works when, writing round records."""
 
-    def __init__(self, fail=None):
+    def __init__(self, fail=None, stop=None):
         self.log, self.fail, self.lock = [], fail, threading.Lock()
-        self.busy = 0
+        self.busy, self.stop = 0, stop
 
     def __call__(self, system, spec, splits, bits, workdir, *,
                  after_round):
@@ -49,6 +49,8 @@ class _FakeFit:
                 f.write(json.dumps({'kind': 'step', 'step': r}) + '\n')
             with self.lock:
                 self.busy -= 1
+            if name == self.stop:  # an early stop: no after_round
+                return
             after_round()
 
 
@@ -90,3 +92,16 @@ def test_runs_of_different_lengths_are_refused(fake_fit, tmp_path):
         turns.rounds(runs, str(tmp_path))
     assert not fake_fit.log and not os.listdir(tmp_path)
 
+
+
+def test_a_run_that_stops_early_leaves_the_others_their_turns(monkeypatch,
+                                                             tmp_path):
+    fit = _FakeFit(stop='single_8')
+    monkeypatch.setattr(turns.loop, 'fit', fit)
+    monkeypatch.setattr(turns.data, 'load_splits', lambda *a, **k: None)
+    runs = {'nested': (_config(), (8, 16)),
+            'single 8': (_config(single_length=True), (8,))}
+    seconds = turns.rounds(runs, str(tmp_path))
+    assert fit.log == [('nested', 1), ('single_8', 1), ('nested', 2),
+                       ('nested', 3)]
+    assert seconds == {'nested': [3, 4, 5], 'single 8': [2]}
