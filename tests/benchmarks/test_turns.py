@@ -1,5 +1,6 @@
 """benchmarks/turns.py: runs' rounds alternate, one loop at a time."""
 
+import argparse
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from nhl_jax.cli.configs import default
 from tests.support import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+import nested_vs_single
 import turns
 
 
@@ -105,3 +107,16 @@ def test_a_run_that_stops_early_leaves_the_others_their_turns(monkeypatch,
     assert fit.log == [('nested', 1), ('single_8', 1), ('nested', 2),
                        ('nested', 3)]
     assert seconds == {'nested': [3, 4, 5], 'single 8': [2]}
+
+
+def test_nested_vs_single_interleaves_the_real_loops():
+    """The library's loop in turns (nested_vs_single's --smoke fields):
+    one ratio, of round 2, the first and the last rounds left out."""
+    args = argparse.Namespace(dataset='digits', bits=(8, 16), smoke=True,
+                              rounds=3)
+    line = nested_vs_single._interleaved(args, 'dpn', (0,), (8, 16))
+    assert line.startswith('\nsingle / nested with the rounds interleaved '
+                           'in one process (3 rounds each; the first and the '
+                           'last left out)')
+    ratio = float(line.split('over all 1 rounds: ')[1].split('x')[0])
+    assert 0 < ratio < 10  # two single-length rounds over one nested round
