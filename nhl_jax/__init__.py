@@ -19,6 +19,7 @@ optax or orbax.
 
 import importlib
 
+from nhl_jax import _started  # noqa: F401 - first: the interpreter's clocks
 from nhl_jax._version import __version__
 
 # Re-exported name -> the module that defines it.

@@ -4,7 +4,7 @@ Layers, lowest first; a module imports only its own package and lower
 layers (lazy imports inside functions included):
 
 0. ``types``, ``errors``, ``checks``, ``compiler``, ``parallel``,
-   ``runlog``, ``hparams``, ``_version``;
+   ``runlog``, ``hparams``, ``_version``, ``_started``;
 1. ``data``, ``losses``, ``models``, ``retrieval`` (independent of each
    other);
 2. ``train``: the generic trainer, which knows no system; ``serving``:
@@ -26,8 +26,8 @@ from tests.support import ROOT
 
 PACKAGE = os.path.join(ROOT, 'nhl_jax')
 LAYERS = {
-    **dict.fromkeys(('_version', 'types', 'errors', 'checks', 'compiler',
-                     'parallel', 'runlog', 'hparams'), 0),
+    **dict.fromkeys(('_version', '_started', 'types', 'errors', 'checks',
+                     'compiler', 'parallel', 'runlog', 'hparams'), 0),
     **dict.fromkeys(('data', 'losses', 'models', 'retrieval'), 1),
     **dict.fromkeys(('train', 'serving'), 2),
     **dict.fromkeys(('nhl', 'mah', 'odh'), 3),

@@ -18,6 +18,8 @@ import time
 
 import jax
 
+from nhl_jax import _started
+
 # The spans of one compilation: tracing to a jaxpr and lowering to
 # StableHLO ('trace', which the persistent cache cannot save: its key is
 # the lowered program), then XLA's compile or the cache's load ('compile').
@@ -70,8 +72,23 @@ def spent(kind: str, start: float, end: float) -> float:
     return total
 
 
-def process_start() -> float | None:
-    """``time.time()`` at which this process started (Linux), else None."""
+def process_start() -> float:
+    """``time.time()`` at which this process's interpreter started.
+
+    The later of the process's start (Linux's /proc) and the interpreter's
+    (its clock at the package's first import less the CPU seconds it had
+    spent by then, ``nhl_jax._started``): a shell may run a command in the
+    process it forked for an earlier one (``pip install -e . && python
+    experiments/run.py`` in a subshell execs python there), whose start
+    would count the earlier command as this one's start-up.
+    """
+    interpreter = _started.WALL - _started.CPU
+    forked = _forked()
+    return interpreter if forked is None else max(forked, interpreter)
+
+
+def _forked() -> float | None:
+    """``time.time()`` at which this process was forked (Linux), else None."""
     try:
         with open('/proc/self/stat') as f:
             ticks = int(f.read().rsplit(')', 1)[1].split()[19])

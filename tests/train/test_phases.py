@@ -1,5 +1,7 @@
 """Wall seconds by phase, with tracing and compilation split out."""
 
+import subprocess
+import sys
 import time
 
 import jax
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from nhl_jax.train import phases as phases_lib
+from tests.support import ROOT
 
 
 def test_overlapping_spans_count_once_and_are_clipped(monkeypatch):
@@ -67,7 +70,25 @@ def test_programs_count_compilations_apart_from_cache_loads():
 
 def test_the_process_start_is_in_the_past():
     started = phases_lib.process_start()
-    assert started is not None and 0 < time.time() - started < 86400
+    assert 0 < time.time() - started < 86400
     line = phases_lib.format_phases({'data': 1.25, 'train': 3.0,
                                      'total': 4.25})
     assert line == 'wall seconds: data 1.2, train 3.0 (total 4.2)'
+
+
+def test_a_shell_that_execs_the_command_late_does_not_count_before_it(
+        tmp_path):
+    # `cmd && python ...` in a subshell: bash execs python in the process it
+    # forked before the sleep; the start-up begins at the exec, not there.
+    mark = tmp_path / 'exec_at'
+    child = ('import time; from nhl_jax.train import phases; '
+             'print(phases.process_start(), phases._forked(), time.time())')
+    script = (f'sleep 1; date +%s.%N > {mark}; '
+              f'exec {sys.executable} -c "{child}"')
+    done = subprocess.run(
+        ['bash', '-c', script],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=120)
+    started, forked, now = map(float, done.stdout.split())
+    exec_at = float(mark.read_text())
+    assert forked < exec_at - 0.9  # the process: before the sleep
+    assert exec_at - 0.05 <= started <= now  # the interpreter: after it
