@@ -32,13 +32,13 @@ def _rows(out: str, first: str) -> list[list[str]]:
 
 
 def test_nested_vs_single_prints_both_modes_and_the_ratio(tmp_path):
-    # The interleaved rounds: tests/benchmarks/test_turns.py, in-process.
+    # The interleaved rounds and the bracketing repeat of the nested run:
+    # tests/benchmarks/test_turns.py, in-process.
     out = _smoke('nested_vs_single.py', f'--out={tmp_path / "runs.json"}',
-                 '--rounds=0')
+                 '--rounds=0', '--no_bracket')
     (nested_run,) = json.loads((tmp_path / 'runs.json').read_text())['dpn'][
         'nested']
-    before, after = nested_run['train_seconds_runs']  # bracketed
-    assert nested_run['train_seconds'] == pytest.approx((before + after) / 2)
+    assert 'train_seconds_runs' not in nested_run  # --no_bracket
     assert '| mode | 8 bits | 16 bits | mean mAP | train s |' in out
     (nested,), (single,) = _rows(out, 'nested'), _rows(out, 'single')
     assert nested[-1].endswith('x') and float(nested[-1][:-1]) > 0
@@ -88,6 +88,8 @@ def test_accelerator_prints_both_dtypes_and_the_device():
         assert float(row[4]) > 0 and row[6].endswith('%')
 
 
+# A diagnosis of the CPU's evaluation (issue 31), not a library path.
+@pytest.mark.slow
 def test_eval_overlap_prints_both_variants_and_their_ratio():
     out = _smoke('eval_overlap.py')
     assert out.startswith('digits, 2 lengths, 2 rounds, the full evaluation')

@@ -120,3 +120,13 @@ def test_nested_vs_single_interleaves_the_real_loops():
                            'last left out)')
     ratio = float(line.split('over all 1 rounds: ')[1].split('x')[0])
     assert 0 < ratio < 10  # two single-length rounds over one nested round
+
+
+def test_the_nested_run_is_timed_before_and_after_the_single_ones():
+    before = {'params_sha256': 'a', 'train_seconds': 10.0, 'map': 1}
+    after = {'params_sha256': 'a', 'train_seconds': 12.0, 'map': 2}
+    run = nested_vs_single._bracketed(before, after)
+    assert run == {'params_sha256': 'a', 'train_seconds': 11.0, 'map': 1,
+                   'train_seconds_runs': [10.0, 12.0]}
+    with pytest.raises(RuntimeError, match='not deterministic'):
+        nested_vs_single._bracketed(before, dict(after, params_sha256='b'))
