@@ -31,10 +31,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from nhl_jax import cli, compiler, data, parallel
+from nhl_jax import cli, compiler, parallel
 from nhl_jax.cli import registry
 from nhl_jax.cli.configs import default
-from nhl_jax.train import DataInfo, evaluation
+from nhl_jax.train import DataInfo, evaluation, trainer
 from nhl_jax.train import programs as programs_lib
 
 SMOKE = {'dataset': 'digits', 'bits': (8, 16), 'batch_size': 32}
@@ -47,9 +47,7 @@ class _Run:
         self.encode_only = encode_only
         spec = cli.resolve(config)
         self.system, self.spec = registry.SYSTEMS[spec.system], spec
-        self.splits = data.load_splits(
-            spec.dataset, seed=spec.seed, data_dir=spec.data_dir,
-            options=data.DataOptions.of(spec.config))
+        self.splits = trainer.run_splits(spec)
         info = DataInfo.of(self.splits)
         self.mesh = parallel.make_mesh(None)
         self.setup, drawn = self.system.draw(spec, info, spec.bits)

@@ -47,7 +47,6 @@ import study
 import turns
 from nhl_jax import compiler
 from nhl_jax.cli import train as cli_train
-from nhl_jax.cli.configs import default
 from nhl_jax.train import phases
 from study import SMOKE, ints, mean_std
 
@@ -140,11 +139,8 @@ def _interleaved(args, method: str, seeds, bits) -> str:
 
 def _config(args, method: str, seed: int, single_length: bool = False):
     """The default config with the fields of one interleaved run."""
-    config = default.get_config()
-    config.update(dataset=args.dataset, bits=args.bits, method=method,
-                  seed=seed, single_length=single_length)
-    if args.smoke:
-        config.update(SMOKE)
+    config = study.run_config(args, method=method, seed=seed,
+                              single_length=single_length)
     # Evaluated once, at the last round: the rounds compared are training.
     config.update(epochs=args.rounds, eval_every=args.rounds)
     return config

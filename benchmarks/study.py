@@ -42,8 +42,8 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(','))
 
 
-def train_run(args, **fields) -> dict:
-    """results.json of one run: the default config with ``fields`` set.
+def run_config(args, **fields):
+    """The default config with ``fields`` set.
 
     ``args`` supplies ``dataset``, ``bits``, ``epochs`` (None: the
     config's) and ``smoke`` (the SMOKE fields override everything).
@@ -54,8 +54,13 @@ def train_run(args, **fields) -> dict:
         config.epochs = args.epochs
     if args.smoke:
         config.update(SMOKE)
+    return config
+
+
+def train_run(args, **fields) -> dict:
+    """results.json of one run of ``run_config(args, **fields)``."""
     with tempfile.TemporaryDirectory() as workdir:
-        return cli.train_and_evaluate(config, workdir)
+        return cli.train_and_evaluate(run_config(args, **fields), workdir)
 
 
 def mean_std(values) -> str:

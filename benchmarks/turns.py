@@ -22,9 +22,9 @@ import json
 import os
 import threading
 
-from nhl_jax import cli, data
+from nhl_jax import cli
 from nhl_jax.cli import registry
-from nhl_jax.train import loop
+from nhl_jax.train import loop, trainer
 
 
 class _Baton:
@@ -76,9 +76,7 @@ def rounds(runs: dict, workdir: str) -> dict[str, list[float]]:
         spec, (_, bits) = specs[name], runs[name]
         try:
             baton.take(name)
-            splits = data.load_splits(
-                spec.dataset, seed=spec.seed, data_dir=spec.data_dir,
-                options=data.DataOptions.of(spec.config))
+            splits = trainer.run_splits(spec)
             loop.fit(registry.SYSTEMS[spec.system], spec, splits, bits,
                      os.path.join(workdir, _folder(name)),
                      after_round=lambda: (baton.give_back(),

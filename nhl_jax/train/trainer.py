@@ -87,13 +87,18 @@ def _disk_message(workdir: str, code: int) -> str:
             'rerun with --resume.')
 
 
+def run_splits(spec: RunSpec) -> data.Splits:
+    """The data splits of a run: its dataset, seed, folder and options."""
+    return data.load_splits(spec.dataset, seed=spec.seed,
+                            data_dir=spec.data_dir,
+                            options=data.DataOptions.of(spec.config))
+
+
 def _run(system, spec: RunSpec, workdir: str, resume: bool,
          phases: Phases) -> dict:
     with phases('data'):
         check_workdir_policy(workdir, resume)  # before the data are loaded
-        splits = data.load_splits(spec.dataset, seed=spec.seed,
-                                  data_dir=spec.data_dir,
-                                  options=data.DataOptions.of(spec.config))
+        splits = run_splits(spec)
         system.check_data(spec, splits)
         check_batches(system, spec, splits)
         check_same_config(workdir, spec, resume)

@@ -60,7 +60,7 @@ class _FakeFit:
 def fake_fit(monkeypatch):
     fit = _FakeFit()
     monkeypatch.setattr(turns.loop, 'fit', fit)
-    monkeypatch.setattr(turns.data, 'load_splits', lambda *a, **k: None)
+    monkeypatch.setattr(turns.trainer, 'run_splits', lambda spec: None)
     return fit
 
 
@@ -80,7 +80,7 @@ def test_rounds_alternate_reversing_every_other_cycle(fake_fit, tmp_path):
 def test_a_failed_run_is_raised_and_the_others_finish(monkeypatch, tmp_path):
     fit = _FakeFit(fail='single_8')
     monkeypatch.setattr(turns.loop, 'fit', fit)
-    monkeypatch.setattr(turns.data, 'load_splits', lambda *a, **k: None)
+    monkeypatch.setattr(turns.trainer, 'run_splits', lambda spec: None)
     runs = {'nested': (_config(), (8, 16)),
             'single 8': (_config(single_length=True), (8,))}
     with pytest.raises(RuntimeError, match="run 'single 8' failed"):
@@ -100,7 +100,7 @@ def test_a_run_that_stops_early_leaves_the_others_their_turns(monkeypatch,
                                                              tmp_path):
     fit = _FakeFit(stop='single_8')
     monkeypatch.setattr(turns.loop, 'fit', fit)
-    monkeypatch.setattr(turns.data, 'load_splits', lambda *a, **k: None)
+    monkeypatch.setattr(turns.trainer, 'run_splits', lambda spec: None)
     runs = {'nested': (_config(), (8, 16)),
             'single 8': (_config(single_length=True), (8,))}
     seconds = turns.rounds(runs, str(tmp_path))
@@ -113,7 +113,7 @@ def test_nested_vs_single_interleaves_the_real_loops():
     """The library's loop in turns (nested_vs_single's --smoke fields):
     one ratio, of round 2, the first and the last rounds left out."""
     args = argparse.Namespace(dataset='digits', bits=(8, 16), smoke=True,
-                              rounds=3)
+                              rounds=3, epochs=None)
     line = nested_vs_single._interleaved(args, 'dpn', (0,), (8, 16))
     assert line.startswith('\nsingle / nested with the rounds interleaved '
                            'in one process (3 rounds each; the first and the '
